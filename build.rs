@@ -1,0 +1,12 @@
+//! Compiles the CRI v1 API (proto/api.proto) into tonic server and client code.
+//! protox parses the .proto in pure Rust, so no system `protoc` is needed.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    println!("cargo:rerun-if-changed=proto/api.proto");
+    let descriptors = protox::compile(["api.proto"], ["proto"])?;
+    tonic_prost_build::configure()
+        .build_server(true)
+        .build_client(true)
+        .compile_fds(descriptors)?;
+    Ok(())
+}

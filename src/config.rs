@@ -1,0 +1,280 @@
+//! One `Config` for the daemon: defaults, then a TOML file, then flags, then validation.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use clap::{Parser, ValueEnum};
+use serde::{Deserialize, Serialize};
+
+pub const DEFAULT_SOCKET: &str = "/run/wasmrun/wasmrun.sock";
+pub const DEFAULT_ROOT: &str = "/var/lib/wasmrun";
+pub const DEFAULT_STATE: &str = "/run/wasmrun";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// What `RuntimeConfig` tells kubelet; wasm guests have no cgroup of their own,
+/// so this only has to agree with the node's kubelet configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum CgroupDriver {
+    Systemd,
+    Cgroupfs,
+}
+
+/// The daemon's whole configuration. Field names are the TOML keys.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Unix socket serving the CRI.
+    pub socket: PathBuf,
+    /// Persistent data: the image store and the compiled-code cache.
+    pub root: PathBuf,
+    /// Runtime files that do not outlive a reboot.
+    pub state: PathBuf,
+    /// A tracing filter: a level (`info`) or directives (`wasmrun=debug,info`).
+    pub log_level: String,
+    pub log_format: LogFormat,
+    /// Registries (`host` or `host:port`) that may be reached over plain http.
+    pub insecure_registries: Vec<String>,
+    pub cgroup_driver: CgroupDriver,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            socket: DEFAULT_SOCKET.into(),
+            root: DEFAULT_ROOT.into(),
+            state: DEFAULT_STATE.into(),
+            log_level: "info".into(),
+            log_format: LogFormat::Text,
+            insecure_registries: Vec::new(),
+            cgroup_driver: CgroupDriver::Systemd,
+        }
+    }
+}
+
+/// Command-line flags; each one overrides the same key of the config file.
+#[derive(Debug, Default, Parser)]
+#[command(
+    name = "wasmrun",
+    version,
+    about = "A Kubernetes CRI runtime for WebAssembly"
+)]
+pub struct Flags {
+    /// TOML config file; flags override its keys.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Unix socket to serve the CRI on [default: /run/wasmrun/wasmrun.sock].
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    /// Directory for persistent data [default: /var/lib/wasmrun].
+    #[arg(long, value_name = "DIR")]
+    pub root: Option<PathBuf>,
+    /// Directory for runtime files [default: /run/wasmrun].
+    #[arg(long, value_name = "DIR")]
+    pub state: Option<PathBuf>,
+    /// Log filter: error, warn, info, debug, trace, or tracing directives [default: info].
+    #[arg(long, value_name = "LEVEL")]
+    pub log_level: Option<String>,
+    /// Log line format [default: text].
+    #[arg(long, value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// A registry (HOST or HOST:PORT) reachable over plain http; repeatable.
+    #[arg(long = "insecure-registry", value_name = "HOST:PORT")]
+    pub insecure_registries: Vec<String>,
+    /// Cgroup driver reported to kubelet [default: systemd].
+    #[arg(long, value_enum)]
+    pub cgroup_driver: Option<CgroupDriver>,
+}
+
+impl Config {
+    /// Builds the configuration from flags (and the file they name), validated.
+    pub fn load(flags: Flags) -> anyhow::Result<Self> {
+        let mut config = match &flags.config {
+            Some(path) => Self::from_file(path)?,
+            None => Self::default(),
+        };
+        config.apply(flags);
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn from_file(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading config file {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("parsing config file {}", path.display()))
+    }
+
+    fn apply(&mut self, flags: Flags) {
+        if let Some(socket) = flags.socket {
+            self.socket = socket;
+        }
+        if let Some(root) = flags.root {
+            self.root = root;
+        }
+        if let Some(state) = flags.state {
+            self.state = state;
+        }
+        if let Some(level) = flags.log_level {
+            self.log_level = level;
+        }
+        if let Some(format) = flags.log_format {
+            self.log_format = format;
+        }
+        if let Some(driver) = flags.cgroup_driver {
+            self.cgroup_driver = driver;
+        }
+        // Flags add to the file's list: both are allow-lists.
+        for registry in flags.insecure_registries {
+            if !self.insecure_registries.contains(&registry) {
+                self.insecure_registries.push(registry);
+            }
+        }
+    }
+
+    /// The tracing filter for `log_level`. A bare level applies to wasmrun's own
+    /// events; the libraries below it (h2, hyper, wasmtime) stay at `warn`
+    /// unless directives name them.
+    pub fn log_filter(&self) -> String {
+        let bare_level =
+            ["error", "warn", "info", "debug", "trace", "off"].contains(&self.log_level.as_str());
+        if bare_level {
+            format!("warn,wasmrun={}", self.log_level)
+        } else {
+            self.log_level.clone()
+        }
+    }
+
+    pub fn validate(&self) -> anyhow::Result<()> {
+        for (key, path) in [
+            ("socket", &self.socket),
+            ("root", &self.root),
+            ("state", &self.state),
+        ] {
+            if path.as_os_str().is_empty() {
+                bail!("config: `{key}` must not be empty");
+            }
+        }
+        if self.socket.file_name().is_none() {
+            bail!(
+                "config: `socket` ({}) must name a file",
+                self.socket.display()
+            );
+        }
+        // sun_path holds 108 bytes including the terminating NUL.
+        if self.socket.as_os_str().len() > 107 {
+            bail!(
+                "config: `socket` ({}) is longer than the 107 bytes a unix socket path may have",
+                self.socket.display()
+            );
+        }
+        tracing_subscriber::EnvFilter::try_new(self.log_filter()).with_context(|| {
+            format!(
+                "config: `log_level` {:?} is not a valid filter",
+                self.log_level
+            )
+        })?;
+        for registry in &self.insecure_registries {
+            validate_registry_host(registry)
+                .with_context(|| format!("config: insecure registry {registry:?}"))?;
+        }
+        Ok(())
+    }
+}
+
+/// A registry is named as `host` or `host:port`, the way image references name it.
+fn validate_registry_host(registry: &str) -> anyhow::Result<()> {
+    if registry.is_empty() {
+        bail!("is empty");
+    }
+    if registry.contains("://") || registry.contains('/') {
+        bail!("must be HOST or HOST:PORT, without a scheme or a path");
+    }
+    if let Some((host, port)) = registry.rsplit_once(':')
+        && !host.ends_with(']')
+        && !host.contains(':')
+    {
+        if host.is_empty() {
+            bail!("has no host");
+        }
+        port.parse::<u16>()
+            .map_err(|_| anyhow::anyhow!("port {port:?} is not a number from 0 to 65535"))?;
+    }
+    if registry.chars().any(char::is_whitespace) {
+        bail!("must not contain white space");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_file_and_lists_merge() {
+        let mut config: Config = toml::from_str(
+            r#"
+            socket = "/tmp/a.sock"
+            log_level = "warn"
+            insecure_registries = ["127.0.0.1:5000"]
+            "#,
+        )
+        .unwrap();
+        config.apply(Flags {
+            socket: Some("/tmp/b.sock".into()),
+            insecure_registries: vec!["localhost:5001".into()],
+            ..Flags::default()
+        });
+        assert_eq!(config.socket, PathBuf::from("/tmp/b.sock"));
+        assert_eq!(config.log_level, "warn");
+        assert_eq!(config.root, PathBuf::from(DEFAULT_ROOT));
+        assert_eq!(
+            config.insecure_registries,
+            ["127.0.0.1:5000", "localhost:5001"]
+        );
+        config.validate().unwrap();
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_refused() {
+        let err = toml::from_str::<Config>("sockett = \"/x\"").unwrap_err();
+        assert!(err.to_string().contains("sockett"), "{err}");
+        let err = toml::from_str::<Config>("log_format = \"xml\"").unwrap_err();
+        assert!(err.to_string().contains("xml"), "{err}");
+
+        for bad in ["http://r:5000", "r:5000/path", "r:99999", ":5000", ""] {
+            let config = Config {
+                insecure_registries: vec![bad.into()],
+                ..Config::default()
+            };
+            assert!(config.validate().is_err(), "{bad:?} should be refused");
+        }
+        let config = Config {
+            log_level: "loud=?".into(),
+            ..Config::default()
+        };
+        assert!(config.validate().is_err());
+        let config = Config {
+            socket: format!("/tmp/{}", "s".repeat(120)).into(),
+            ..Config::default()
+        };
+        assert!(config.validate().is_err());
+    }
+
+    #[test]
+    fn good_registry_names_pass() {
+        for good in [
+            "127.0.0.1:5000",
+            "localhost",
+            "[::1]:5000",
+            "registry.example.com",
+        ] {
+            validate_registry_host(good).unwrap();
+        }
+    }
+}

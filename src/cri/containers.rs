@@ -1,0 +1,214 @@
+//! CreateContainer, StartContainer, StopContainer, RemoveContainer,
+//! ListContainers, ContainerStatus, UpdateContainerResources, ReopenContainerLog.
+
+use std::collections::HashMap;
+
+use tonic::Status;
+
+use super::{Parts, verbose_json};
+use crate::api;
+use crate::pods::{Container, ContainerFilter, ContainerState, ContainerView};
+
+pub(super) async fn create_container(
+    parts: &Parts,
+    request: api::CreateContainerRequest,
+) -> Result<api::CreateContainerResponse, Status> {
+    let config = request
+        .config
+        .ok_or_else(|| Status::invalid_argument("CreateContainer: config is required"))?;
+    let container = parts
+        .pods
+        .create_container(&request.pod_sandbox_id, config)
+        .await?;
+    Ok(api::CreateContainerResponse {
+        container_id: container.id.clone(),
+    })
+}
+
+pub(super) async fn start_container(
+    parts: &Parts,
+    request: api::StartContainerRequest,
+) -> Result<api::StartContainerResponse, Status> {
+    parts.pods.start_container(&request.container_id).await?;
+    Ok(api::StartContainerResponse {})
+}
+
+pub(super) async fn stop_container(
+    parts: &Parts,
+    request: api::StopContainerRequest,
+) -> Result<api::StopContainerResponse, Status> {
+    // The guest is ended at once (see `Pods::stop_container`), which honours any timeout.
+    parts.pods.stop_container(&request.container_id).await?;
+    Ok(api::StopContainerResponse {})
+}
+
+pub(super) async fn remove_container(
+    parts: &Parts,
+    request: api::RemoveContainerRequest,
+) -> Result<api::RemoveContainerResponse, Status> {
+    parts.pods.remove_container(&request.container_id).await?;
+    Ok(api::RemoveContainerResponse {})
+}
+
+pub(super) async fn list_containers(
+    parts: &Parts,
+    request: api::ListContainersRequest,
+) -> Result<api::ListContainersResponse, Status> {
+    let filter = request.filter.map(container_filter).unwrap_or_default();
+    let containers = parts
+        .pods
+        .containers(&filter)
+        .iter()
+        .map(|container| {
+            let view = container.view();
+            api::Container {
+                id: container.id.clone(),
+                pod_sandbox_id: container.pod_id.clone(),
+                metadata: container.config.metadata.clone(),
+                image: Some(image_spec(container)),
+                image_ref: image_ref(container),
+                state: state(view.state) as i32,
+                created_at: container.created_at,
+                labels: container.config.labels.clone(),
+                annotations: container.config.annotations.clone(),
+                image_id: container.image.id.clone(),
+            }
+        })
+        .collect();
+    Ok(api::ListContainersResponse { containers })
+}
+
+pub(super) async fn container_status(
+    parts: &Parts,
+    request: api::ContainerStatusRequest,
+) -> Result<api::ContainerStatusResponse, Status> {
+    let container = parts.pods.container(&request.container_id)?;
+    let view = container.view();
+    let mut info = HashMap::new();
+    if request.verbose {
+        info.insert(
+            "info".to_owned(),
+            verbose_json(&verbose_info(&container, &view)),
+        );
+    }
+    let exit = view.exit.as_ref();
+    let status = api::ContainerStatus {
+        id: container.id.clone(),
+        metadata: container.config.metadata.clone(),
+        state: state(view.state) as i32,
+        created_at: container.created_at,
+        started_at: view.started_at,
+        finished_at: exit.map_or(0, |exit| exit.finished_at),
+        exit_code: exit.map_or(0, |exit| exit.code),
+        image: Some(image_spec(&container)),
+        image_ref: image_ref(&container),
+        reason: exit
+            .map(|exit| exit.reason.as_str().to_owned())
+            .unwrap_or_default(),
+        message: exit.map(|exit| exit.message.clone()).unwrap_or_default(),
+        labels: container.config.labels.clone(),
+        annotations: container.config.annotations.clone(),
+        mounts: container.config.mounts.clone(),
+        log_path: container
+            .log_path
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default(),
+        resources: view.resources.clone().map(|linux| api::ContainerResources {
+            linux: Some(linux),
+            windows: None,
+        }),
+        image_id: container.image.id.clone(),
+        user: None,
+    };
+    Ok(api::ContainerStatusResponse {
+        status: Some(status),
+        info,
+    })
+}
+
+pub(super) async fn update_container_resources(
+    parts: &Parts,
+    request: api::UpdateContainerResourcesRequest,
+) -> Result<api::UpdateContainerResourcesResponse, Status> {
+    let container = parts.pods.container(&request.container_id)?;
+    let linux = request.linux.ok_or_else(|| {
+        Status::invalid_argument("UpdateContainerResources: linux resources are required")
+    })?;
+    container.update_resources(linux)?;
+    Ok(api::UpdateContainerResourcesResponse {})
+}
+
+pub(super) async fn reopen_container_log(
+    parts: &Parts,
+    request: api::ReopenContainerLogRequest,
+) -> Result<api::ReopenContainerLogResponse, Status> {
+    parts
+        .pods
+        .container(&request.container_id)?
+        .reopen_log()
+        .await?;
+    Ok(api::ReopenContainerLogResponse {})
+}
+
+fn container_filter(filter: api::ContainerFilter) -> ContainerFilter {
+    ContainerFilter {
+        id: Some(filter.id).filter(|id| !id.is_empty()),
+        pod_id: Some(filter.pod_sandbox_id).filter(|id| !id.is_empty()),
+        state: filter
+            .state
+            .map(|value| match api::ContainerState::try_from(value.state) {
+                Ok(api::ContainerState::ContainerCreated) => ContainerState::Created,
+                Ok(api::ContainerState::ContainerRunning) => ContainerState::Running,
+                // No container of ours is ever in an unknown state; a filter for it matches none.
+                Ok(api::ContainerState::ContainerUnknown) => ContainerState::Unknown,
+                _ => ContainerState::Exited,
+            }),
+        labels: filter.label_selector,
+    }
+}
+
+fn state(state: ContainerState) -> api::ContainerState {
+    match state {
+        ContainerState::Created => api::ContainerState::ContainerCreated,
+        ContainerState::Running => api::ContainerState::ContainerRunning,
+        ContainerState::Exited => api::ContainerState::ContainerExited,
+        ContainerState::Unknown => api::ContainerState::ContainerUnknown,
+    }
+}
+
+/// The image as the container asked for it.
+fn image_spec(container: &Container) -> api::ImageSpec {
+    let requested = container.config.image.clone().unwrap_or_default();
+    api::ImageSpec {
+        image: requested.image,
+        annotations: requested.annotations,
+        ..Default::default()
+    }
+}
+
+/// The digest reference kubelet shows as the container's image ID.
+fn image_ref(container: &Container) -> String {
+    container
+        .image
+        .repo_digests
+        .first()
+        .cloned()
+        .unwrap_or_else(|| container.image.id.clone())
+}
+
+fn verbose_info(container: &Container, view: &ContainerView) -> serde_json::Value {
+    serde_json::json!({
+        "sandbox_id": container.pod_id,
+        "runtime": "wasmtime",
+        "module_digest": container.image.module_digest,
+        "module_source": container.module_source,
+        "argv": container.argv(),
+        "env": container.config.envs.iter().map(|kv| format!("{}={}", kv.key, kv.value)).collect::<Vec<_>>(),
+        "mounts": container.mounts.iter().map(|m| serde_json::json!({
+            "host_path": m.host_path, "guest_path": m.guest_path, "readonly": m.readonly,
+        })).collect::<Vec<_>>(),
+        "cpu_nanos": view.cpu_nanos,
+        "memory_bytes": view.memory_bytes,
+    })
+}

@@ -1,0 +1,139 @@
+//! `runtime.v1.ImageService`: PullImage, ListImages, ImageStatus, RemoveImage, ImageFsInfo.
+
+use std::collections::HashMap;
+
+use tonic::{Request, Response, Status};
+
+use super::{Parts, verbose_json};
+use crate::api;
+use crate::api::image_service_server::ImageService;
+use crate::images::{Credentials, Image};
+
+pub struct ImageHandler {
+    parts: Parts,
+}
+
+impl ImageHandler {
+    pub fn new(parts: Parts) -> Self {
+        Self { parts }
+    }
+}
+
+type Reply<T> = Result<Response<T>, Status>;
+
+#[tonic::async_trait]
+impl ImageService for ImageHandler {
+    async fn list_images(
+        &self,
+        request: Request<api::ListImagesRequest>,
+    ) -> Reply<api::ListImagesResponse> {
+        let filter = request
+            .into_inner()
+            .filter
+            .and_then(|f| f.image)
+            .map(|spec| spec.image);
+        let images = self
+            .parts
+            .images
+            .list(filter.as_deref())?
+            .iter()
+            .map(to_api)
+            .collect();
+        Ok(Response::new(api::ListImagesResponse { images }))
+    }
+
+    async fn image_status(
+        &self,
+        request: Request<api::ImageStatusRequest>,
+    ) -> Reply<api::ImageStatusResponse> {
+        let request = request.into_inner();
+        let name = request.image.map(|spec| spec.image).unwrap_or_default();
+        // An absent image is an empty answer, not an error: kubelet asks before every pull.
+        let Some(image) = self.parts.images.status(&name)? else {
+            return Ok(Response::new(api::ImageStatusResponse::default()));
+        };
+        let mut info = HashMap::new();
+        if request.verbose {
+            info.insert("info".to_owned(), verbose_json(&image));
+        }
+        Ok(Response::new(api::ImageStatusResponse {
+            image: Some(to_api(&image)),
+            info,
+        }))
+    }
+
+    async fn pull_image(
+        &self,
+        request: Request<api::PullImageRequest>,
+    ) -> Reply<api::PullImageResponse> {
+        let request = request.into_inner();
+        let name = request.image.map(|spec| spec.image).unwrap_or_default();
+        let credentials = request
+            .auth
+            .map(|auth| Credentials {
+                username: auth.username,
+                password: auth.password,
+                auth: auth.auth,
+                identity_token: auth.identity_token,
+                registry_token: auth.registry_token,
+            })
+            .unwrap_or_default();
+        let image = self.parts.images.pull(&name, &credentials).await?;
+        Ok(Response::new(api::PullImageResponse {
+            image_ref: image.id,
+        }))
+    }
+
+    async fn remove_image(
+        &self,
+        request: Request<api::RemoveImageRequest>,
+    ) -> Reply<api::RemoveImageResponse> {
+        let name = request
+            .into_inner()
+            .image
+            .map(|spec| spec.image)
+            .unwrap_or_default();
+        let unused_modules = self.parts.images.remove(&name).await?;
+        self.parts.pods.forget_modules(&unused_modules).await;
+        Ok(Response::new(api::RemoveImageResponse {}))
+    }
+
+    async fn image_fs_info(
+        &self,
+        _request: Request<api::ImageFsInfoRequest>,
+    ) -> Reply<api::ImageFsInfoResponse> {
+        let usage = self.parts.images.fs_usage().await?;
+        let filesystem = api::FilesystemUsage {
+            timestamp: usage.timestamp,
+            fs_id: Some(api::FilesystemIdentifier {
+                mountpoint: usage.mountpoint.display().to_string(),
+            }),
+            used_bytes: Some(api::UInt64Value {
+                value: usage.used_bytes,
+            }),
+            inodes_used: Some(api::UInt64Value {
+                value: usage.inodes_used,
+            }),
+        };
+        Ok(Response::new(api::ImageFsInfoResponse {
+            image_filesystems: vec![filesystem],
+            container_filesystems: Vec::new(),
+        }))
+    }
+}
+
+fn to_api(image: &Image) -> api::Image {
+    api::Image {
+        id: image.id.clone(),
+        repo_tags: image.repo_tags.clone(),
+        repo_digests: image.repo_digests.clone(),
+        size: image.size,
+        uid: None,
+        username: String::new(),
+        spec: Some(api::ImageSpec {
+            image: image.id.clone(),
+            ..Default::default()
+        }),
+        pinned: false,
+    }
+}

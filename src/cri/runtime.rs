@@ -1,0 +1,274 @@
+//! `runtime.v1.RuntimeService`: the trait, each RPC one line to its family's
+//! file; the runtime-wide calls (Version, Status, RuntimeConfig) are here.
+
+use std::collections::HashMap;
+
+use tonic::{Request, Response, Status};
+
+use super::{Parts, containers, sandboxes, stats, unsupported, verbose_json};
+use crate::api;
+use crate::api::runtime_service_server::RuntimeService;
+use crate::config::CgroupDriver;
+
+pub struct RuntimeHandler {
+    parts: Parts,
+}
+
+impl RuntimeHandler {
+    pub fn new(parts: Parts) -> Self {
+        Self { parts }
+    }
+}
+
+type Reply<T> = Result<Response<T>, Status>;
+
+/// Calls a family function with the parts and the request, and wraps its answer.
+macro_rules! delegate {
+    ($self:ident, $module:ident :: $function:ident, $request:ident) => {
+        $module::$function(&$self.parts, $request.into_inner())
+            .await
+            .map(Response::new)
+    };
+}
+
+#[tonic::async_trait]
+impl RuntimeService for RuntimeHandler {
+    async fn version(&self, _request: Request<api::VersionRequest>) -> Reply<api::VersionResponse> {
+        Ok(Response::new(api::VersionResponse {
+            version: "0.1.0".into(),
+            runtime_name: "wasmrun".into(),
+            runtime_version: env!("CARGO_PKG_VERSION").into(),
+            runtime_api_version: "v1".into(),
+        }))
+    }
+
+    async fn status(&self, request: Request<api::StatusRequest>) -> Reply<api::StatusResponse> {
+        let condition = |kind: &str| api::RuntimeCondition {
+            r#type: kind.into(),
+            status: true,
+            ..Default::default()
+        };
+        let mut info = HashMap::new();
+        if request.get_ref().verbose {
+            info.insert("config".to_owned(), verbose_json(&*self.parts.config));
+        }
+        Ok(Response::new(api::StatusResponse {
+            // The runtime is ready once it serves. Wasm pods share the host's
+            // network and need no CNI, so the network is ready too.
+            status: Some(api::RuntimeStatus {
+                conditions: vec![condition("RuntimeReady"), condition("NetworkReady")],
+            }),
+            info,
+            runtime_handlers: vec![api::RuntimeHandler {
+                name: String::new(),
+                features: Some(api::RuntimeHandlerFeatures {
+                    recursive_read_only_mounts: false,
+                    user_namespaces: false,
+                }),
+            }],
+            features: Some(api::RuntimeFeatures {
+                supplemental_groups_policy: false,
+            }),
+        }))
+    }
+
+    async fn runtime_config(
+        &self,
+        _request: Request<api::RuntimeConfigRequest>,
+    ) -> Reply<api::RuntimeConfigResponse> {
+        let cgroup_driver = match self.parts.config.cgroup_driver {
+            CgroupDriver::Systemd => api::CgroupDriver::Systemd,
+            CgroupDriver::Cgroupfs => api::CgroupDriver::Cgroupfs,
+        };
+        Ok(Response::new(api::RuntimeConfigResponse {
+            linux: Some(api::LinuxRuntimeConfiguration {
+                cgroup_driver: cgroup_driver as i32,
+            }),
+        }))
+    }
+
+    async fn update_runtime_config(
+        &self,
+        request: Request<api::UpdateRuntimeConfigRequest>,
+    ) -> Reply<api::UpdateRuntimeConfigResponse> {
+        // kubelet sends the node's pod CIDR here for CNI; wasm pods use the host network.
+        let cidr = request
+            .into_inner()
+            .runtime_config
+            .and_then(|c| c.network_config)
+            .map(|n| n.pod_cidr);
+        tracing::debug!(pod_cidr = ?cidr, "runtime config update: nothing to apply for wasm pods");
+        Ok(Response::new(api::UpdateRuntimeConfigResponse {}))
+    }
+
+    async fn run_pod_sandbox(
+        &self,
+        request: Request<api::RunPodSandboxRequest>,
+    ) -> Reply<api::RunPodSandboxResponse> {
+        delegate!(self, sandboxes::run_pod_sandbox, request)
+    }
+
+    async fn stop_pod_sandbox(
+        &self,
+        request: Request<api::StopPodSandboxRequest>,
+    ) -> Reply<api::StopPodSandboxResponse> {
+        delegate!(self, sandboxes::stop_pod_sandbox, request)
+    }
+
+    async fn remove_pod_sandbox(
+        &self,
+        request: Request<api::RemovePodSandboxRequest>,
+    ) -> Reply<api::RemovePodSandboxResponse> {
+        delegate!(self, sandboxes::remove_pod_sandbox, request)
+    }
+
+    async fn pod_sandbox_status(
+        &self,
+        request: Request<api::PodSandboxStatusRequest>,
+    ) -> Reply<api::PodSandboxStatusResponse> {
+        delegate!(self, sandboxes::pod_sandbox_status, request)
+    }
+
+    async fn list_pod_sandbox(
+        &self,
+        request: Request<api::ListPodSandboxRequest>,
+    ) -> Reply<api::ListPodSandboxResponse> {
+        delegate!(self, sandboxes::list_pod_sandbox, request)
+    }
+
+    async fn create_container(
+        &self,
+        request: Request<api::CreateContainerRequest>,
+    ) -> Reply<api::CreateContainerResponse> {
+        delegate!(self, containers::create_container, request)
+    }
+
+    async fn start_container(
+        &self,
+        request: Request<api::StartContainerRequest>,
+    ) -> Reply<api::StartContainerResponse> {
+        delegate!(self, containers::start_container, request)
+    }
+
+    async fn stop_container(
+        &self,
+        request: Request<api::StopContainerRequest>,
+    ) -> Reply<api::StopContainerResponse> {
+        delegate!(self, containers::stop_container, request)
+    }
+
+    async fn remove_container(
+        &self,
+        request: Request<api::RemoveContainerRequest>,
+    ) -> Reply<api::RemoveContainerResponse> {
+        delegate!(self, containers::remove_container, request)
+    }
+
+    async fn list_containers(
+        &self,
+        request: Request<api::ListContainersRequest>,
+    ) -> Reply<api::ListContainersResponse> {
+        delegate!(self, containers::list_containers, request)
+    }
+
+    async fn container_status(
+        &self,
+        request: Request<api::ContainerStatusRequest>,
+    ) -> Reply<api::ContainerStatusResponse> {
+        delegate!(self, containers::container_status, request)
+    }
+
+    async fn update_container_resources(
+        &self,
+        request: Request<api::UpdateContainerResourcesRequest>,
+    ) -> Reply<api::UpdateContainerResourcesResponse> {
+        delegate!(self, containers::update_container_resources, request)
+    }
+
+    async fn reopen_container_log(
+        &self,
+        request: Request<api::ReopenContainerLogRequest>,
+    ) -> Reply<api::ReopenContainerLogResponse> {
+        delegate!(self, containers::reopen_container_log, request)
+    }
+
+    async fn exec_sync(
+        &self,
+        request: Request<api::ExecSyncRequest>,
+    ) -> Reply<api::ExecSyncResponse> {
+        delegate!(self, unsupported::exec_sync, request)
+    }
+
+    async fn exec(&self, request: Request<api::ExecRequest>) -> Reply<api::ExecResponse> {
+        delegate!(self, unsupported::exec, request)
+    }
+
+    async fn attach(&self, request: Request<api::AttachRequest>) -> Reply<api::AttachResponse> {
+        delegate!(self, unsupported::attach, request)
+    }
+
+    async fn port_forward(
+        &self,
+        request: Request<api::PortForwardRequest>,
+    ) -> Reply<api::PortForwardResponse> {
+        delegate!(self, unsupported::port_forward, request)
+    }
+
+    async fn container_stats(
+        &self,
+        request: Request<api::ContainerStatsRequest>,
+    ) -> Reply<api::ContainerStatsResponse> {
+        delegate!(self, stats::container_stats, request)
+    }
+
+    async fn list_container_stats(
+        &self,
+        request: Request<api::ListContainerStatsRequest>,
+    ) -> Reply<api::ListContainerStatsResponse> {
+        delegate!(self, stats::list_container_stats, request)
+    }
+
+    async fn pod_sandbox_stats(
+        &self,
+        request: Request<api::PodSandboxStatsRequest>,
+    ) -> Reply<api::PodSandboxStatsResponse> {
+        delegate!(self, stats::pod_sandbox_stats, request)
+    }
+
+    async fn list_pod_sandbox_stats(
+        &self,
+        request: Request<api::ListPodSandboxStatsRequest>,
+    ) -> Reply<api::ListPodSandboxStatsResponse> {
+        delegate!(self, stats::list_pod_sandbox_stats, request)
+    }
+
+    async fn checkpoint_container(
+        &self,
+        request: Request<api::CheckpointContainerRequest>,
+    ) -> Reply<api::CheckpointContainerResponse> {
+        delegate!(self, unsupported::checkpoint_container, request)
+    }
+
+    type GetContainerEventsStream = unsupported::EventStream;
+
+    async fn get_container_events(
+        &self,
+        request: Request<api::GetEventsRequest>,
+    ) -> Reply<Self::GetContainerEventsStream> {
+        delegate!(self, unsupported::get_container_events, request)
+    }
+
+    async fn list_metric_descriptors(
+        &self,
+        request: Request<api::ListMetricDescriptorsRequest>,
+    ) -> Reply<api::ListMetricDescriptorsResponse> {
+        delegate!(self, unsupported::list_metric_descriptors, request)
+    }
+
+    async fn list_pod_sandbox_metrics(
+        &self,
+        request: Request<api::ListPodSandboxMetricsRequest>,
+    ) -> Reply<api::ListPodSandboxMetricsResponse> {
+        delegate!(self, unsupported::list_pod_sandbox_metrics, request)
+    }
+}

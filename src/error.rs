@@ -1,0 +1,54 @@
+//! The error every part below the CRI façade returns. Each variant says what
+//! kind of failure it is; `cri::status` maps kinds to gRPC codes in one place.
+
+/// A failure, with a message that names what failed (which id, which image, which digest).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The request itself is wrong: a missing field, a bad name, a bad module.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// The object asked for does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// An object with the same identity exists already.
+    #[error("{0}")]
+    AlreadyExists(String),
+    /// The object is not in a state that allows the call, or the call cannot
+    /// apply to this kind of object (a shell in a wasm guest).
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// The registry refused our credentials.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// Something we depend on (a registry) cannot be reached now; retrying may help.
+    #[error("{0}")]
+    Unavailable(String),
+    /// A limit was reached.
+    #[error("{0}")]
+    ResourceExhausted(String),
+    /// Content did not match its digest.
+    #[error("{0}")]
+    DataLoss(String),
+    /// A fault of ours or of the host (I/O), with its chain of causes.
+    #[error("{0:#}")]
+    Internal(anyhow::Error),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub fn internal(context: impl std::fmt::Display, cause: impl Into<anyhow::Error>) -> Self {
+        Error::Internal(cause.into().context(context.to_string()))
+    }
+}
+
+/// Adds "what we were doing" to I/O errors, the way anyhow's `context` does.
+pub trait IoContext<T> {
+    fn io_context(self, what: impl FnOnce() -> String) -> Result<T>;
+}
+
+impl<T> IoContext<T> for std::io::Result<T> {
+    fn io_context(self, what: impl FnOnce() -> String) -> Result<T> {
+        self.map_err(|e| Error::internal(what(), e))
+    }
+}

@@ -1,0 +1,50 @@
+//! `wasmrun`: flags and config, logging, then the server.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use wasmrun::config::{Config, Flags, LogFormat};
+
+fn main() -> ExitCode {
+    let config = match Config::load(Flags::parse()) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("wasmrun: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(&config);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .thread_name("cri")
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("wasmrun: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(wasmrun::server::serve(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "wasmrun failed");
+            eprintln!("wasmrun: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(config: &Config) {
+    use std::io::IsTerminal;
+    // `validate` has checked the filter already.
+    let filter = tracing_subscriber::EnvFilter::new(config.log_filter());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
+    match config.log_format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

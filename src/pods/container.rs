@@ -1,0 +1,348 @@
+//! A container: a compiled module, the config kubelet gave, and its state
+//! machine Created → Running → Exited.
+
+use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::Sandbox;
+use crate::api;
+use crate::error::{Error, Result};
+use crate::images::Image;
+use crate::logs::{ContainerLog, OpenedLog};
+use crate::wasm::{Compiled, Engine, Exit, ExitReason, Guest, GuestSpec, ModuleSource, Mount};
+
+/// How long a stop waits for a killed guest to be gone. A guest yields every
+/// epoch tick, so this is only reached if something is badly wrong.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContainerState {
+    Created,
+    Running,
+    Exited,
+    /// CRI's unknown state; no container of ours is ever in it.
+    Unknown,
+}
+
+enum Phase {
+    Created,
+    /// StartContainer is opening the log and building the guest.
+    Starting,
+    Started {
+        guest: Guest,
+        log: Arc<ContainerLog>,
+        started_at: i64,
+    },
+    /// StartContainer failed: the container never ran.
+    StartFailed {
+        exit: Exit,
+    },
+}
+
+pub struct Container {
+    pub id: String,
+    pub pod_id: String,
+    pub(super) reserved_name: String,
+    /// Exactly as kubelet sent it: metadata, labels, annotations, command, mounts.
+    pub config: api::ContainerConfig,
+    pub image: Image,
+    pub log_path: Option<PathBuf>,
+    pub mounts: Vec<Mount>,
+    pub created_at: i64,
+    pub module_source: ModuleSource,
+    compiled: Arc<Compiled>,
+    resources: Mutex<Option<api::LinuxContainerResources>>,
+    phase: Mutex<Phase>,
+}
+
+pub(super) struct NewContainer {
+    pub id: String,
+    pub pod_id: String,
+    pub reserved_name: String,
+    pub config: api::ContainerConfig,
+    pub image: Image,
+    pub log_path: Option<PathBuf>,
+    pub mounts: Vec<Mount>,
+    pub compiled: Arc<Compiled>,
+    pub module_source: ModuleSource,
+}
+
+/// A consistent snapshot of a container's state, for status and list calls.
+#[derive(Debug, Clone)]
+pub struct ContainerView {
+    pub state: ContainerState,
+    pub started_at: i64,
+    pub exit: Option<Exit>,
+    pub resources: Option<api::LinuxContainerResources>,
+    /// CPU nanoseconds and linear-memory bytes of the guest, once started.
+    pub cpu_nanos: u64,
+    pub memory_bytes: u64,
+}
+
+impl Container {
+    pub(super) fn new(new: NewContainer) -> Self {
+        let resources = new
+            .config
+            .linux
+            .as_ref()
+            .and_then(|linux| linux.resources.clone());
+        Self {
+            id: new.id,
+            pod_id: new.pod_id,
+            reserved_name: new.reserved_name,
+            config: new.config,
+            image: new.image,
+            log_path: new.log_path,
+            mounts: new.mounts,
+            created_at: crate::durable::now_nanos(),
+            module_source: new.module_source,
+            compiled: new.compiled,
+            resources: Mutex::new(resources),
+            phase: Mutex::new(Phase::Created),
+        }
+    }
+
+    pub fn state(&self) -> ContainerState {
+        self.view().state
+    }
+
+    pub fn view(&self) -> ContainerView {
+        let resources = self.resources.lock().unwrap().clone();
+        let phase = self.phase.lock().unwrap();
+        let (state, started_at, exit, cpu_nanos, memory_bytes) = match &*phase {
+            Phase::Created | Phase::Starting => (ContainerState::Created, 0, None, 0, 0),
+            Phase::StartFailed { exit } => (ContainerState::Exited, 0, Some(exit.clone()), 0, 0),
+            Phase::Started {
+                guest, started_at, ..
+            } => {
+                let exit = guest.exit();
+                let state = if exit.is_some() {
+                    ContainerState::Exited
+                } else {
+                    ContainerState::Running
+                };
+                let cpu = guest.usage.cpu_nanos.load(Ordering::Relaxed);
+                let memory = guest.usage.memory_bytes.load(Ordering::Relaxed);
+                (state, *started_at, exit, cpu, memory)
+            }
+        };
+        ContainerView {
+            state,
+            started_at,
+            exit,
+            resources,
+            cpu_nanos,
+            memory_bytes,
+        }
+    }
+
+    /// The guest's arguments: the CRI command replaces the image's entrypoint
+    /// (a wasm artifact's is the module, named after its repository), and the
+    /// CRI args follow it.
+    pub fn argv(&self) -> Vec<String> {
+        if self.config.command.is_empty() {
+            std::iter::once(self.image.default_argv0.clone())
+                .chain(self.config.args.iter().cloned())
+                .collect()
+        } else {
+            self.config
+                .command
+                .iter()
+                .chain(&self.config.args)
+                .cloned()
+                .collect()
+        }
+    }
+
+    /// The guest's view: argv, env, working dir, mounts and memory limit.
+    fn guest_spec(&self) -> GuestSpec {
+        let argv = self.argv();
+        let memory_limit = self
+            .resources
+            .lock()
+            .unwrap()
+            .as_ref()
+            .map_or(0, |resources| resources.memory_limit_in_bytes.max(0) as u64);
+        GuestSpec {
+            argv,
+            env: self
+                .config
+                .envs
+                .iter()
+                .map(|kv| (kv.key.clone(), kv.value.clone()))
+                .collect(),
+            working_dir: Some(self.config.working_dir.clone()).filter(|dir| !dir.is_empty()),
+            mounts: self.mounts.clone(),
+            memory_limit,
+        }
+    }
+
+    pub(super) async fn start(&self, engine: &Engine) -> Result<()> {
+        {
+            let mut phase = self.phase.lock().unwrap();
+            if !matches!(*phase, Phase::Created) {
+                return Err(Error::FailedPrecondition(format!(
+                    "container {} cannot be started: it is {}",
+                    self.id,
+                    describe(&phase)
+                )));
+            }
+            *phase = Phase::Starting;
+        }
+        let started = async {
+            let OpenedLog { log, output } = ContainerLog::open(self.log_path.clone())
+                .await
+                .map_err(|e| {
+                    Error::internal(format!("opening the log of container {}", self.id), e)
+                })?;
+            let guest = engine
+                .start(self.compiled.clone(), self.guest_spec(), output)
+                .await?;
+            Ok::<_, Error>((guest, log))
+        }
+        .await;
+        let mut phase = self.phase.lock().unwrap();
+        match started {
+            Ok((guest, log)) => {
+                *phase = Phase::Started {
+                    guest,
+                    log: Arc::new(log),
+                    started_at: crate::durable::now_nanos(),
+                };
+                Ok(())
+            }
+            Err(e) => {
+                *phase = Phase::StartFailed {
+                    exit: Exit {
+                        code: 128,
+                        reason: ExitReason::Error,
+                        message: format!("StartError: {e}"),
+                        finished_at: crate::durable::now_nanos(),
+                    },
+                };
+                Err(e)
+            }
+        }
+    }
+
+    /// Ends the guest if it runs, and waits until it is gone and its output written.
+    pub(super) async fn stop(&self) -> Result<()> {
+        let waiter = {
+            let mut phase = self.phase.lock().unwrap();
+            match &mut *phase {
+                Phase::Started { guest, .. } if guest.exit().is_none() => {
+                    guest.kill();
+                    guest.waiter()
+                }
+                _ => return Ok(()),
+            }
+        };
+        match tokio::time::timeout(STOP_GRACE, waiter.wait()).await {
+            Ok(exit) => {
+                tracing::info!(container = %self.id, code = exit.code, "container stopped");
+                Ok(())
+            }
+            Err(_) => Err(Error::internal(
+                format!("stopping container {}", self.id),
+                anyhow::anyhow!("the guest did not end within {STOP_GRACE:?} of being killed"),
+            )),
+        }
+    }
+
+    pub async fn reopen_log(&self) -> Result<()> {
+        let log = {
+            let phase = self.phase.lock().unwrap();
+            match &*phase {
+                Phase::Started { guest, log, .. } if guest.exit().is_none() => log.clone(),
+                other => {
+                    return Err(Error::FailedPrecondition(format!(
+                        "container {} is {}: only a running container's log can be reopened",
+                        self.id,
+                        describe(other)
+                    )));
+                }
+            }
+        };
+        log.reopen()
+            .await
+            .map_err(|e| Error::internal(format!("reopening the log of container {}", self.id), e))
+    }
+
+    /// Records new resources. The memory limit applies to the running guest at
+    /// its next memory growth; the other fields are kept and reported.
+    pub fn update_resources(&self, resources: api::LinuxContainerResources) -> Result<()> {
+        if resources.memory_limit_in_bytes < 0 {
+            return Err(Error::InvalidArgument(format!(
+                "container {}: memory_limit_in_bytes {} is negative",
+                self.id, resources.memory_limit_in_bytes
+            )));
+        }
+        let limit = resources.memory_limit_in_bytes as u64;
+        if let Phase::Started { guest, .. } = &*self.phase.lock().unwrap() {
+            guest.usage.memory_limit.store(limit, Ordering::Relaxed);
+        }
+        *self.resources.lock().unwrap() = Some(resources);
+        Ok(())
+    }
+}
+
+fn describe(phase: &Phase) -> &'static str {
+    match phase {
+        Phase::Created => "created",
+        Phase::Starting => "starting",
+        Phase::Started { guest, .. } if guest.exit().is_none() => "running",
+        Phase::Started { .. } | Phase::StartFailed { .. } => "exited",
+    }
+}
+
+/// The log file: the pod's log directory joined with the container's log path,
+/// which must stay inside it. `None` when either is unset (output is dropped).
+pub(super) fn log_path(
+    sandbox: &Sandbox,
+    config: &api::ContainerConfig,
+) -> Result<Option<PathBuf>> {
+    let directory = &sandbox.config.log_directory;
+    if directory.is_empty() || config.log_path.is_empty() {
+        return Ok(None);
+    }
+    let relative = Path::new(&config.log_path);
+    if !relative
+        .components()
+        .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
+    {
+        return Err(Error::InvalidArgument(format!(
+            "CreateContainer: log_path {:?} must be relative to the pod's log directory, without `..`",
+            config.log_path
+        )));
+    }
+    Ok(Some(Path::new(directory).join(relative)))
+}
+
+/// Mounts as the guest sees them: each container path must be absolute.
+pub(super) fn mounts(config: &api::ContainerConfig) -> Result<Vec<Mount>> {
+    config
+        .mounts
+        .iter()
+        .map(|mount| {
+            if !mount.container_path.starts_with('/') {
+                return Err(Error::InvalidArgument(format!(
+                    "CreateContainer: mount container_path {:?} must be absolute",
+                    mount.container_path
+                )));
+            }
+            if mount.host_path.is_empty() {
+                return Err(Error::InvalidArgument(format!(
+                    "CreateContainer: mount at {:?} has no host_path",
+                    mount.container_path
+                )));
+            }
+            Ok(Mount {
+                host_path: mount.host_path.clone(),
+                guest_path: mount.container_path.clone(),
+                readonly: mount.readonly,
+            })
+        })
+        .collect()
+}

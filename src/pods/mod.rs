@@ -1,0 +1,303 @@
+//! Pods and containers, kept in memory: their identities, their state
+//! machines, and the guests behind running containers.
+//!
+//! A container moves Created → Running → Exited and never back. Names
+//! (pod: namespace, name, uid, attempt; container: pod, name, attempt) are
+//! reserved until the object is removed, so a retried create is refused.
+
+mod container;
+mod filter;
+mod sandbox;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+pub use container::{Container, ContainerState, ContainerView};
+pub use filter::{ContainerFilter, PodFilter};
+pub use sandbox::{Sandbox, SandboxState};
+
+use crate::api;
+use crate::error::{Error, Result};
+use crate::images::{Images, ModuleKind};
+use crate::wasm::{self, Engine};
+
+pub struct Pods {
+    images: Arc<Images>,
+    engine: Arc<Engine>,
+    registry: Mutex<Registry>,
+}
+
+#[derive(Default)]
+struct Registry {
+    sandboxes: HashMap<String, Arc<Sandbox>>,
+    containers: HashMap<String, Arc<Container>>,
+    names: HashSet<String>,
+}
+
+impl Registry {
+    /// Finds an id by its full form or a unique prefix, as crictl users type them.
+    fn resolve<'a, T>(map: &'a HashMap<String, Arc<T>>, id: &str) -> Option<&'a Arc<T>> {
+        if let Some(found) = map.get(id) {
+            return Some(found);
+        }
+        if id.is_empty() {
+            return None;
+        }
+        let mut matches = map.iter().filter(|(key, _)| key.starts_with(id));
+        match (matches.next(), matches.next()) {
+            (Some((_, found)), None) => Some(found),
+            _ => None,
+        }
+    }
+}
+
+fn new_id() -> String {
+    hex::encode(rand::random::<[u8; 32]>())
+}
+
+impl Pods {
+    pub fn new(images: Arc<Images>, engine: Arc<Engine>) -> Self {
+        Self {
+            images,
+            engine,
+            registry: Mutex::new(Registry::default()),
+        }
+    }
+
+    pub fn run_pod(
+        &self,
+        config: api::PodSandboxConfig,
+        runtime_handler: &str,
+    ) -> Result<Arc<Sandbox>> {
+        let metadata = config.metadata.as_ref().ok_or_else(|| {
+            Error::InvalidArgument("RunPodSandbox: config.metadata is required".into())
+        })?;
+        if metadata.name.is_empty() {
+            return Err(Error::InvalidArgument(
+                "RunPodSandbox: metadata.name is empty".into(),
+            ));
+        }
+        let name = sandbox::reserved_name(metadata);
+        let sandbox = Arc::new(Sandbox::new(new_id(), config, runtime_handler.to_owned()));
+        let mut registry = self.registry.lock().unwrap();
+        if !registry.names.insert(name.clone()) {
+            return Err(Error::AlreadyExists(format!(
+                "pod sandbox {name} already exists: remove it first"
+            )));
+        }
+        registry
+            .sandboxes
+            .insert(sandbox.id.clone(), sandbox.clone());
+        tracing::info!(pod = %sandbox.id, %name, "pod sandbox ready");
+        Ok(sandbox)
+    }
+
+    pub fn pod(&self, id: &str) -> Result<Arc<Sandbox>> {
+        let registry = self.registry.lock().unwrap();
+        Registry::resolve(&registry.sandboxes, id)
+            .cloned()
+            .ok_or_else(|| Error::NotFound(format!("pod sandbox {id:?} not found")))
+    }
+
+    pub fn pods(&self, filter: &PodFilter) -> Vec<Arc<Sandbox>> {
+        let registry = self.registry.lock().unwrap();
+        let mut pods: Vec<_> = registry
+            .sandboxes
+            .values()
+            .filter(|s| filter.matches(s))
+            .cloned()
+            .collect();
+        pods.sort_by_key(|s| s.created_at);
+        pods
+    }
+
+    /// Stops every container of the pod and marks it not ready. Unknown ids are fine.
+    pub async fn stop_pod(&self, id: &str) -> Result<()> {
+        let Ok(sandbox) = self.pod(id) else {
+            return Ok(());
+        };
+        for container in self.containers_of(&sandbox.id) {
+            container.stop().await?;
+        }
+        sandbox.mark_not_ready();
+        tracing::info!(pod = %sandbox.id, "pod sandbox stopped");
+        Ok(())
+    }
+
+    /// Removes the pod and all its containers (stopping any still running).
+    pub async fn remove_pod(&self, id: &str) -> Result<()> {
+        let Ok(sandbox) = self.pod(id) else {
+            return Ok(());
+        };
+        for container in self.containers_of(&sandbox.id) {
+            self.remove_container(&container.id).await?;
+        }
+        sandbox.mark_not_ready();
+        let mut registry = self.registry.lock().unwrap();
+        if registry.sandboxes.remove(&sandbox.id).is_some() {
+            let name = sandbox::reserved_name(sandbox.metadata());
+            registry.names.remove(&name);
+            tracing::info!(pod = %sandbox.id, "pod sandbox removed");
+        }
+        Ok(())
+    }
+
+    fn containers_of(&self, pod_id: &str) -> Vec<Arc<Container>> {
+        let registry = self.registry.lock().unwrap();
+        registry
+            .containers
+            .values()
+            .filter(|c| c.pod_id == pod_id)
+            .cloned()
+            .collect()
+    }
+
+    /// Creates a container: its image must be pulled; its module is compiled
+    /// (or loaded from the cache) now, so that start is quick and a bad module
+    /// fails here.
+    pub async fn create_container(
+        &self,
+        pod_id: &str,
+        config: api::ContainerConfig,
+    ) -> Result<Arc<Container>> {
+        let sandbox = self.pod(pod_id)?;
+        if sandbox.state() != SandboxState::Ready {
+            return Err(Error::FailedPrecondition(format!(
+                "pod sandbox {} is not ready: cannot create containers in it",
+                sandbox.id
+            )));
+        }
+        let metadata = config.metadata.as_ref().ok_or_else(|| {
+            Error::InvalidArgument("CreateContainer: config.metadata is required".into())
+        })?;
+        if metadata.name.is_empty() {
+            return Err(Error::InvalidArgument(
+                "CreateContainer: metadata.name is empty".into(),
+            ));
+        }
+        let image_name = config
+            .image
+            .as_ref()
+            .map(|i| i.image.as_str())
+            .unwrap_or_default();
+        if image_name.is_empty() {
+            return Err(Error::InvalidArgument(
+                "CreateContainer: config.image.image is empty".into(),
+            ));
+        }
+        let log_path = container::log_path(&sandbox, &config)?;
+        let mounts = container::mounts(&config)?;
+        let image = self.images.require(image_name)?;
+        if image.module_kind == ModuleKind::Component {
+            return Err(Error::FailedPrecondition(format!(
+                "image {image_name} holds a WebAssembly component; this wasmrun runs WASI preview 1 modules only"
+            )));
+        }
+        let name = format!("{}/{}/{}", sandbox.id, metadata.name, metadata.attempt);
+        // Reserve the name before the slow part, so two racing creates cannot both win.
+        if !self.registry.lock().unwrap().names.insert(name.clone()) {
+            return Err(Error::AlreadyExists(format!(
+                "container {:?} (attempt {}) already exists in pod sandbox {}",
+                metadata.name, metadata.attempt, sandbox.id
+            )));
+        }
+        let prepared = async {
+            let path = self.images.module_path(&image)?;
+            self.engine.prepare(&image.module_digest, &path).await
+        }
+        .await;
+        let (compiled, module_source) = match prepared {
+            Ok(prepared) => prepared,
+            Err(e) => {
+                self.registry.lock().unwrap().names.remove(&name);
+                return Err(match e {
+                    Error::InvalidArgument(message) => {
+                        Error::InvalidArgument(format!("image {image_name}: {message}"))
+                    }
+                    other => other,
+                });
+            }
+        };
+        let container = Arc::new(Container::new(container::NewContainer {
+            id: new_id(),
+            pod_id: sandbox.id.clone(),
+            reserved_name: name,
+            config,
+            image,
+            log_path,
+            mounts,
+            compiled,
+            module_source,
+        }));
+        self.registry
+            .lock()
+            .unwrap()
+            .containers
+            .insert(container.id.clone(), container.clone());
+        tracing::info!(container = %container.id, pod = %sandbox.id, source = ?module_source, "container created");
+        Ok(container)
+    }
+
+    pub fn container(&self, id: &str) -> Result<Arc<Container>> {
+        let registry = self.registry.lock().unwrap();
+        Registry::resolve(&registry.containers, id)
+            .cloned()
+            .ok_or_else(|| Error::NotFound(format!("container {id:?} not found")))
+    }
+
+    pub fn containers(&self, filter: &ContainerFilter) -> Vec<Arc<Container>> {
+        let registry = self.registry.lock().unwrap();
+        let mut containers: Vec<_> = registry
+            .containers
+            .values()
+            .filter(|c| filter.matches(c))
+            .cloned()
+            .collect();
+        containers.sort_by_key(|c| c.created_at);
+        containers
+    }
+
+    pub async fn start_container(&self, id: &str) -> Result<()> {
+        let container = self.container(id)?;
+        let sandbox = self.pod(&container.pod_id)?;
+        if sandbox.state() != SandboxState::Ready {
+            return Err(Error::FailedPrecondition(format!(
+                "pod sandbox {} is not ready: cannot start container {}",
+                sandbox.id, container.id
+            )));
+        }
+        container.start(&self.engine).await?;
+        tracing::info!(container = %container.id, "container started");
+        Ok(())
+    }
+
+    /// Ends a running container's guest. WASI preview 1 has no signals, so there
+    /// is nothing to ask a guest to shut down with: it is ended at once, which is
+    /// within any timeout. Stopping a container that is not running is fine.
+    pub async fn stop_container(&self, id: &str) -> Result<()> {
+        match self.container(id) {
+            Ok(container) => container.stop().await,
+            Err(_) => Ok(()),
+        }
+    }
+
+    /// Drops the compiled code of modules whose images were removed.
+    pub async fn forget_modules(&self, digests: &[String]) {
+        self.engine.evict(digests).await;
+    }
+
+    pub async fn remove_container(&self, id: &str) -> Result<()> {
+        let Ok(container) = self.container(id) else {
+            return Ok(());
+        };
+        container.stop().await?;
+        let mut registry = self.registry.lock().unwrap();
+        if registry.containers.remove(&container.id).is_some() {
+            registry.names.remove(&container.reserved_name);
+            tracing::info!(container = %container.id, "container removed");
+        }
+        Ok(())
+    }
+}
+
+pub use wasm::{Exit, ExitReason, ModuleSource};

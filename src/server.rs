@@ -1,0 +1,178 @@
+//! The daemon: the unix socket, the services on it, and a clean shutdown.
+
+use std::future::Future;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use anyhow::{Context as _, bail};
+use tokio::net::UnixListener;
+use tonic::codegen::http;
+
+use crate::api::image_service_server::ImageServiceServer;
+use crate::api::runtime_service_server::RuntimeServiceServer;
+use crate::config::Config;
+use crate::cri::{ImageHandler, Parts, RuntimeHandler};
+use crate::images::Images;
+use crate::pods::Pods;
+use crate::wasm::Engine;
+
+/// Serves the CRI until SIGTERM or SIGINT, then finishes in-flight calls and
+/// removes the socket.
+pub async fn serve(config: Config) -> anyhow::Result<()> {
+    for dir in [&config.root, &config.state] {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    refuse_if_served(&config.socket).await?;
+    let _root_lock = lock_root(&config.root)?;
+
+    let images = Arc::new(Images::open(&config.root, &config.insecure_registries).await?);
+    let engine = Engine::new(&config.root.join("cache"))?;
+    let pods = Arc::new(Pods::new(images.clone(), engine));
+    let parts = Parts {
+        config: Arc::new(config.clone()),
+        pods,
+        images,
+    };
+
+    let listener = bind(&config.socket)?;
+    tracing::info!(socket = %config.socket.display(), root = %config.root.display(), version = env!("CARGO_PKG_VERSION"), "wasmrun serving the CRI");
+    let served = tonic::transport::Server::builder()
+        .layer(CallLogLayer)
+        .add_service(RuntimeServiceServer::new(RuntimeHandler::new(
+            parts.clone(),
+        )))
+        .add_service(ImageServiceServer::new(ImageHandler::new(parts)))
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::UnixListenerStream::new(listener),
+            shutdown_signal(),
+        )
+        .await;
+    let _ = std::fs::remove_file(&config.socket);
+    served.context("serving the CRI")?;
+    tracing::info!("wasmrun stopped");
+    Ok(())
+}
+
+/// One daemon per root: the image store and compile cache have one writer.
+fn lock_root(root: &Path) -> anyhow::Result<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    let path = root.join("wasmrun.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    // SAFETY: flock on a descriptor we own; the lock lasts as long as the file is open.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        bail!(
+            "root directory {} is in use by another wasmrun (it holds {})",
+            root.display(),
+            path.display()
+        );
+    }
+    Ok(file)
+}
+
+/// Fails if a live server answers on `socket`; a socket file nobody answers
+/// on is stale and is replaced by `bind`.
+async fn refuse_if_served(socket: &Path) -> anyhow::Result<()> {
+    if tokio::net::UnixStream::connect(socket).await.is_ok() {
+        bail!(
+            "socket {} is in use: another process serves on it; stop it, or give this wasmrun another --socket",
+            socket.display()
+        );
+    }
+    Ok(())
+}
+
+fn bind(socket: &Path) -> anyhow::Result<UnixListener> {
+    if let Some(parent) = socket.parent() {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
+    }
+    match std::fs::remove_file(socket) {
+        Ok(()) => tracing::info!(socket = %socket.display(), "replaced a stale socket"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(e).with_context(|| format!("removing stale socket {}", socket.display()));
+        }
+    }
+    let listener =
+        UnixListener::bind(socket).with_context(|| format!("binding {}", socket.display()))?;
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o660))
+        .with_context(|| format!("setting the mode of {}", socket.display()))?;
+    Ok(listener)
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot listen for SIGTERM/SIGINT: stop wasmrun with SIGKILL");
+        return std::future::pending().await;
+    };
+    let name = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    };
+    tracing::info!(signal = name, "shutting down: finishing calls in flight");
+}
+
+/// Logs every CRI call at debug level with its duration and gRPC status.
+#[derive(Clone, Copy)]
+struct CallLogLayer;
+
+impl<S> tower::Layer<S> for CallLogLayer {
+    type Service = CallLog<S>;
+
+    fn layer(&self, inner: S) -> CallLog<S> {
+        CallLog { inner }
+    }
+}
+
+#[derive(Clone)]
+struct CallLog<S> {
+    inner: S,
+}
+
+impl<S, B, R> tower::Service<http::Request<B>> for CallLog<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<R>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let call = request.uri().path().to_owned();
+        let started = Instant::now();
+        let response = self.inner.call(request);
+        Box::pin(async move {
+            let response = response.await;
+            // A failed unary call carries its status in the headers; a successful one, in trailers.
+            let status = match &response {
+                Ok(r) => r
+                    .headers()
+                    .get("grpc-status")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("0")
+                    .to_owned(),
+                Err(_) => "transport error".to_owned(),
+            };
+            tracing::debug!(%call, elapsed = ?started.elapsed(), grpc_status = %status, "CRI call");
+            response
+        })
+    }
+}

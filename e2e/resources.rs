@@ -219,3 +219,55 @@ async fn stats_of_a_running_guest_show_cpu_and_memory() {
     .expect("PodSandboxStats");
     running.stop().await;
 }
+
+fn with_memory_limit(
+    mut config: wasmrun::api::ContainerConfig,
+    bytes: i64,
+) -> wasmrun::api::ContainerConfig {
+    config.linux = Some(wasmrun::api::LinuxContainerConfig {
+        resources: Some(LinuxContainerResources {
+            memory_limit_in_bytes: bytes,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    config
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_growing_past_its_memory_limit_is_oom_killed() {
+    let daemon = Daemon::start().await;
+    let image = pulled_fixture(&daemon, "memhog", "resources-memhog").await;
+    let pod = Pod::run(&daemon, "memhog").await;
+    // The guest asks for 256 MiB in 1 MiB steps; the limit is 32 MiB.
+    let config = with_memory_limit(
+        container_config("memhog", &image.name, &[], &["256"], &[]),
+        32 << 20,
+    );
+
+    let (_, status) = pod.run_to_exit(&daemon, &config).await;
+    assert_eq!(status.reason, "OOMKilled", "{status:#?}");
+    assert_eq!(status.exit_code, 137, "{status:#?}");
+    assert!(status.message.contains("memory limit"), "{status:#?}");
+    let lines = full_lines(&read_log(&pod.log_path(&config)));
+    assert!(has_line(&lines, "stdout", "allocated 16 MiB"), "{lines:#?}");
+    assert!(!has_line(&lines, "stdout", "done"), "{lines:#?}");
+    assert_serving(&daemon).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_within_its_memory_limit_completes() {
+    let daemon = Daemon::start().await;
+    let image = pulled_fixture(&daemon, "memhog", "resources-memhog-ok").await;
+    let pod = Pod::run(&daemon, "memhog-ok").await;
+    let config = with_memory_limit(
+        container_config("memhog", &image.name, &[], &["16"], &[]),
+        64 << 20,
+    );
+
+    let (_, status) = pod.run_to_exit(&daemon, &config).await;
+    assert_eq!(status.exit_code, 0, "{status:#?}");
+    assert_eq!(status.reason, "Completed", "{status:#?}");
+    let lines = full_lines(&read_log(&pod.log_path(&config)));
+    assert!(has_line(&lines, "stdout", "done"), "{lines:#?}");
+}

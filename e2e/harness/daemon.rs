@@ -92,18 +92,17 @@ impl Daemon {
                 // Drop prints the log.
                 panic!("wasmrun exited during startup with {status}");
             }
-            if socket.exists() {
-                if let Ok(Ok(channel)) =
+            if socket.exists()
+                && let Ok(Ok(channel)) =
                     tokio::time::timeout(Duration::from_secs(2), connect(&socket)).await
-                {
-                    let mut client = RuntimeServiceClient::new(channel.clone());
-                    let version = client.version(VersionRequest {
-                        version: "v1".into(),
-                    });
-                    if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(2), version).await {
-                        self.channel = Some(channel);
-                        return;
-                    }
+            {
+                let mut client = RuntimeServiceClient::new(channel.clone());
+                let version = client.version(VersionRequest {
+                    version: "v1".into(),
+                });
+                if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(2), version).await {
+                    self.channel = Some(channel);
+                    return;
                 }
             }
             if Instant::now() > deadline {

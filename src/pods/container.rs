@@ -191,6 +191,9 @@ impl Container {
             }
             *phase = Phase::Starting;
         }
+        // Taken before the guest runs, so that started_at <= finished_at even
+        // for a guest that is done before `engine.start` returns.
+        let started_at = crate::durable::now_nanos();
         let started = async {
             let OpenedLog { log, output } = ContainerLog::open(self.log_path.clone())
                 .await
@@ -209,7 +212,7 @@ impl Container {
                 *phase = Phase::Started {
                     guest,
                     log: Arc::new(log),
-                    started_at: crate::durable::now_nanos(),
+                    started_at,
                 };
                 Ok(())
             }

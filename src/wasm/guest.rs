@@ -184,6 +184,12 @@ fn build_store(
     wasi.stdout(OutputStream::new(stdout))
         .stderr(OutputStream::new(stderr));
     for mount in &spec.mounts {
+        // WASI preview 1 can only preopen directories; kubelet's file mounts
+        // (/etc/hosts, the termination-message path) cannot be given.
+        if std::fs::metadata(&mount.host_path).is_ok_and(|meta| !meta.is_dir()) {
+            tracing::warn!(host_path = %mount.host_path, guest_path = %mount.guest_path, "skipping a file mount: WASI preview 1 preopens only directories");
+            continue;
+        }
         let perms = if mount.readonly {
             FsPerms::ReadOnly
         } else {

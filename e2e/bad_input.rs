@@ -177,6 +177,27 @@ async fn truncated_module_pulls_but_cannot_be_created() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_module_without_start_cannot_be_created() {
+    let daemon = Daemon::start().await;
+    // The smallest valid module: the header and nothing else, so no `_start`.
+    let image = push_bytes("bad-no-start", b"\0asm\x01\0\0\0").await;
+    try_pull(&daemon, Some(&image.name))
+        .await
+        .expect("PullImage of an empty module");
+    let pod = Pod::run(&daemon, "no-start").await;
+    let result = pod
+        .try_create(
+            &daemon,
+            &container_config("no-start", &image.name, &[], &[], &[]),
+        )
+        .await;
+    let status = result.expect_err("CreateContainer of a module without _start");
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("_start"), "{status:?}");
+    assert_serving(&daemon).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pull_of_a_missing_tag_is_not_found() {
     let daemon = Daemon::start().await;
     let image = push_fixture("hello", "bad-missing-tag").await;

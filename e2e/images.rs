@@ -218,6 +218,11 @@ async fn image_id_works_wherever_kubelet_uses_it() {
     });
     let (id, status) = pod.run_to_exit(&daemon, &config).await;
     assert_eq!(status.exit_code, 0, "{status:#?}");
+    // As containerd does: the image shown is the image's tag, not the id kubelet sent.
+    let shown = status.image.as_ref().expect("image");
+    assert_eq!(shown.image, image.name);
+    assert_eq!(shown.user_specified_image, image.name);
+    assert_eq!(status.image_id, image_id);
     assert!(has_line(
         &full_lines(&read_log(&pod.log_path(&config))),
         "stdout",

@@ -270,3 +270,32 @@ async fn run_pod_sandbox_with_the_same_metadata_already_exists() {
     assert_ne!(retry.id, pod.id);
     assert_serving(&daemon).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_runtime_handler_runs_a_wasm_pod_without_a_backing_runtime() {
+    let daemon = Daemon::start().await;
+    let mut rt = daemon.runtime();
+    for handler in ["", "wasmrun", "runc"] {
+        let id = rt
+            .run_pod_sandbox(wasmrun::api::RunPodSandboxRequest {
+                config: Some(pod_config(&format!("handler-{handler}"), &new_uid())),
+                runtime_handler: handler.into(),
+            })
+            .await
+            .unwrap_or_else(|s| panic!("RunPodSandbox with handler {handler:?}: {s:?}"))
+            .into_inner()
+            .pod_sandbox_id;
+        let status = rt
+            .pod_sandbox_status(wasmrun::api::PodSandboxStatusRequest {
+                pod_sandbox_id: id,
+                verbose: false,
+            })
+            .await
+            .expect("PodSandboxStatus")
+            .into_inner()
+            .status
+            .expect("status");
+        assert_eq!(status.runtime_handler, handler);
+        assert_eq!(status.state(), wasmrun::api::PodSandboxState::SandboxReady);
+    }
+}

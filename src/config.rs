@@ -267,6 +267,26 @@ mod tests {
     }
 
     #[test]
+    fn the_example_config_shows_the_real_defaults() {
+        let example: Config = toml::from_str(include_str!("../deploy/config.toml")).unwrap();
+        assert_eq!(example, Config::default());
+    }
+
+    #[test]
+    fn a_bare_level_applies_to_wasmrun_only() {
+        let config = Config {
+            log_level: "debug".into(),
+            ..Config::default()
+        };
+        assert_eq!(config.log_filter(), "warn,wasmrun=debug");
+        let config = Config {
+            log_level: "wasmrun=trace,h2=info".into(),
+            ..Config::default()
+        };
+        assert_eq!(config.log_filter(), "wasmrun=trace,h2=info");
+    }
+
+    #[test]
     fn good_registry_names_pass() {
         for good in [
             "127.0.0.1:5000",

@@ -28,8 +28,8 @@ fn main() -> ExitCode {
     match runtime.block_on(wasmrun::server::serve(config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            // Logging is up: the failure goes where every other line goes.
             tracing::error!(error = %format!("{e:#}"), "wasmrun failed");
-            eprintln!("wasmrun: {e:#}");
             ExitCode::FAILURE
         }
     }

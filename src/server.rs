@@ -20,6 +20,9 @@ use crate::images::Images;
 use crate::pods::Pods;
 use crate::wasm::Engine;
 
+/// kubelet allows CRI messages of up to 16 MiB (a ListContainers of a busy node).
+const MAX_MESSAGE: usize = 16 * 1024 * 1024;
+
 /// Serves the CRI until SIGTERM or SIGINT, then finishes in-flight calls and
 /// removes the socket.
 pub async fn serve(config: Config) -> anyhow::Result<()> {
@@ -42,10 +45,16 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     tracing::info!(socket = %config.socket.display(), root = %config.root.display(), version = env!("CARGO_PKG_VERSION"), "wasmrun serving the CRI");
     let served = tonic::transport::Server::builder()
         .layer(CallLogLayer)
-        .add_service(RuntimeServiceServer::new(RuntimeHandler::new(
-            parts.clone(),
-        )))
-        .add_service(ImageServiceServer::new(ImageHandler::new(parts)))
+        .add_service(
+            RuntimeServiceServer::new(RuntimeHandler::new(parts.clone()))
+                .max_decoding_message_size(MAX_MESSAGE)
+                .max_encoding_message_size(MAX_MESSAGE),
+        )
+        .add_service(
+            ImageServiceServer::new(ImageHandler::new(parts))
+                .max_decoding_message_size(MAX_MESSAGE)
+                .max_encoding_message_size(MAX_MESSAGE),
+        )
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::UnixListenerStream::new(listener),
             shutdown_signal(),

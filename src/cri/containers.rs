@@ -177,12 +177,19 @@ fn state(state: ContainerState) -> api::ContainerState {
     }
 }
 
-/// The image as the container asked for it.
+/// The image as kubelet shows it: its first tag, as containerd reports it,
+/// since kubelet creates containers by image id.
 fn image_spec(container: &Container) -> api::ImageSpec {
     let requested = container.config.image.clone().unwrap_or_default();
     api::ImageSpec {
-        image: requested.image,
+        image: container
+            .image
+            .repo_tags
+            .first()
+            .cloned()
+            .unwrap_or(requested.image),
         annotations: requested.annotations,
+        user_specified_image: requested.user_specified_image,
         ..Default::default()
     }
 }

@@ -218,7 +218,7 @@ impl Puller {
         descriptor: &Descriptor,
         check: impl FnOnce(&[u8]) -> Result<()>,
     ) -> Result<()> {
-        if store.has_blob(&descriptor.digest) {
+        if store.has_blob(&descriptor.digest).await {
             return Ok(());
         }
         // No credentials here: oci-client reuses the token the manifest fetch obtained.

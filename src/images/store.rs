@@ -96,8 +96,13 @@ impl Store {
         Ok(self.dir.join("blobs").join(digest_path(digest)?))
     }
 
-    pub fn has_blob(&self, digest: &str) -> bool {
-        self.blob_path(digest).is_ok_and(|path| path.is_file())
+    pub async fn has_blob(&self, digest: &str) -> bool {
+        match self.blob_path(digest) {
+            Ok(path) => tokio::fs::metadata(path)
+                .await
+                .is_ok_and(|meta| meta.is_file()),
+            Err(_) => false,
+        }
     }
 
     /// Starts writing a blob that must hash to `digest`.
@@ -441,7 +446,7 @@ mod tests {
             .await
             .unwrap_err();
         assert!(matches!(err, Error::DataLoss(_)), "{err}");
-        assert!(!store.has_blob(&digest));
+        assert!(!store.has_blob(&digest).await);
         assert_eq!(
             std::fs::read_dir(store.dir().join("tmp")).unwrap().count(),
             0

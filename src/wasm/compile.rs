@@ -81,6 +81,15 @@ impl Cache {
         .await
         .map_err(|e| Error::internal(format!("compiling module {digest}"), e))??;
 
+        match module.get_export("_start") {
+            Some(wasmtime::ExternType::Func(ty))
+                if ty.params().len() == 0 && ty.results().len() == 0 => {}
+            _ => {
+                return Err(Error::InvalidArgument(format!(
+                    "module {digest} has no `_start` function to run: a WASI command module exports `_start: () -> ()`"
+                )));
+            }
+        }
         let pre = linker.instantiate_pre(&module).map_err(|e| {
             Error::InvalidArgument(format!(
                 "module {digest} cannot be linked: {e:#} (wasmrun provides WASI preview 1, `wasi_snapshot_preview1`)"

@@ -111,11 +111,7 @@ async fn create_container_in_an_unknown_pod_is_not_found() {
             &container_config("hello", &image.name, &[], &[], &[]),
         )
         .await;
-    assert_eq!(
-        result.map_err(|s| s.code()),
-        Err(Code::NotFound),
-        "CreateContainer in an unknown pod"
-    );
+    expect_code(result, Code::NotFound, "CreateContainer in an unknown pod");
     assert_serving(&daemon).await;
 }
 
@@ -131,10 +127,10 @@ async fn create_container_of_an_image_never_pulled_is_not_found() {
             &container_config("hello", &image.name, &[], &[], &[]),
         )
         .await;
-    assert_eq!(
-        result.map_err(|s| s.code()),
-        Err(Code::NotFound),
-        "CreateContainer of an image never pulled"
+    expect_code(
+        result,
+        Code::NotFound,
+        "CreateContainer of an image never pulled",
     );
     assert_serving(&daemon).await;
 }
@@ -168,10 +164,10 @@ async fn truncated_module_pulls_but_cannot_be_created() {
             &container_config("truncated", &image.name, &[], &[], &[]),
         )
         .await;
-    assert_eq!(
-        result.map_err(|s| s.code()),
-        Err(Code::InvalidArgument),
-        "CreateContainer of a truncated module"
+    expect_code(
+        result,
+        Code::InvalidArgument,
+        "CreateContainer of a truncated module",
     );
     assert_serving(&daemon).await;
 }

@@ -50,12 +50,6 @@ async fn list_container_ids(rt: &mut Runtime, filter: ContainerFilter) -> Vec<St
     ids
 }
 
-fn sorted(ids: &[&String]) -> Vec<String> {
-    let mut ids: Vec<String> = ids.iter().map(|s| s.to_string()).collect();
-    ids.sort();
-    ids
-}
-
 fn state_filter(state: ContainerState) -> ContainerFilter {
     ContainerFilter {
         state: Some(ContainerStateValue {

@@ -41,12 +41,6 @@ async fn list_pod_ids(rt: &mut Runtime, filter: PodSandboxFilter) -> Vec<String>
     ids
 }
 
-fn sorted(ids: &[&String]) -> Vec<String> {
-    let mut ids: Vec<String> = ids.iter().map(|s| s.to_string()).collect();
-    ids.sort();
-    ids
-}
-
 fn state_filter(state: PodSandboxState) -> PodSandboxFilter {
     PodSandboxFilter {
         state: Some(PodSandboxStateValue {

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use rand::Rng;
 use tonic::transport::Channel;
-use tonic::{Code, Response, Status};
+use tonic::{Code, Status};
 use wasmrun::api::runtime_service_client::RuntimeServiceClient;
 use wasmrun::api::{
     ContainerConfig, ContainerMetadata, ContainerState, ContainerStatus, ContainerStatusRequest,
@@ -316,16 +316,9 @@ pub async fn module_source(rt: &mut Runtime, id: &str) -> String {
 
 /// Asserts that an RPC failed with `code`; returns the status.
 #[track_caller]
-pub fn expect_code<T: Debug>(
-    result: Result<Response<T>, Status>,
-    code: Code,
-    what: &str,
-) -> Status {
+pub fn expect_code<T: Debug>(result: Result<T, Status>, code: Code, what: &str) -> Status {
     match result {
-        Ok(response) => panic!(
-            "{what}: expected {code:?}, got Ok({:?})",
-            response.into_inner()
-        ),
+        Ok(value) => panic!("{what}: expected {code:?}, got Ok({value:?})"),
         Err(status) if status.code() == code => status,
         Err(status) => panic!(
             "{what}: expected {code:?}, got {:?}: {}",
@@ -346,4 +339,11 @@ pub async fn assert_serving(daemon: &Daemon) {
         .unwrap_or_else(|s| panic!("the daemon stopped serving: Version failed: {s:?}"))
         .into_inner();
     assert_eq!(version.runtime_name, "wasmrun");
+}
+
+/// Ids, sorted, to compare with a sorted listing.
+pub fn sorted(ids: &[&String]) -> Vec<String> {
+    let mut ids: Vec<String> = ids.iter().map(|s| s.to_string()).collect();
+    ids.sort();
+    ids
 }

@@ -5,23 +5,17 @@ use std::time::Duration;
 
 use tonic::{Code, Response, Status};
 use wasmrun::api::{
-    ContainerStatusRequest, ImageSpec, PodSandboxConfig, PodSandboxStatusRequest, PullImageRequest,
-    PullImageResponse, RunPodSandboxRequest, StartContainerRequest,
+    ContainerStatusRequest, ImageSpec, PodSandboxConfig, PodSandboxStatusRequest, PullImageRequest, PullImageResponse,
+    RunPodSandboxRequest, StartContainerRequest,
 };
 
 use crate::harness::*;
 
 /// PullImage of `image`, bounded so that a hanging pull fails the test.
-async fn try_pull(
-    daemon: &Daemon,
-    image: Option<&str>,
-) -> Result<Response<PullImageResponse>, Status> {
+async fn try_pull(daemon: &Daemon, image: Option<&str>) -> Result<Response<PullImageResponse>, Status> {
     let mut images = daemon.images();
     let pull = images.pull_image(PullImageRequest {
-        image: image.map(|image| ImageSpec {
-            image: image.into(),
-            ..Default::default()
-        }),
+        image: image.map(|image| ImageSpec { image: image.into(), ..Default::default() }),
         ..Default::default()
     });
     tokio::time::timeout(Duration::from_secs(60), pull)
@@ -34,29 +28,15 @@ async fn unknown_ids_are_not_found() {
     let daemon = Daemon::start().await;
     let mut rt = daemon.runtime();
 
-    let result = rt
-        .container_status(ContainerStatusRequest {
-            container_id: random_id(),
-            verbose: false,
-        })
-        .await;
+    let result = rt.container_status(ContainerStatusRequest { container_id: random_id(), verbose: false }).await;
     expect_code(result, Code::NotFound, "ContainerStatus of an unknown id");
     assert_serving(&daemon).await;
 
-    let result = rt
-        .pod_sandbox_status(PodSandboxStatusRequest {
-            pod_sandbox_id: random_id(),
-            verbose: false,
-        })
-        .await;
+    let result = rt.pod_sandbox_status(PodSandboxStatusRequest { pod_sandbox_id: random_id(), verbose: false }).await;
     expect_code(result, Code::NotFound, "PodSandboxStatus of an unknown id");
     assert_serving(&daemon).await;
 
-    let result = rt
-        .start_container(StartContainerRequest {
-            container_id: random_id(),
-        })
-        .await;
+    let result = rt.start_container(StartContainerRequest { container_id: random_id() }).await;
     expect_code(result, Code::NotFound, "StartContainer of an unknown id");
     assert_serving(&daemon).await;
 }
@@ -66,34 +46,14 @@ async fn run_pod_sandbox_without_config_or_metadata_is_invalid() {
     let daemon = Daemon::start().await;
     let mut rt = daemon.runtime();
 
-    let result = rt
-        .run_pod_sandbox(RunPodSandboxRequest {
-            config: None,
-            runtime_handler: String::new(),
-        })
-        .await;
-    expect_code(
-        result,
-        Code::InvalidArgument,
-        "RunPodSandbox without config",
-    );
+    let result = rt.run_pod_sandbox(RunPodSandboxRequest { config: None, runtime_handler: String::new() }).await;
+    expect_code(result, Code::InvalidArgument, "RunPodSandbox without config");
     assert_serving(&daemon).await;
 
-    let no_metadata = PodSandboxConfig {
-        metadata: None,
-        ..pod_config("no-metadata", &new_uid())
-    };
-    let result = rt
-        .run_pod_sandbox(RunPodSandboxRequest {
-            config: Some(no_metadata),
-            runtime_handler: String::new(),
-        })
-        .await;
-    expect_code(
-        result,
-        Code::InvalidArgument,
-        "RunPodSandbox without metadata",
-    );
+    let no_metadata = PodSandboxConfig { metadata: None, ..pod_config("no-metadata", &new_uid()) };
+    let result =
+        rt.run_pod_sandbox(RunPodSandboxRequest { config: Some(no_metadata), runtime_handler: String::new() }).await;
+    expect_code(result, Code::InvalidArgument, "RunPodSandbox without metadata");
     assert_serving(&daemon).await;
 }
 
@@ -101,16 +61,8 @@ async fn run_pod_sandbox_without_config_or_metadata_is_invalid() {
 async fn create_container_in_an_unknown_pod_is_not_found() {
     let daemon = Daemon::start().await;
     let image = pulled_fixture(&daemon, "hello", "bad-unknown-pod").await;
-    let ghost = Pod {
-        id: random_id(),
-        config: pod_config("ghost", &new_uid()),
-    };
-    let result = ghost
-        .try_create(
-            &daemon,
-            &container_config("hello", &image.name, &[], &[], &[]),
-        )
-        .await;
+    let ghost = Pod { id: random_id(), config: pod_config("ghost", &new_uid()) };
+    let result = ghost.try_create(&daemon, &container_config("hello", &image.name, &[], &[], &[])).await;
     expect_code(result, Code::NotFound, "CreateContainer in an unknown pod");
     assert_serving(&daemon).await;
 }
@@ -121,17 +73,8 @@ async fn create_container_of_an_image_never_pulled_is_not_found() {
     // Present in the registry, but never pulled into the daemon.
     let image = push_fixture("hello", "bad-never-pulled").await;
     let pod = Pod::run(&daemon, "never-pulled").await;
-    let result = pod
-        .try_create(
-            &daemon,
-            &container_config("hello", &image.name, &[], &[], &[]),
-        )
-        .await;
-    expect_code(
-        result,
-        Code::NotFound,
-        "CreateContainer of an image never pulled",
-    );
+    let result = pod.try_create(&daemon, &container_config("hello", &image.name, &[], &[], &[])).await;
+    expect_code(result, Code::NotFound, "CreateContainer of an image never pulled");
     assert_serving(&daemon).await;
 }
 
@@ -139,57 +82,37 @@ async fn create_container_of_an_image_never_pulled_is_not_found() {
 async fn pull_of_a_layer_that_is_not_wasm_is_invalid() {
     let daemon = Daemon::start().await;
     let image = push_bytes("bad-garbage", GARBAGE).await;
-    expect_code(
-        try_pull(&daemon, Some(&image.name)).await,
-        Code::InvalidArgument,
-        "PullImage of garbage",
-    );
+    expect_code(try_pull(&daemon, Some(&image.name)).await, Code::InvalidArgument, "PullImage of garbage");
     assert_serving(&daemon).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn truncated_module_pulls_but_cannot_be_created() {
+async fn a_module_that_does_not_compile_is_refused_at_pull() {
     let daemon = Daemon::start().await;
     let hello = fixture("hello");
     let image = push_bytes("bad-truncated", &hello[..100]).await;
-    try_pull(&daemon, Some(&image.name))
-        .await
-        .expect("PullImage of a truncated module");
-    assert_serving(&daemon).await;
-
-    let pod = Pod::run(&daemon, "truncated").await;
-    let result = pod
-        .try_create(
-            &daemon,
-            &container_config("truncated", &image.name, &[], &[], &[]),
-        )
-        .await;
-    expect_code(
-        result,
+    let status = expect_code(
+        try_pull(&daemon, Some(&image.name)).await,
         Code::InvalidArgument,
-        "CreateContainer of a truncated module",
+        "PullImage of a truncated module",
     );
+    assert!(status.message().contains(&image.name), "{status:?}");
+    assert_eq!(image_status(&mut daemon.images(), &image.name).await, None);
     assert_serving(&daemon).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_module_without_start_cannot_be_created() {
+async fn a_module_without_start_is_refused_at_pull() {
     let daemon = Daemon::start().await;
     // The smallest valid module: the header and nothing else, so no `_start`.
     let image = push_bytes("bad-no-start", b"\0asm\x01\0\0\0").await;
-    try_pull(&daemon, Some(&image.name))
-        .await
-        .expect("PullImage of an empty module");
-    let pod = Pod::run(&daemon, "no-start").await;
-    let result = pod
-        .try_create(
-            &daemon,
-            &container_config("no-start", &image.name, &[], &[], &[]),
-        )
-        .await;
-    let status = result.expect_err("CreateContainer of a module without _start");
-    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    let status = expect_code(
+        try_pull(&daemon, Some(&image.name)).await,
+        Code::InvalidArgument,
+        "PullImage of a module without _start",
+    );
     assert!(status.message().contains("_start"), "{status:?}");
+    assert_eq!(image_status(&mut daemon.images(), &image.name).await, None);
     assert_serving(&daemon).await;
 }
 
@@ -198,18 +121,10 @@ async fn pull_of_a_missing_tag_is_not_found() {
     let daemon = Daemon::start().await;
     let image = push_fixture("hello", "bad-missing-tag").await;
     let missing = format!("{}:no-such-tag", image.repository);
-    expect_code(
-        try_pull(&daemon, Some(&missing)).await,
-        Code::NotFound,
-        "PullImage of a missing tag",
-    );
+    expect_code(try_pull(&daemon, Some(&missing)).await, Code::NotFound, "PullImage of a missing tag");
     assert_serving(&daemon).await;
     let missing_repo = format!("{}/e2e/no-such-repo:v1", registry().host());
-    expect_code(
-        try_pull(&daemon, Some(&missing_repo)).await,
-        Code::NotFound,
-        "PullImage of a missing repository",
-    );
+    expect_code(try_pull(&daemon, Some(&missing_repo)).await, Code::NotFound, "PullImage of a missing repository");
     assert_serving(&daemon).await;
 }
 
@@ -218,11 +133,7 @@ async fn pull_from_a_registry_that_is_down_is_unavailable() {
     let down = format!("127.0.0.1:{}", free_port());
     let daemon = Daemon::start_with(None, &["--insecure-registry", &down]).await;
     let image = format!("{down}/e2e/hello:v1");
-    expect_code(
-        try_pull(&daemon, Some(&image)).await,
-        Code::Unavailable,
-        "PullImage from a registry that is down",
-    );
+    expect_code(try_pull(&daemon, Some(&image)).await, Code::Unavailable, "PullImage from a registry that is down");
     assert_serving(&daemon).await;
 }
 
@@ -233,27 +144,15 @@ async fn pull_over_plain_http_from_a_registry_not_listed_insecure_fails() {
     // Same registry, but "localhost:PORT" is not in --insecure-registry, so
     // the daemon must use HTTPS against a plain-HTTP server and fail.
     let image = format!("localhost:{}/e2e/bad-not-insecure:v1", registry().port);
-    expect_code(
-        try_pull(&daemon, Some(&image)).await,
-        Code::Unavailable,
-        "PullImage over HTTPS from an HTTP registry",
-    );
+    expect_code(try_pull(&daemon, Some(&image)).await, Code::Unavailable, "PullImage over HTTPS from an HTTP registry");
     assert_serving(&daemon).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pull_without_an_image_name_is_invalid() {
     let daemon = Daemon::start().await;
-    expect_code(
-        try_pull(&daemon, Some("")).await,
-        Code::InvalidArgument,
-        "PullImage of \"\"",
-    );
+    expect_code(try_pull(&daemon, Some("")).await, Code::InvalidArgument, "PullImage of \"\"");
     assert_serving(&daemon).await;
-    expect_code(
-        try_pull(&daemon, None).await,
-        Code::InvalidArgument,
-        "PullImage without an ImageSpec",
-    );
+    expect_code(try_pull(&daemon, None).await, Code::InvalidArgument, "PullImage without an ImageSpec");
     assert_serving(&daemon).await;
 }

@@ -14,14 +14,8 @@ use crate::harness::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn version_identifies_wasmrun() {
     let daemon = Daemon::start().await;
-    let version = daemon
-        .runtime()
-        .version(VersionRequest {
-            version: "v1".into(),
-        })
-        .await
-        .expect("Version")
-        .into_inner();
+    let version =
+        daemon.runtime().version(VersionRequest { version: "v1".into() }).await.expect("Version").into_inner();
     assert_eq!(version.runtime_name, "wasmrun");
     assert_eq!(version.runtime_api_version, "v1");
     assert_eq!(version.runtime_version, env!("CARGO_PKG_VERSION"));
@@ -32,11 +26,7 @@ async fn status_reports_runtime_and_network_ready() {
     let daemon = Daemon::start().await;
     let mut rt = daemon.runtime();
 
-    let status = rt
-        .status(StatusRequest { verbose: false })
-        .await
-        .expect("Status")
-        .into_inner();
+    let status = rt.status(StatusRequest { verbose: false }).await.expect("Status").into_inner();
     let conditions = status.status.expect("Status without status").conditions;
     for wanted in ["RuntimeReady", "NetworkReady"] {
         let condition = conditions
@@ -46,11 +36,7 @@ async fn status_reports_runtime_and_network_ready() {
         assert!(condition.status, "{wanted} is false: {condition:?}");
     }
 
-    let verbose = rt
-        .status(StatusRequest { verbose: true })
-        .await
-        .expect("Status verbose")
-        .into_inner();
+    let verbose = rt.status(StatusRequest { verbose: true }).await.expect("Status verbose").into_inner();
     let config = verbose
         .info
         .get("config")
@@ -62,12 +48,7 @@ async fn status_reports_runtime_and_network_ready() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runtime_config_reports_systemd_cgroup_driver() {
     let daemon = Daemon::start().await;
-    let config = daemon
-        .runtime()
-        .runtime_config(RuntimeConfigRequest {})
-        .await
-        .expect("RuntimeConfig")
-        .into_inner();
+    let config = daemon.runtime().runtime_config(RuntimeConfigRequest {}).await.expect("RuntimeConfig").into_inner();
     let linux = config.linux.expect("RuntimeConfig without linux");
     assert_eq!(linux.cgroup_driver(), CgroupDriver::Systemd);
 }
@@ -76,11 +57,7 @@ async fn runtime_config_reports_systemd_cgroup_driver() {
 async fn socket_is_a_socket_with_mode_0660() {
     let daemon = Daemon::start().await;
     let metadata = std::fs::metadata(daemon.socket()).expect("stat socket");
-    assert!(
-        metadata.file_type().is_socket(),
-        "{} is not a socket",
-        daemon.socket().display()
-    );
+    assert!(metadata.file_type().is_socket(), "{} is not a socket", daemon.socket().display());
     assert_eq!(metadata.permissions().mode() & 0o7777, 0o660);
 }
 
@@ -88,15 +65,8 @@ async fn socket_is_a_socket_with_mode_0660() {
 async fn sigterm_exits_zero_and_removes_socket() {
     let mut daemon = Daemon::start().await;
     let status = daemon.sigterm_and_wait();
-    assert!(
-        status.success(),
-        "wasmrun exited with {status} after SIGTERM"
-    );
-    assert!(
-        !daemon.socket().exists(),
-        "socket {} left behind",
-        daemon.socket().display()
-    );
+    assert!(status.success(), "wasmrun exited with {status} after SIGTERM");
+    assert!(!daemon.socket().exists(), "socket {} left behind", daemon.socket().display());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -118,27 +88,17 @@ async fn second_daemon_on_the_same_socket_refuses_to_start() {
         }
     };
     let stderr = std::fs::read_to_string(&stderr_path).unwrap_or_default();
-    assert!(
-        !status.success(),
-        "second wasmrun exited with {status}; stderr:\n{stderr}"
-    );
+    assert!(!status.success(), "second wasmrun exited with {status}; stderr:\n{stderr}");
     assert!(
         stderr.to_lowercase().contains("in use"),
         "second wasmrun's stderr does not say the socket is in use:\n{stderr}"
     );
     // The first daemon keeps its socket and keeps serving.
-    assert!(
-        daemon.socket().exists(),
-        "the second daemon removed the live socket"
-    );
+    assert!(daemon.socket().exists(), "the second daemon removed the live socket");
     assert_serving(&daemon).await;
-    let channel = connect(&daemon.socket())
-        .await
-        .expect("new connection to the first daemon");
+    let channel = connect(&daemon.socket()).await.expect("new connection to the first daemon");
     RuntimeServiceClient::new(channel)
-        .version(VersionRequest {
-            version: "v1".into(),
-        })
+        .version(VersionRequest { version: "v1".into() })
         .await
         .expect("Version on a new connection");
 }
@@ -148,10 +108,7 @@ async fn stale_socket_of_a_killed_daemon_is_replaced() {
     let mut daemon = Daemon::start().await;
     let dir = daemon.dir().to_path_buf();
     daemon.sigkill();
-    assert!(
-        daemon.socket().exists(),
-        "SIGKILL should leave the socket file behind"
-    );
+    assert!(daemon.socket().exists(), "SIGKILL should leave the socket file behind");
     drop(daemon);
 
     let restarted = Daemon::start_with(Some(dir), &[]).await;

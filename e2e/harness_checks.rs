@@ -7,18 +7,9 @@ use crate::harness::*;
 async fn registry_serves_pushed_wasm_artifact() {
     let image = push_bytes("harness-artifact", b"\0asm\x01\0\0\0").await;
     let host = registry().host();
-    let (code, body) = http_get(
-        &host,
-        "/v2/e2e/harness-artifact/manifests/v1",
-        Some(MANIFEST_MEDIA_TYPE),
-    )
-    .expect("GET manifest");
-    assert_eq!(
-        code,
-        200,
-        "GET manifest: {}",
-        String::from_utf8_lossy(&body)
-    );
+    let (code, body) =
+        http_get(&host, "/v2/e2e/harness-artifact/manifests/v1", Some(MANIFEST_MEDIA_TYPE)).expect("GET manifest");
+    assert_eq!(code, 200, "GET manifest: {}", String::from_utf8_lossy(&body));
     assert_eq!(sha256_digest(&body), image.manifest_digest);
     let manifest: serde_json::Value = serde_json::from_slice(&body).expect("manifest JSON");
     assert_eq!(manifest["mediaType"], MANIFEST_MEDIA_TYPE);
@@ -29,19 +20,14 @@ async fn registry_serves_pushed_wasm_artifact() {
     assert_eq!(layers[0]["size"], 8);
 
     let config_digest = manifest["config"]["digest"].as_str().unwrap();
-    let (code, config) = http_get(
-        &host,
-        &format!("/v2/e2e/harness-artifact/blobs/{config_digest}"),
-        None,
-    )
-    .expect("GET config");
+    let (code, config) =
+        http_get(&host, &format!("/v2/e2e/harness-artifact/blobs/{config_digest}"), None).expect("GET config");
     assert_eq!(code, 200);
     let config: serde_json::Value = serde_json::from_slice(&config).expect("config JSON");
     assert_eq!(config["architecture"], "wasm");
     assert_eq!(config["os"], "wasip1");
     assert_eq!(config["layerDigests"][0], layers[0]["digest"]);
-    chrono::DateTime::parse_from_rfc3339(config["created"].as_str().unwrap())
-        .expect("created is RFC 3339");
+    chrono::DateTime::parse_from_rfc3339(config["created"].as_str().unwrap()).expect("created is RFC 3339");
 }
 
 #[test]
@@ -63,10 +49,7 @@ fn log_parser_accepts_cri_lines() {
         ]
     );
     // A trailing partial line is ignored unless the log must be complete.
-    assert_eq!(
-        parse_log("2024-01-02T03:04:05.1Z stdout F a\n2024-01", false).len(),
-        1
-    );
+    assert_eq!(parse_log("2024-01-02T03:04:05.1Z stdout F a\n2024-01", false).len(), 1);
 }
 
 #[test]
@@ -86,20 +69,8 @@ fn log_parser_rejects_malformed_lines() {
 
 #[test]
 fn fixtures_build_to_wasm_modules() {
-    for name in [
-        "hello",
-        "exit-code",
-        "longline",
-        "spin",
-        "sleeper",
-        "trap",
-        "files",
-        "memhog",
-    ] {
+    for name in ["hello", "exit-code", "longline", "spin", "sleeper", "trap", "files", "memhog"] {
         let wasm = fixture(name);
-        assert!(
-            wasm.starts_with(b"\0asm\x01\0\0\0"),
-            "fixture {name} is not a wasm module"
-        );
+        assert!(wasm.starts_with(b"\0asm\x01\0\0\0"), "fixture {name} is not a wasm module");
     }
 }

@@ -3,38 +3,19 @@
 use tonic::transport::Channel;
 use wasmrun::api::image_service_client::ImageServiceClient;
 use wasmrun::api::{
-    Image, ImageFilter, ImageFsInfoRequest, ImageSpec, ImageStatusRequest, ListImagesRequest,
-    RemoveContainerRequest, RemoveImageRequest,
+    Image, ImageFilter, ImageFsInfoRequest, ImageSpec, ImageStatusRequest, ListImagesRequest, RemoveContainerRequest,
+    RemoveImageRequest,
 };
 
 use crate::harness::*;
 
 fn spec(image: &str) -> ImageSpec {
-    ImageSpec {
-        image: image.into(),
-        ..Default::default()
-    }
-}
-
-async fn image_status(images: &mut ImageServiceClient<Channel>, image: &str) -> Option<Image> {
-    images
-        .image_status(ImageStatusRequest {
-            image: Some(spec(image)),
-            verbose: false,
-        })
-        .await
-        .unwrap_or_else(|s| panic!("ImageStatus {image}: {s:?}"))
-        .into_inner()
-        .image
+    ImageSpec { image: image.into(), ..Default::default() }
 }
 
 async fn list_images(images: &mut ImageServiceClient<Channel>, filter: Option<&str>) -> Vec<Image> {
     images
-        .list_images(ListImagesRequest {
-            filter: filter.map(|f| ImageFilter {
-                image: Some(spec(f)),
-            }),
-        })
+        .list_images(ListImagesRequest { filter: filter.map(|f| ImageFilter { image: Some(spec(f)) }) })
         .await
         .expect("ListImages")
         .into_inner()
@@ -43,18 +24,14 @@ async fn list_images(images: &mut ImageServiceClient<Channel>, filter: Option<&s
 
 async fn remove_image(images: &mut ImageServiceClient<Channel>, image: &str) {
     images
-        .remove_image(RemoveImageRequest {
-            image: Some(spec(image)),
-        })
+        .remove_image(RemoveImageRequest { image: Some(spec(image)) })
         .await
         .unwrap_or_else(|s| panic!("RemoveImage {image}: {s:?}"));
 }
 
 #[track_caller]
 fn assert_image_id(id: &str) {
-    let hex = id
-        .strip_prefix("sha256:")
-        .unwrap_or_else(|| panic!("image id {id:?} lacks sha256:"));
+    let hex = id.strip_prefix("sha256:").unwrap_or_else(|| panic!("image id {id:?} lacks sha256:"));
     assert_hex_id(hex);
 }
 
@@ -66,55 +43,32 @@ async fn pulled_image_is_described_by_status_and_list() {
 
     let image_id = pull(&daemon, &image.name).await;
     assert_image_id(&image_id);
-    assert_eq!(
-        pull(&daemon, &image.name).await,
-        image_id,
-        "pulling again changed the image id"
-    );
+    assert_eq!(pull(&daemon, &image.name).await, image_id, "pulling again changed the image id");
 
     let response = images
-        .image_status(ImageStatusRequest {
-            image: Some(image.spec()),
-            verbose: true,
-        })
+        .image_status(ImageStatusRequest { image: Some(image.spec()), verbose: true })
         .await
         .expect("ImageStatus")
         .into_inner();
-    let status = response
-        .image
-        .clone()
-        .expect("ImageStatus of a pulled image has no image");
+    let status = response.image.clone().expect("ImageStatus of a pulled image has no image");
     assert_eq!(status.id, image_id);
-    assert!(
-        status.repo_tags.contains(&image.name),
-        "repo_tags {:?}",
-        status.repo_tags
-    );
+    assert!(status.repo_tags.contains(&image.name), "repo_tags {:?}", status.repo_tags);
     assert!(
         status.repo_digests.contains(&image.repo_digest()),
         "repo_digests {:?} lack {}",
         status.repo_digests,
         image.repo_digest()
     );
-    assert_eq!(
-        status.size,
-        image.size(),
-        "size must be wasm layer + config bytes"
-    );
-    let info = response.info.get("info").unwrap_or_else(|| {
-        panic!(
-            "verbose ImageStatus has no \"info\" key: {:?}",
-            response.info
-        )
-    });
+    assert_eq!(status.size, image.size(), "size must be wasm layer + config bytes");
+    let info = response
+        .info
+        .get("info")
+        .unwrap_or_else(|| panic!("verbose ImageStatus has no \"info\" key: {:?}", response.info));
     serde_json::from_str::<serde_json::Value>(info)
         .unwrap_or_else(|e| panic!("info[\"info\"] is not JSON ({e}): {info}"));
 
     let all = list_images(&mut images, None).await;
-    assert!(
-        all.iter().any(|i| i.id == image_id),
-        "ListImages lacks {image_id}: {all:?}"
-    );
+    assert!(all.iter().any(|i| i.id == image_id), "ListImages lacks {image_id}: {all:?}");
     let filtered = list_images(&mut images, Some(&image.name)).await;
     assert_eq!(filtered.len(), 1, "filtered ListImages: {filtered:?}");
     assert_eq!(filtered[0].id, image_id);
@@ -138,10 +92,7 @@ async fn remove_image_is_idempotent() {
     remove_image(&mut images, &image.name).await;
     assert_eq!(image_status(&mut images, &image.name).await, None);
     let left = list_images(&mut images, None).await;
-    assert!(
-        left.iter().all(|i| !i.repo_tags.contains(&image.name)),
-        "removed image still listed: {left:?}"
-    );
+    assert!(left.iter().all(|i| !i.repo_tags.contains(&image.name)), "removed image still listed: {left:?}");
     remove_image(&mut images, &image.name).await;
 }
 
@@ -149,35 +100,17 @@ async fn remove_image_is_idempotent() {
 async fn image_fs_info_counts_pulled_images() {
     let daemon = Daemon::start().await;
     pulled_fixture(&daemon, "hello", "images-fsinfo").await;
-    let info = daemon
-        .images()
-        .image_fs_info(ImageFsInfoRequest {})
-        .await
-        .expect("ImageFsInfo")
-        .into_inner();
-    let fs = info
-        .image_filesystems
-        .first()
-        .expect("ImageFsInfo without image_filesystems");
-    assert!(
-        fs.used_bytes.as_ref().is_some_and(|v| v.value > 0),
-        "used_bytes {:?}",
-        fs.used_bytes
-    );
-    assert!(
-        fs.inodes_used.as_ref().is_some_and(|v| v.value > 0),
-        "inodes_used {:?}",
-        fs.inodes_used
-    );
+    let info = daemon.images().image_fs_info(ImageFsInfoRequest {}).await.expect("ImageFsInfo").into_inner();
+    let fs = info.image_filesystems.first().expect("ImageFsInfo without image_filesystems");
+    assert!(fs.used_bytes.as_ref().is_some_and(|v| v.value > 0), "used_bytes {:?}", fs.used_bytes);
+    assert!(fs.inodes_used.as_ref().is_some_and(|v| v.value > 0), "inodes_used {:?}", fs.inodes_used);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn images_survive_a_daemon_restart() {
     let mut daemon = Daemon::start().await;
     let image = pulled_fixture(&daemon, "hello", "images-restart").await;
-    let before = image_status(&mut daemon.images(), &image.name)
-        .await
-        .expect("pulled image");
+    let before = image_status(&mut daemon.images(), &image.name).await.expect("pulled image");
 
     let dir = daemon.dir().to_path_buf();
     let status = daemon.sigterm_and_wait();
@@ -185,9 +118,7 @@ async fn images_survive_a_daemon_restart() {
     drop(daemon);
 
     let daemon = Daemon::start_with(Some(dir), &[]).await;
-    let after = image_status(&mut daemon.images(), &image.name)
-        .await
-        .expect("image lost across a restart");
+    let after = image_status(&mut daemon.images(), &image.name).await.expect("image lost across a restart");
     assert_eq!(after, before);
 }
 
@@ -199,23 +130,15 @@ async fn image_id_works_wherever_kubelet_uses_it() {
     let daemon = Daemon::start().await;
     let mut images = daemon.images();
     let image = pulled_fixture(&daemon, "hello", "images-by-id").await;
-    let image_id = image_status(&mut images, &image.name)
-        .await
-        .expect("pulled image")
-        .id;
+    let image_id = image_status(&mut images, &image.name).await.expect("pulled image").id;
 
-    let by_id = image_status(&mut images, &image_id)
-        .await
-        .expect("ImageStatus by image id");
+    let by_id = image_status(&mut images, &image_id).await.expect("ImageStatus by image id");
     assert_eq!(by_id.id, image_id);
 
     let pod = Pod::run(&daemon, "by-id").await;
     let mut config = container_config("by-id", &image.name, &["/hello.wasm"], &[], &[]);
-    config.image = Some(ImageSpec {
-        image: image_id.clone(),
-        user_specified_image: image.name.clone(),
-        ..Default::default()
-    });
+    config.image =
+        Some(ImageSpec { image: image_id.clone(), user_specified_image: image.name.clone(), ..Default::default() });
     let (id, status) = pod.run_to_exit(&daemon, &config).await;
     assert_eq!(status.exit_code, 0, "{status:#?}");
     // As containerd does: the image shown is the image's tag, not the id kubelet sent.
@@ -223,16 +146,8 @@ async fn image_id_works_wherever_kubelet_uses_it() {
     assert_eq!(shown.image, image.name);
     assert_eq!(shown.user_specified_image, image.name);
     assert_eq!(status.image_id, image_id);
-    assert!(has_line(
-        &full_lines(&read_log(&pod.log_path(&config))),
-        "stdout",
-        "hello from wasm"
-    ));
-    daemon
-        .runtime()
-        .remove_container(RemoveContainerRequest { container_id: id })
-        .await
-        .expect("RemoveContainer");
+    assert!(has_line(&full_lines(&read_log(&pod.log_path(&config))), "stdout", "hello from wasm"));
+    daemon.runtime().remove_container(RemoveContainerRequest { container_id: id }).await.expect("RemoveContainer");
 
     remove_image(&mut images, &image_id).await;
     assert_eq!(image_status(&mut images, &image.name).await, None);

@@ -3,67 +3,47 @@
 
 use tonic::Code;
 use wasmrun::api::{
-    ContainerState, ListContainersRequest, ListPodSandboxRequest, PodSandbox, PodSandboxFilter,
-    PodSandboxState, PodSandboxStateValue, PodSandboxStatus, PodSandboxStatusRequest,
-    RemovePodSandboxRequest, RunPodSandboxRequest, StopPodSandboxRequest,
+    ContainerState, ListContainersRequest, ListPodSandboxRequest, PodSandbox, PodSandboxFilter, PodSandboxState,
+    PodSandboxStateValue, PodSandboxStatus, PodSandboxStatusRequest, RemovePodSandboxRequest, RunPodSandboxRequest,
+    StopPodSandboxRequest,
 };
 
 use crate::harness::*;
 
 async fn pod_status(rt: &mut Runtime, id: &str) -> PodSandboxStatus {
-    rt.pod_sandbox_status(PodSandboxStatusRequest {
-        pod_sandbox_id: id.into(),
-        verbose: false,
-    })
-    .await
-    .unwrap_or_else(|s| panic!("PodSandboxStatus {id}: {s:?}"))
-    .into_inner()
-    .status
-    .expect("PodSandboxStatus without status")
+    rt.pod_sandbox_status(PodSandboxStatusRequest { pod_sandbox_id: id.into(), verbose: false })
+        .await
+        .unwrap_or_else(|s| panic!("PodSandboxStatus {id}: {s:?}"))
+        .into_inner()
+        .status
+        .expect("PodSandboxStatus without status")
 }
 
 async fn list_pods(rt: &mut Runtime, filter: Option<PodSandboxFilter>) -> Vec<PodSandbox> {
-    rt.list_pod_sandbox(ListPodSandboxRequest { filter })
-        .await
-        .expect("ListPodSandbox")
-        .into_inner()
-        .items
+    rt.list_pod_sandbox(ListPodSandboxRequest { filter }).await.expect("ListPodSandbox").into_inner().items
 }
 
 /// The ids of the listed pods, sorted.
 async fn list_pod_ids(rt: &mut Runtime, filter: PodSandboxFilter) -> Vec<String> {
-    let mut ids: Vec<String> = list_pods(rt, Some(filter))
-        .await
-        .into_iter()
-        .map(|p| p.id)
-        .collect();
+    let mut ids: Vec<String> = list_pods(rt, Some(filter)).await.into_iter().map(|p| p.id).collect();
     ids.sort();
     ids
 }
 
 fn state_filter(state: PodSandboxState) -> PodSandboxFilter {
-    PodSandboxFilter {
-        state: Some(PodSandboxStateValue {
-            state: state as i32,
-        }),
-        ..Default::default()
-    }
+    PodSandboxFilter { state: Some(PodSandboxStateValue { state: state as i32 }), ..Default::default() }
 }
 
 async fn stop_pod(rt: &mut Runtime, id: &str) {
-    rt.stop_pod_sandbox(StopPodSandboxRequest {
-        pod_sandbox_id: id.into(),
-    })
-    .await
-    .unwrap_or_else(|s| panic!("StopPodSandbox {id}: {s:?}"));
+    rt.stop_pod_sandbox(StopPodSandboxRequest { pod_sandbox_id: id.into() })
+        .await
+        .unwrap_or_else(|s| panic!("StopPodSandbox {id}: {s:?}"));
 }
 
 async fn remove_pod(rt: &mut Runtime, id: &str) {
-    rt.remove_pod_sandbox(RemovePodSandboxRequest {
-        pod_sandbox_id: id.into(),
-    })
-    .await
-    .unwrap_or_else(|s| panic!("RemovePodSandbox {id}: {s:?}"));
+    rt.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: id.into() })
+        .await
+        .unwrap_or_else(|s| panic!("RemovePodSandbox {id}: {s:?}"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -103,41 +83,21 @@ async fn list_pod_sandbox_filters_by_id_state_and_labels() {
     assert_eq!(listed_a.state(), PodSandboxState::SandboxReady);
     assert!(listed_a.created_at > 0);
 
-    let by_id = PodSandboxFilter {
-        id: a.id.clone(),
-        ..Default::default()
-    };
+    let by_id = PodSandboxFilter { id: a.id.clone(), ..Default::default() };
     assert_eq!(list_pod_ids(&mut rt, by_id).await, sorted(&[&a.id]));
-    assert_eq!(
-        list_pod_ids(&mut rt, state_filter(PodSandboxState::SandboxReady)).await,
-        sorted(&[&a.id])
-    );
-    assert_eq!(
-        list_pod_ids(&mut rt, state_filter(PodSandboxState::SandboxNotready)).await,
-        sorted(&[&b.id])
-    );
-    let by_label = PodSandboxFilter {
-        label_selector: [("e2e-app".to_string(), "b".to_string())].into(),
-        ..Default::default()
-    };
+    assert_eq!(list_pod_ids(&mut rt, state_filter(PodSandboxState::SandboxReady)).await, sorted(&[&a.id]));
+    assert_eq!(list_pod_ids(&mut rt, state_filter(PodSandboxState::SandboxNotready)).await, sorted(&[&b.id]));
+    let by_label =
+        PodSandboxFilter { label_selector: [("e2e-app".to_string(), "b".to_string())].into(), ..Default::default() };
     assert_eq!(list_pod_ids(&mut rt, by_label).await, sorted(&[&b.id]));
     let shared_label = PodSandboxFilter {
-        label_selector: [(
-            "io.kubernetes.pod.namespace".to_string(),
-            "default".to_string(),
-        )]
-        .into(),
+        label_selector: [("io.kubernetes.pod.namespace".to_string(), "default".to_string())].into(),
         ..Default::default()
     };
-    assert_eq!(
-        list_pod_ids(&mut rt, shared_label).await,
-        sorted(&[&a.id, &b.id])
-    );
+    assert_eq!(list_pod_ids(&mut rt, shared_label).await, sorted(&[&a.id, &b.id]));
     let no_match = PodSandboxFilter {
         id: a.id.clone(),
-        state: Some(PodSandboxStateValue {
-            state: PodSandboxState::SandboxNotready as i32,
-        }),
+        state: Some(PodSandboxStateValue { state: PodSandboxState::SandboxNotready as i32 }),
         ..Default::default()
     };
     assert_eq!(list_pod_ids(&mut rt, no_match).await, Vec::<String>::new());
@@ -150,15 +110,9 @@ async fn stop_pod_sandbox_is_idempotent() {
     let pod = Pod::run(&daemon, "stop").await;
 
     stop_pod(&mut rt, &pod.id).await;
-    assert_eq!(
-        pod_status(&mut rt, &pod.id).await.state(),
-        PodSandboxState::SandboxNotready
-    );
+    assert_eq!(pod_status(&mut rt, &pod.id).await.state(), PodSandboxState::SandboxNotready);
     stop_pod(&mut rt, &pod.id).await;
-    assert_eq!(
-        pod_status(&mut rt, &pod.id).await.state(),
-        PodSandboxState::SandboxNotready
-    );
+    assert_eq!(pod_status(&mut rt, &pod.id).await.state(), PodSandboxState::SandboxNotready);
     stop_pod(&mut rt, &random_id()).await;
 }
 
@@ -174,15 +128,8 @@ async fn stop_pod_sandbox_stops_its_running_containers() {
     wait_log_line(&pod.log_path(&config), "stdout", "sleeping").await;
 
     stop_pod(&mut rt, &pod.id).await;
-    let status = container_status(&mut rt, &id, false)
-        .await
-        .status
-        .expect("status");
-    assert_eq!(
-        status.state(),
-        ContainerState::ContainerExited,
-        "{status:#?}"
-    );
+    let status = container_status(&mut rt, &id, false).await.status.expect("status");
+    assert_eq!(status.state(), ContainerState::ContainerExited, "{status:#?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -193,36 +140,20 @@ async fn remove_pod_sandbox_removes_the_pod_and_its_containers() {
     let pod = Pod::run(&daemon, "remove").await;
     let exited = container_config("exited", &image.name, &[], &[], &[]);
     let (exited_id, _) = pod.run_to_exit(&daemon, &exited).await;
-    let created_id = pod
-        .create(
-            &daemon,
-            &container_config("created", &image.name, &[], &[], &[]),
-        )
-        .await;
+    let created_id = pod.create(&daemon, &container_config("created", &image.name, &[], &[], &[])).await;
 
     stop_pod(&mut rt, &pod.id).await;
     remove_pod(&mut rt, &pod.id).await;
 
-    let result = rt
-        .pod_sandbox_status(PodSandboxStatusRequest {
-            pod_sandbox_id: pod.id.clone(),
-            verbose: false,
-        })
-        .await;
+    let result =
+        rt.pod_sandbox_status(PodSandboxStatusRequest { pod_sandbox_id: pod.id.clone(), verbose: false }).await;
     expect_code(result, Code::NotFound, "PodSandboxStatus of a removed pod");
     assert!(list_pods(&mut rt, None).await.is_empty());
     for id in [&exited_id, &created_id] {
         let result = rt
-            .container_status(wasmrun::api::ContainerStatusRequest {
-                container_id: id.clone(),
-                verbose: false,
-            })
+            .container_status(wasmrun::api::ContainerStatusRequest { container_id: id.clone(), verbose: false })
             .await;
-        expect_code(
-            result,
-            Code::NotFound,
-            "ContainerStatus of a container of a removed pod",
-        );
+        expect_code(result, Code::NotFound, "ContainerStatus of a container of a removed pod");
     }
     let containers = rt
         .list_containers(ListContainersRequest { filter: None })
@@ -230,10 +161,7 @@ async fn remove_pod_sandbox_removes_the_pod_and_its_containers() {
         .expect("ListContainers")
         .into_inner()
         .containers;
-    assert!(
-        containers.is_empty(),
-        "containers of a removed pod still listed: {containers:#?}"
-    );
+    assert!(containers.is_empty(), "containers of a removed pod still listed: {containers:#?}");
 
     remove_pod(&mut rt, &pod.id).await;
     remove_pod(&mut rt, &random_id()).await;
@@ -246,16 +174,9 @@ async fn run_pod_sandbox_with_the_same_metadata_already_exists() {
     let pod = Pod::run(&daemon, "duplicate").await;
 
     let result = rt
-        .run_pod_sandbox(RunPodSandboxRequest {
-            config: Some(pod.config.clone()),
-            runtime_handler: String::new(),
-        })
+        .run_pod_sandbox(RunPodSandboxRequest { config: Some(pod.config.clone()), runtime_handler: String::new() })
         .await;
-    expect_code(
-        result,
-        Code::AlreadyExists,
-        "RunPodSandbox with duplicate metadata",
-    );
+    expect_code(result, Code::AlreadyExists, "RunPodSandbox with duplicate metadata");
 
     // The next attempt of the same pod (what kubelet does after a failure) is a new sandbox.
     let mut next = pod.config.clone();
@@ -280,10 +201,7 @@ async fn every_runtime_handler_runs_a_wasm_pod_without_a_backing_runtime() {
             .into_inner()
             .pod_sandbox_id;
         let status = rt
-            .pod_sandbox_status(wasmrun::api::PodSandboxStatusRequest {
-                pod_sandbox_id: id,
-                verbose: false,
-            })
+            .pod_sandbox_status(wasmrun::api::PodSandboxStatusRequest { pod_sandbox_id: id, verbose: false })
             .await
             .expect("PodSandboxStatus")
             .into_inner()

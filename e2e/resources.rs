@@ -5,9 +5,8 @@ use std::time::Instant;
 
 use tonic::Code;
 use wasmrun::api::{
-    ContainerStats, ContainerStatsFilter, ContainerStatsRequest, LinuxContainerResources,
-    ListContainerStatsRequest, PodSandboxStatsRequest, ReopenContainerLogRequest,
-    StopContainerRequest, UpdateContainerResourcesRequest,
+    ContainerStats, ContainerStatsFilter, ContainerStatsRequest, LinuxContainerResources, ListContainerStatsRequest,
+    PodSandboxStatsRequest, ReopenContainerLogRequest, StopContainerRequest, UpdateContainerResourcesRequest,
 };
 
 use crate::harness::*;
@@ -28,22 +27,14 @@ async fn start_running(fixture_name: &str, first_line: &str, repo: &str) -> Runn
     let config = container_config(fixture_name, &image.name, &[], &[], &[]);
     let id = pod.create_and_start(&daemon, &config).await;
     wait_log_line(&pod.log_path(&config), "stdout", first_line).await;
-    Running {
-        daemon,
-        pod,
-        config,
-        id,
-    }
+    Running { daemon, pod, config, id }
 }
 
 impl Running {
     async fn stop(&self) {
         self.daemon
             .runtime()
-            .stop_container(StopContainerRequest {
-                container_id: self.id.clone(),
-                timeout: 0,
-            })
+            .stop_container(StopContainerRequest { container_id: self.id.clone(), timeout: 0 })
             .await
             .expect("StopContainer");
     }
@@ -59,21 +50,11 @@ async fn reopen_container_log_recreates_a_rotated_log() {
     running
         .daemon
         .runtime()
-        .reopen_container_log(ReopenContainerLogRequest {
-            container_id: running.id.clone(),
-        })
+        .reopen_container_log(ReopenContainerLogRequest { container_id: running.id.clone() })
         .await
         .expect("ReopenContainerLog");
-    assert!(
-        log.exists(),
-        "ReopenContainerLog did not recreate {}",
-        log.display()
-    );
-    assert!(has_line(
-        &full_lines(&read_log(&rotated)),
-        "stdout",
-        "sleeping"
-    ));
+    assert!(log.exists(), "ReopenContainerLog did not recreate {}", log.display());
+    assert!(has_line(&full_lines(&read_log(&rotated)), "stdout", "sleeping"));
     running.stop().await;
 }
 
@@ -82,22 +63,10 @@ async fn reopen_container_log_of_an_exited_container_fails() {
     let daemon = Daemon::start().await;
     let image = pulled_fixture(&daemon, "hello", "resources-reopen-exited").await;
     let pod = Pod::run(&daemon, "reopen-exited").await;
-    let (id, _) = pod
-        .run_to_exit(
-            &daemon,
-            &container_config("hello", &image.name, &[], &[], &[]),
-        )
-        .await;
+    let (id, _) = pod.run_to_exit(&daemon, &container_config("hello", &image.name, &[], &[], &[])).await;
 
-    let result = daemon
-        .runtime()
-        .reopen_container_log(ReopenContainerLogRequest { container_id: id })
-        .await;
-    expect_code(
-        result,
-        Code::FailedPrecondition,
-        "ReopenContainerLog of an exited container",
-    );
+    let result = daemon.runtime().reopen_container_log(ReopenContainerLogRequest { container_id: id }).await;
+    expect_code(result, Code::FailedPrecondition, "ReopenContainerLog of an exited container");
     assert_serving(&daemon).await;
 }
 
@@ -121,14 +90,8 @@ async fn update_container_resources_is_reflected_in_status() {
     })
     .await
     .expect("UpdateContainerResources");
-    let status = container_status(&mut rt, &running.id, false)
-        .await
-        .status
-        .expect("status");
-    let linux = status
-        .resources
-        .and_then(|r| r.linux)
-        .expect("ContainerStatus without resources.linux");
+    let status = container_status(&mut rt, &running.id, false).await.status.expect("status");
+    let linux = status.resources.and_then(|r| r.linux).expect("ContainerStatus without resources.linux");
     assert_eq!(linux.memory_limit_in_bytes, LIMIT, "{linux:#?}");
 
     let result = rt
@@ -138,11 +101,7 @@ async fn update_container_resources_is_reflected_in_status() {
             ..Default::default()
         })
         .await;
-    expect_code(
-        result,
-        Code::NotFound,
-        "UpdateContainerResources of an unknown container",
-    );
+    expect_code(result, Code::NotFound, "UpdateContainerResources of an unknown container");
     running.stop().await;
 }
 
@@ -154,37 +113,21 @@ async fn stats_of_a_running_guest_show_cpu_and_memory() {
     let deadline = Instant::now() + WAIT_LIMIT;
     let stats: ContainerStats = loop {
         let stats = rt
-            .container_stats(ContainerStatsRequest {
-                container_id: running.id.clone(),
-            })
+            .container_stats(ContainerStatsRequest { container_id: running.id.clone() })
             .await
             .expect("ContainerStats")
             .into_inner()
             .stats
             .expect("ContainerStats without stats");
-        let cpu = stats
-            .cpu
-            .as_ref()
-            .and_then(|c| c.usage_core_nano_seconds.as_ref())
-            .map_or(0, |v| v.value);
+        let cpu = stats.cpu.as_ref().and_then(|c| c.usage_core_nano_seconds.as_ref()).map_or(0, |v| v.value);
         if cpu > 0 {
             break stats;
         }
-        assert!(
-            Instant::now() < deadline,
-            "CPU usage of a spinning guest still 0 after {WAIT_LIMIT:?}: {stats:#?}"
-        );
+        assert!(Instant::now() < deadline, "CPU usage of a spinning guest still 0 after {WAIT_LIMIT:?}: {stats:#?}");
         tokio::time::sleep(POLL_INTERVAL).await;
     };
-    assert_eq!(
-        stats.attributes.as_ref().map(|a| a.id.as_str()),
-        Some(running.id.as_str())
-    );
-    let memory = stats
-        .memory
-        .as_ref()
-        .and_then(|m| m.working_set_bytes.as_ref())
-        .map_or(0, |v| v.value);
+    assert_eq!(stats.attributes.as_ref().map(|a| a.id.as_str()), Some(running.id.as_str()));
+    let memory = stats.memory.as_ref().and_then(|m| m.working_set_bytes.as_ref()).map_or(0, |v| v.value);
     assert!(memory > 0, "working_set_bytes is 0: {stats:#?}");
 
     let listed = rt
@@ -194,17 +137,12 @@ async fn stats_of_a_running_guest_show_cpu_and_memory() {
         .into_inner()
         .stats;
     assert!(
-        listed
-            .iter()
-            .any(|s| s.attributes.as_ref().is_some_and(|a| a.id == running.id)),
+        listed.iter().any(|s| s.attributes.as_ref().is_some_and(|a| a.id == running.id)),
         "ListContainerStats lacks the container: {listed:#?}"
     );
     let filtered = rt
         .list_container_stats(ListContainerStatsRequest {
-            filter: Some(ContainerStatsFilter {
-                pod_sandbox_id: running.pod.id.clone(),
-                ..Default::default()
-            }),
+            filter: Some(ContainerStatsFilter { pod_sandbox_id: running.pod.id.clone(), ..Default::default() }),
         })
         .await
         .expect("ListContainerStats by pod")
@@ -212,23 +150,15 @@ async fn stats_of_a_running_guest_show_cpu_and_memory() {
         .stats;
     assert_eq!(filtered.len(), 1, "{filtered:#?}");
 
-    rt.pod_sandbox_stats(PodSandboxStatsRequest {
-        pod_sandbox_id: running.pod.id.clone(),
-    })
-    .await
-    .expect("PodSandboxStats");
+    rt.pod_sandbox_stats(PodSandboxStatsRequest { pod_sandbox_id: running.pod.id.clone() })
+        .await
+        .expect("PodSandboxStats");
     running.stop().await;
 }
 
-fn with_memory_limit(
-    mut config: wasmrun::api::ContainerConfig,
-    bytes: i64,
-) -> wasmrun::api::ContainerConfig {
+fn with_memory_limit(mut config: wasmrun::api::ContainerConfig, bytes: i64) -> wasmrun::api::ContainerConfig {
     config.linux = Some(wasmrun::api::LinuxContainerConfig {
-        resources: Some(LinuxContainerResources {
-            memory_limit_in_bytes: bytes,
-            ..Default::default()
-        }),
+        resources: Some(LinuxContainerResources { memory_limit_in_bytes: bytes, ..Default::default() }),
         ..Default::default()
     });
     config
@@ -240,10 +170,7 @@ async fn a_guest_growing_past_its_memory_limit_is_oom_killed() {
     let image = pulled_fixture(&daemon, "memhog", "resources-memhog").await;
     let pod = Pod::run(&daemon, "memhog").await;
     // The guest asks for 256 MiB in 1 MiB steps; the limit is 32 MiB.
-    let config = with_memory_limit(
-        container_config("memhog", &image.name, &[], &["256"], &[]),
-        32 << 20,
-    );
+    let config = with_memory_limit(container_config("memhog", &image.name, &[], &["256"], &[]), 32 << 20);
 
     let (_, status) = pod.run_to_exit(&daemon, &config).await;
     assert_eq!(status.reason, "OOMKilled", "{status:#?}");
@@ -260,10 +187,7 @@ async fn a_guest_within_its_memory_limit_completes() {
     let daemon = Daemon::start().await;
     let image = pulled_fixture(&daemon, "memhog", "resources-memhog-ok").await;
     let pod = Pod::run(&daemon, "memhog-ok").await;
-    let config = with_memory_limit(
-        container_config("memhog", &image.name, &[], &["16"], &[]),
-        64 << 20,
-    );
+    let config = with_memory_limit(container_config("memhog", &image.name, &[], &["16"], &[]), 64 << 20);
 
     let (_, status) = pod.run_to_exit(&daemon, &config).await;
     assert_eq!(status.exit_code, 0, "{status:#?}");

@@ -7,21 +7,13 @@ use wasmrun::api::{AttachRequest, ExecRequest, ExecSyncRequest, PortForwardReque
 use crate::harness::*;
 
 /// Calls the four streaming RPCs on the container / pod and returns their results.
-async fn call_all(
-    rt: &mut Runtime,
-    container_id: &str,
-    pod_id: &str,
-) -> Vec<(&'static str, Result<(), Status>)> {
+async fn call_all(rt: &mut Runtime, container_id: &str, pod_id: &str) -> Vec<(&'static str, Result<(), Status>)> {
     vec![
         (
             "ExecSync",
-            rt.exec_sync(ExecSyncRequest {
-                container_id: container_id.into(),
-                cmd: vec!["ls".into()],
-                timeout: 5,
-            })
-            .await
-            .map(drop),
+            rt.exec_sync(ExecSyncRequest { container_id: container_id.into(), cmd: vec!["ls".into()], timeout: 5 })
+                .await
+                .map(drop),
         ),
         (
             "Exec",
@@ -36,22 +28,13 @@ async fn call_all(
         ),
         (
             "Attach",
-            rt.attach(AttachRequest {
-                container_id: container_id.into(),
-                stdout: true,
-                ..Default::default()
-            })
-            .await
-            .map(drop),
+            rt.attach(AttachRequest { container_id: container_id.into(), stdout: true, ..Default::default() })
+                .await
+                .map(drop),
         ),
         (
             "PortForward",
-            rt.port_forward(PortForwardRequest {
-                pod_sandbox_id: pod_id.into(),
-                port: vec![8080],
-            })
-            .await
-            .map(drop),
+            rt.port_forward(PortForwardRequest { pod_sandbox_id: pod_id.into(), port: vec![8080] }).await.map(drop),
         ),
     ]
 }
@@ -69,11 +52,7 @@ async fn streaming_rpcs_on_a_wasm_container_fail_precondition() {
     for (rpc, result) in call_all(&mut rt, &id, &pod.id).await {
         match result {
             Err(status) if status.code() == Code::FailedPrecondition => {
-                assert!(
-                    status.message().contains("WebAssembly"),
-                    "{rpc}: message {:?}",
-                    status.message()
-                )
+                assert!(status.message().contains("WebAssembly"), "{rpc}: message {:?}", status.message())
             }
             other => panic!("{rpc}: expected FailedPrecondition, got {other:?}"),
         }

@@ -42,6 +42,10 @@ pub struct Config {
     /// Registries (`host` or `host:port`) that may be reached over plain http.
     pub insecure_registries: Vec<String>,
     pub cgroup_driver: CgroupDriver,
+    /// The largest manifest a registry may send.
+    pub max_manifest_bytes: u64,
+    /// The largest blob (config, layer, module) a pull may bring in.
+    pub max_blob_bytes: u64,
 }
 
 impl Default for Config {
@@ -54,17 +58,15 @@ impl Default for Config {
             log_format: LogFormat::Text,
             insecure_registries: Vec::new(),
             cgroup_driver: CgroupDriver::Systemd,
+            max_manifest_bytes: 4 << 20,
+            max_blob_bytes: 2 << 30,
         }
     }
 }
 
 /// Command-line flags; each one overrides the same key of the config file.
 #[derive(Debug, Default, Parser)]
-#[command(
-    name = "wasmrun",
-    version,
-    about = "A Kubernetes CRI runtime for WebAssembly"
-)]
+#[command(name = "wasmrun", version, about = "A Kubernetes CRI runtime for WebAssembly")]
 pub struct Flags {
     /// TOML config file; flags override its keys.
     #[arg(long, value_name = "FILE")]
@@ -105,8 +107,7 @@ impl Config {
     }
 
     pub fn from_file(path: &Path) -> anyhow::Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("reading config file {}", path.display()))?;
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading config file {}", path.display()))?;
         toml::from_str(&text).with_context(|| format!("parsing config file {}", path.display()))
     }
 
@@ -141,30 +142,18 @@ impl Config {
     /// events; the libraries below it (h2, hyper, wasmtime) stay at `warn`
     /// unless directives name them.
     pub fn log_filter(&self) -> String {
-        let bare_level =
-            ["error", "warn", "info", "debug", "trace", "off"].contains(&self.log_level.as_str());
-        if bare_level {
-            format!("warn,wasmrun={}", self.log_level)
-        } else {
-            self.log_level.clone()
-        }
+        let bare_level = ["error", "warn", "info", "debug", "trace", "off"].contains(&self.log_level.as_str());
+        if bare_level { format!("warn,wasmrun={}", self.log_level) } else { self.log_level.clone() }
     }
 
     pub fn validate(&self) -> anyhow::Result<()> {
-        for (key, path) in [
-            ("socket", &self.socket),
-            ("root", &self.root),
-            ("state", &self.state),
-        ] {
+        for (key, path) in [("socket", &self.socket), ("root", &self.root), ("state", &self.state)] {
             if path.as_os_str().is_empty() {
                 bail!("config: `{key}` must not be empty");
             }
         }
         if self.socket.file_name().is_none() {
-            bail!(
-                "config: `socket` ({}) must name a file",
-                self.socket.display()
-            );
+            bail!("config: `socket` ({}) must name a file", self.socket.display());
         }
         // sun_path holds 108 bytes including the terminating NUL.
         if self.socket.as_os_str().len() > 107 {
@@ -173,15 +162,13 @@ impl Config {
                 self.socket.display()
             );
         }
-        tracing_subscriber::EnvFilter::try_new(self.log_filter()).with_context(|| {
-            format!(
-                "config: `log_level` {:?} is not a valid filter",
-                self.log_level
-            )
-        })?;
+        if self.max_manifest_bytes == 0 || self.max_blob_bytes == 0 {
+            bail!("config: `max_manifest_bytes` and `max_blob_bytes` must be above 0");
+        }
+        tracing_subscriber::EnvFilter::try_new(self.log_filter())
+            .with_context(|| format!("config: `log_level` {:?} is not a valid filter", self.log_level))?;
         for registry in &self.insecure_registries {
-            validate_registry_host(registry)
-                .with_context(|| format!("config: insecure registry {registry:?}"))?;
+            validate_registry_host(registry).with_context(|| format!("config: insecure registry {registry:?}"))?;
         }
         Ok(())
     }
@@ -202,8 +189,7 @@ fn validate_registry_host(registry: &str) -> anyhow::Result<()> {
         if host.is_empty() {
             bail!("has no host");
         }
-        port.parse::<u16>()
-            .map_err(|_| anyhow::anyhow!("port {port:?} is not a number from 0 to 65535"))?;
+        port.parse::<u16>().map_err(|_| anyhow::anyhow!("port {port:?} is not a number from 0 to 65535"))?;
     }
     if registry.chars().any(char::is_whitespace) {
         bail!("must not contain white space");
@@ -233,10 +219,7 @@ mod tests {
         assert_eq!(config.socket, PathBuf::from("/tmp/b.sock"));
         assert_eq!(config.log_level, "warn");
         assert_eq!(config.root, PathBuf::from(DEFAULT_ROOT));
-        assert_eq!(
-            config.insecure_registries,
-            ["127.0.0.1:5000", "localhost:5001"]
-        );
+        assert_eq!(config.insecure_registries, ["127.0.0.1:5000", "localhost:5001"]);
         config.validate().unwrap();
     }
 
@@ -248,21 +231,12 @@ mod tests {
         assert!(err.to_string().contains("xml"), "{err}");
 
         for bad in ["http://r:5000", "r:5000/path", "r:99999", ":5000", ""] {
-            let config = Config {
-                insecure_registries: vec![bad.into()],
-                ..Config::default()
-            };
+            let config = Config { insecure_registries: vec![bad.into()], ..Config::default() };
             assert!(config.validate().is_err(), "{bad:?} should be refused");
         }
-        let config = Config {
-            log_level: "loud=?".into(),
-            ..Config::default()
-        };
+        let config = Config { log_level: "loud=?".into(), ..Config::default() };
         assert!(config.validate().is_err());
-        let config = Config {
-            socket: format!("/tmp/{}", "s".repeat(120)).into(),
-            ..Config::default()
-        };
+        let config = Config { socket: format!("/tmp/{}", "s".repeat(120)).into(), ..Config::default() };
         assert!(config.validate().is_err());
     }
 
@@ -274,26 +248,15 @@ mod tests {
 
     #[test]
     fn a_bare_level_applies_to_wasmrun_only() {
-        let config = Config {
-            log_level: "debug".into(),
-            ..Config::default()
-        };
+        let config = Config { log_level: "debug".into(), ..Config::default() };
         assert_eq!(config.log_filter(), "warn,wasmrun=debug");
-        let config = Config {
-            log_level: "wasmrun=trace,h2=info".into(),
-            ..Config::default()
-        };
+        let config = Config { log_level: "wasmrun=trace,h2=info".into(), ..Config::default() };
         assert_eq!(config.log_filter(), "wasmrun=trace,h2=info");
     }
 
     #[test]
     fn good_registry_names_pass() {
-        for good in [
-            "127.0.0.1:5000",
-            "localhost",
-            "[::1]:5000",
-            "registry.example.com",
-        ] {
+        for good in ["127.0.0.1:5000", "localhost", "[::1]:5000", "registry.example.com"] {
             validate_registry_host(good).unwrap();
         }
     }

@@ -81,17 +81,10 @@ impl ContainerLog {
         let (output_tx, output_rx) = mpsc::channel(QUEUE);
         let (reopen_tx, reopen_rx) = mpsc::channel(1);
         let task = tokio::spawn(write_records(path, file, output_rx, reopen_rx));
-        let writer = |stream| LogWriter {
-            stream,
-            tx: PollSender::new(output_tx.clone()),
-        };
+        let writer = |stream| LogWriter { stream, tx: PollSender::new(output_tx.clone()) };
         Ok(OpenedLog {
             log: ContainerLog { reopen: reopen_tx },
-            output: GuestOutput {
-                stdout: writer(Stream::Stdout),
-                stderr: writer(Stream::Stderr),
-                done: LogDone(task),
-            },
+            output: GuestOutput { stdout: writer(Stream::Stdout), stderr: writer(Stream::Stderr), done: LogDone(task) },
         })
     }
 
@@ -99,12 +92,7 @@ impl ContainerLog {
     /// Output written before the call goes to the old file.
     pub async fn reopen(&self) -> io::Result<()> {
         let (reply, answer) = oneshot::channel();
-        let gone = || {
-            io::Error::new(
-                io::ErrorKind::BrokenPipe,
-                "the container's log writer has stopped",
-            )
-        };
+        let gone = || io::Error::new(io::ErrorKind::BrokenPipe, "the container's log writer has stopped");
         self.reopen.send(reply).await.map_err(|_| gone())?;
         answer.await.map_err(|_| gone())?
     }
@@ -114,12 +102,7 @@ async fn open_log_file(path: &Path) -> io::Result<tokio::fs::File> {
     if let Some(parent) = path.parent() {
         tokio::fs::create_dir_all(parent).await?;
     }
-    tokio::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o640)
-        .open(path)
-        .await
+    tokio::fs::OpenOptions::new().create(true).append(true).mode(0o640).open(path).await
 }
 
 /// The writer task: frames bytes into records and appends them in batches.
@@ -263,11 +246,7 @@ pub struct LogWriter {
 }
 
 impl AsyncWrite for LogWriter {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let closed = || io::Error::new(io::ErrorKind::BrokenPipe, "container log closed");
         std::task::ready!(self.tx.poll_reserve(cx)).map_err(|_| closed())?;
         let message = (self.stream, buf.to_vec());
@@ -317,10 +296,7 @@ mod tests {
         let chunks: Vec<&[u8]> = line.chunks(4096).chain([&b"\nafter\n"[..]]).collect();
         let out = frame(&chunks);
         let tags: Vec<Tag> = out.iter().map(|(tag, _)| *tag).collect();
-        assert_eq!(
-            tags,
-            [vec![Tag::Partial; 6], vec![Tag::Full, Tag::Full]].concat()
-        );
+        assert_eq!(tags, [vec![Tag::Partial; 6], vec![Tag::Full, Tag::Full]].concat());
         assert!(out[..6].iter().all(|(_, l)| l.len() == MAX_LINE));
         assert_eq!(out[6].1.len(), 100 * 1024 - 6 * MAX_LINE);
         assert_eq!(out[7].1, b"after");
@@ -330,10 +306,7 @@ mod tests {
     fn a_line_of_exactly_max_is_one_full_record() {
         let mut line = vec![b'y'; MAX_LINE];
         line.push(b'\n');
-        assert_eq!(
-            frame(&[&line[..MAX_LINE], &line[MAX_LINE..]]),
-            vec![(Tag::Full, vec![b'y'; MAX_LINE])]
-        );
+        assert_eq!(frame(&[&line[..MAX_LINE], &line[MAX_LINE..]]), vec![(Tag::Full, vec![b'y'; MAX_LINE])]);
     }
 
     #[tokio::test]
@@ -341,11 +314,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("wasmrun-logs-{}", rand::random::<u64>()));
         let path = dir.join("c/0.log");
         let OpenedLog { log, output } = ContainerLog::open(Some(path.clone())).await.unwrap();
-        let GuestOutput {
-            stdout: mut out,
-            stderr: mut err,
-            done,
-        } = output;
+        let GuestOutput { stdout: mut out, stderr: mut err, done } = output;
         out.write_all(b"hello\n").await.unwrap();
         // A reopen is ordered after the writes before it: use one as a barrier,
         // so "hello" is on disk before the rename, as kubelet's rotation expects.

@@ -14,11 +14,7 @@ fn main() -> ExitCode {
         }
     };
     init_logging(&config);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .thread_name("cri")
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().thread_name("cri").enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("wasmrun: cannot start the async runtime: {e}");

@@ -16,7 +16,7 @@ use crate::api::image_service_server::ImageServiceServer;
 use crate::api::runtime_service_server::RuntimeServiceServer;
 use crate::config::Config;
 use crate::cri::{ImageHandler, Parts, RuntimeHandler};
-use crate::images::Images;
+use crate::images::{Images, Limits};
 use crate::pods::Pods;
 use crate::wasm::Engine;
 
@@ -32,14 +32,11 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     refuse_if_served(&config.socket).await?;
     let _root_lock = lock_root(&config.root)?;
 
-    let images = Arc::new(Images::open(&config.root, &config.insecure_registries).await?);
     let engine = Engine::new(&config.root.join("cache"))?;
+    let limits = Limits { max_manifest_bytes: config.max_manifest_bytes, max_blob_bytes: config.max_blob_bytes };
+    let images = Arc::new(Images::open(&config.root, &config.insecure_registries, limits, engine.clone()).await?);
     let pods = Arc::new(Pods::new(images.clone(), engine));
-    let parts = Parts {
-        config: Arc::new(config.clone()),
-        pods,
-        images,
-    };
+    let parts = Parts { config: Arc::new(config.clone()), pods, images };
 
     let listener = bind(&config.socket)?;
     tracing::info!(socket = %config.socket.display(), root = %config.root.display(), version = env!("CARGO_PKG_VERSION"), "wasmrun serving the CRI");
@@ -55,10 +52,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
                 .max_decoding_message_size(MAX_MESSAGE)
                 .max_encoding_message_size(MAX_MESSAGE),
         )
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::UnixListenerStream::new(listener),
-            shutdown_signal(),
-        )
+        .serve_with_incoming_shutdown(tokio_stream::wrappers::UnixListenerStream::new(listener), shutdown_signal())
         .await;
     let _ = std::fs::remove_file(&config.socket);
     served.context("serving the CRI")?;
@@ -78,11 +72,7 @@ fn lock_root(root: &Path) -> anyhow::Result<std::fs::File> {
         .with_context(|| format!("opening {}", path.display()))?;
     // SAFETY: flock on a descriptor we own; the lock lasts as long as the file is open.
     if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        bail!(
-            "root directory {} is in use by another wasmrun (it holds {})",
-            root.display(),
-            path.display()
-        );
+        bail!("root directory {} is in use by another wasmrun (it holds {})", root.display(), path.display());
     }
     Ok(file)
 }
@@ -101,8 +91,7 @@ async fn refuse_if_served(socket: &Path) -> anyhow::Result<()> {
 
 fn bind(socket: &Path) -> anyhow::Result<UnixListener> {
     if let Some(parent) = socket.parent() {
-        std::fs::create_dir_all(parent)
-            .with_context(|| format!("creating {}", parent.display()))?;
+        std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
     }
     match std::fs::remove_file(socket) {
         Ok(()) => tracing::info!(socket = %socket.display(), "replaced a stale socket"),
@@ -111,8 +100,7 @@ fn bind(socket: &Path) -> anyhow::Result<UnixListener> {
             return Err(e).with_context(|| format!("removing stale socket {}", socket.display()));
         }
     }
-    let listener =
-        UnixListener::bind(socket).with_context(|| format!("binding {}", socket.display()))?;
+    let listener = UnixListener::bind(socket).with_context(|| format!("binding {}", socket.display()))?;
     std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o660))
         .with_context(|| format!("setting the mode of {}", socket.display()))?;
     Ok(listener)
@@ -120,10 +108,7 @@ fn bind(socket: &Path) -> anyhow::Result<UnixListener> {
 
 async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
         tracing::error!("cannot listen for SIGTERM/SIGINT: stop wasmrun with SIGKILL");
         return std::future::pending().await;
     };
@@ -172,12 +157,7 @@ where
             let response = response.await;
             // A failed unary call carries its status in the headers; a successful one, in trailers.
             let status = match &response {
-                Ok(r) => r
-                    .headers()
-                    .get("grpc-status")
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("0")
-                    .to_owned(),
+                Ok(r) => r.headers().get("grpc-status").and_then(|v| v.to_str().ok()).unwrap_or("0").to_owned(),
                 Err(_) => "transport error".to_owned(),
             };
             tracing::debug!(%call, elapsed = ?started.elapsed(), grpc_status = %status, "CRI call");

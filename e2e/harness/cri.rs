@@ -12,8 +12,8 @@ use wasmrun::api::runtime_service_client::RuntimeServiceClient;
 use wasmrun::api::{
     ContainerConfig, ContainerMetadata, ContainerState, ContainerStatus, ContainerStatusRequest,
     ContainerStatusResponse, CreateContainerRequest, ImageSpec, KeyValue, LinuxContainerConfig,
-    LinuxContainerResources, LinuxPodSandboxConfig, PodSandboxConfig, PodSandboxMetadata,
-    PullImageRequest, RunPodSandboxRequest, StartContainerRequest, VersionRequest,
+    LinuxContainerResources, LinuxPodSandboxConfig, PodSandboxConfig, PodSandboxMetadata, PullImageRequest,
+    RunPodSandboxRequest, StartContainerRequest, VersionRequest,
 };
 
 use super::{Daemon, POLL_INTERVAL, TestImage, WAIT_LIMIT, push_fixture, scratch_root};
@@ -32,33 +32,20 @@ pub fn random_id() -> String {
 /// A random pod UID in the UUID format Kubernetes uses.
 pub fn new_uid() -> String {
     let h = hex::encode(rand::rng().random::<[u8; 16]>());
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
+    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
 }
 
 /// Asserts that `id` is 64 lowercase hex digits.
 #[track_caller]
 pub fn assert_hex_id(id: &str) {
     assert!(
-        id.len() == 64
-            && id
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
+        id.len() == 64 && id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
         "expected an id of 64 lowercase hex digits, got {id:?}"
     );
 }
 
 fn string_map(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
 }
 
 /// A pod config as kubelet sends it, in namespace "default", with its log
@@ -80,10 +67,7 @@ pub fn pod_config(name: &str, uid: &str) -> PodSandboxConfig {
             ("io.kubernetes.pod.name", name),
             ("io.kubernetes.pod.namespace", "default"),
         ]),
-        annotations: string_map(&[
-            ("kubernetes.io/config.source", "api"),
-            ("e2e.wasmrun.dev/pod", name),
-        ]),
+        annotations: string_map(&[("kubernetes.io/config.source", "api"), ("e2e.wasmrun.dev/pod", name)]),
         linux: Some(LinuxPodSandboxConfig {
             cgroup_parent: format!("kubepods-besteffort-pod{}.slice", uid.replace('-', "_")),
             ..Default::default()
@@ -102,29 +86,13 @@ pub fn container_config(
     envs: &[(&str, &str)],
 ) -> ContainerConfig {
     ContainerConfig {
-        metadata: Some(ContainerMetadata {
-            name: name.into(),
-            attempt: 0,
-        }),
-        image: Some(ImageSpec {
-            image: image.into(),
-            user_specified_image: image.into(),
-            ..Default::default()
-        }),
+        metadata: Some(ContainerMetadata { name: name.into(), attempt: 0 }),
+        image: Some(ImageSpec { image: image.into(), user_specified_image: image.into(), ..Default::default() }),
         command: command.iter().map(|s| s.to_string()).collect(),
         args: args.iter().map(|s| s.to_string()).collect(),
-        envs: envs
-            .iter()
-            .map(|(key, value)| KeyValue {
-                key: key.to_string(),
-                value: value.to_string(),
-            })
-            .collect(),
+        envs: envs.iter().map(|(key, value)| KeyValue { key: key.to_string(), value: value.to_string() }).collect(),
         labels: string_map(&[("io.kubernetes.container.name", name)]),
-        annotations: string_map(&[
-            ("io.kubernetes.container.restartCount", "0"),
-            ("e2e.wasmrun.dev/container", name),
-        ]),
+        annotations: string_map(&[("io.kubernetes.container.restartCount", "0"), ("e2e.wasmrun.dev/container", name)]),
         log_path: format!("{name}/0.log"),
         linux: Some(LinuxContainerConfig {
             resources: Some(LinuxContainerResources {
@@ -154,10 +122,7 @@ impl Pod {
     pub async fn run_config(daemon: &Daemon, config: PodSandboxConfig) -> Pod {
         let id = daemon
             .runtime()
-            .run_pod_sandbox(RunPodSandboxRequest {
-                config: Some(config.clone()),
-                runtime_handler: String::new(),
-            })
+            .run_pod_sandbox(RunPodSandboxRequest { config: Some(config.clone()), runtime_handler: String::new() })
             .await
             .unwrap_or_else(|s| panic!("RunPodSandbox: {s:?}"))
             .into_inner()
@@ -177,11 +142,7 @@ impl Pod {
 
     /// CreateContainer in this pod (after creating the container's log
     /// directory, as kubelet does).
-    pub async fn try_create(
-        &self,
-        daemon: &Daemon,
-        container: &ContainerConfig,
-    ) -> Result<String, Status> {
+    pub async fn try_create(&self, daemon: &Daemon, container: &ContainerConfig) -> Result<String, Status> {
         if let Some(parent) = self.log_path(container).parent() {
             std::fs::create_dir_all(parent).expect("create container log directory");
         }
@@ -197,10 +158,7 @@ impl Pod {
     }
 
     pub async fn create(&self, daemon: &Daemon, container: &ContainerConfig) -> String {
-        let id = self
-            .try_create(daemon, container)
-            .await
-            .unwrap_or_else(|s| panic!("CreateContainer: {s:?}"));
+        let id = self.try_create(daemon, container).await.unwrap_or_else(|s| panic!("CreateContainer: {s:?}"));
         assert_hex_id(&id);
         id
     }
@@ -210,20 +168,14 @@ impl Pod {
         let id = self.create(daemon, container).await;
         daemon
             .runtime()
-            .start_container(StartContainerRequest {
-                container_id: id.clone(),
-            })
+            .start_container(StartContainerRequest { container_id: id.clone() })
             .await
             .unwrap_or_else(|s| panic!("StartContainer: {s:?}"));
         id
     }
 
     /// Creates and starts the container and waits until it has exited.
-    pub async fn run_to_exit(
-        &self,
-        daemon: &Daemon,
-        container: &ContainerConfig,
-    ) -> (String, ContainerStatus) {
+    pub async fn run_to_exit(&self, daemon: &Daemon, container: &ContainerConfig) -> (String, ContainerStatus) {
         let id = self.create_and_start(daemon, container).await;
         let status = wait_exited(&mut daemon.runtime(), &id).await;
         (id, status)
@@ -235,10 +187,7 @@ pub async fn pull(daemon: &Daemon, image: &str) -> String {
     daemon
         .images()
         .pull_image(PullImageRequest {
-            image: Some(ImageSpec {
-                image: image.into(),
-                ..Default::default()
-            }),
+            image: Some(ImageSpec { image: image.into(), ..Default::default() }),
             ..Default::default()
         })
         .await
@@ -254,28 +203,18 @@ pub async fn pulled_fixture(daemon: &Daemon, fixture_name: &str, repo: &str) -> 
     image
 }
 
-pub async fn container_status(
-    rt: &mut Runtime,
-    id: &str,
-    verbose: bool,
-) -> ContainerStatusResponse {
-    rt.container_status(ContainerStatusRequest {
-        container_id: id.into(),
-        verbose,
-    })
-    .await
-    .unwrap_or_else(|s| panic!("ContainerStatus {id}: {s:?}"))
-    .into_inner()
+pub async fn container_status(rt: &mut Runtime, id: &str, verbose: bool) -> ContainerStatusResponse {
+    rt.container_status(ContainerStatusRequest { container_id: id.into(), verbose })
+        .await
+        .unwrap_or_else(|s| panic!("ContainerStatus {id}: {s:?}"))
+        .into_inner()
 }
 
 /// Polls ContainerStatus until the container is in `state`; panics after [`WAIT_LIMIT`].
 pub async fn wait_state(rt: &mut Runtime, id: &str, state: ContainerState) -> ContainerStatus {
     let deadline = Instant::now() + WAIT_LIMIT;
     loop {
-        let status = container_status(rt, id, false)
-            .await
-            .status
-            .expect("ContainerStatus without status");
+        let status = container_status(rt, id, false).await.status.expect("ContainerStatus without status");
         if status.state() == state {
             return status;
         }
@@ -294,23 +233,18 @@ pub async fn wait_exited(rt: &mut Runtime, id: &str) -> ContainerStatus {
 /// The `module_source` of a verbose ContainerStatus' `info["info"]` JSON.
 pub async fn module_source(rt: &mut Runtime, id: &str) -> String {
     let response = container_status(rt, id, true).await;
-    let info = response.info.get("info").unwrap_or_else(|| {
-        panic!(
-            "verbose ContainerStatus has no \"info\" key: {:?}",
-            response.info
-        )
-    });
-    let json: serde_json::Value = serde_json::from_str(info)
-        .unwrap_or_else(|e| panic!("info[\"info\"] is not JSON ({e}): {info}"));
+    let info = response
+        .info
+        .get("info")
+        .unwrap_or_else(|| panic!("verbose ContainerStatus has no \"info\" key: {:?}", response.info));
+    let json: serde_json::Value =
+        serde_json::from_str(info).unwrap_or_else(|e| panic!("info[\"info\"] is not JSON ({e}): {info}"));
     let source = json
         .get("module_source")
         .and_then(|v| v.as_str())
         .unwrap_or_else(|| panic!("info[\"info\"] has no string module_source: {json}"))
         .to_owned();
-    assert!(
-        MODULE_SOURCES.contains(&source.as_str()),
-        "unexpected module_source {source:?}"
-    );
+    assert!(MODULE_SOURCES.contains(&source.as_str()), "unexpected module_source {source:?}");
     source
 }
 
@@ -320,11 +254,7 @@ pub fn expect_code<T: Debug>(result: Result<T, Status>, code: Code, what: &str) 
     match result {
         Ok(value) => panic!("{what}: expected {code:?}, got Ok({value:?})"),
         Err(status) if status.code() == code => status,
-        Err(status) => panic!(
-            "{what}: expected {code:?}, got {:?}: {}",
-            status.code(),
-            status.message()
-        ),
+        Err(status) => panic!("{what}: expected {code:?}, got {:?}: {}", status.code(), status.message()),
     }
 }
 
@@ -332,9 +262,7 @@ pub fn expect_code<T: Debug>(result: Result<T, Status>, code: Code, what: &str) 
 pub async fn assert_serving(daemon: &Daemon) {
     let version = daemon
         .runtime()
-        .version(VersionRequest {
-            version: "v1".into(),
-        })
+        .version(VersionRequest { version: "v1".into() })
         .await
         .unwrap_or_else(|s| panic!("the daemon stopped serving: Version failed: {s:?}"))
         .into_inner();
@@ -346,4 +274,20 @@ pub fn sorted(ids: &[&String]) -> Vec<String> {
     let mut ids: Vec<String> = ids.iter().map(|s| s.to_string()).collect();
     ids.sort();
     ids
+}
+
+/// The image `image` names, or `None` when the daemon does not have it.
+pub async fn image_status(
+    images: &mut wasmrun::api::image_service_client::ImageServiceClient<tonic::transport::Channel>,
+    image: &str,
+) -> Option<wasmrun::api::Image> {
+    images
+        .image_status(wasmrun::api::ImageStatusRequest {
+            image: Some(wasmrun::api::ImageSpec { image: image.into(), ..Default::default() }),
+            verbose: false,
+        })
+        .await
+        .unwrap_or_else(|s| panic!("ImageStatus {image}: {s:?}"))
+        .into_inner()
+        .image
 }

@@ -43,20 +43,11 @@ impl Daemon {
     /// `extra_args` appended to the standard flags.
     pub async fn start_with(dir: Option<PathBuf>, extra_args: &[&str]) -> Daemon {
         let dir = dir.unwrap_or_else(|| scratch_dir("daemon"));
-        let log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.join(LOG))
-            .expect("open daemon log");
+        let log = OpenOptions::new().create(true).append(true).open(dir.join(LOG)).expect("open daemon log");
         let mut cmd = Daemon::command(&dir, &dir.join(SOCKET), extra_args);
-        cmd.stdout(log.try_clone().expect("clone log handle"))
-            .stderr(log);
+        cmd.stdout(log.try_clone().expect("clone log handle")).stderr(log);
         let child = cmd.spawn().expect("spawn wasmrun");
-        let mut daemon = Daemon {
-            child: Some(child),
-            dir,
-            channel: None,
-        };
+        let mut daemon = Daemon { child: Some(child), dir, channel: None };
         daemon.wait_ready().await;
         daemon
     }
@@ -83,23 +74,16 @@ impl Daemon {
         let socket = self.socket();
         let deadline = Instant::now() + START_LIMIT;
         loop {
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
                 self.child = None;
                 // Drop prints the log.
                 panic!("wasmrun exited during startup with {status}");
             }
             if socket.exists()
-                && let Ok(Ok(channel)) =
-                    tokio::time::timeout(Duration::from_secs(2), connect(&socket)).await
+                && let Ok(Ok(channel)) = tokio::time::timeout(Duration::from_secs(2), connect(&socket)).await
             {
                 let mut client = RuntimeServiceClient::new(channel.clone());
-                let version = client.version(VersionRequest {
-                    version: "v1".into(),
-                });
+                let version = client.version(VersionRequest { version: "v1".into() });
                 if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(2), version).await {
                     self.channel = Some(channel);
                     return;
@@ -153,10 +137,7 @@ impl Daemon {
     /// Sends SIGTERM and waits (at most 30 s, then SIGKILL and panic) for the exit.
     pub fn sigterm_and_wait(&mut self) -> ExitStatus {
         self.channel = None;
-        let mut child = self
-            .child
-            .take()
-            .expect("the daemon has already been stopped");
+        let mut child = self.child.take().expect("the daemon has already been stopped");
         signal(&child, libc::SIGTERM);
         match wait_bounded(&mut child, Duration::from_secs(30)) {
             Some(status) => status,
@@ -175,10 +156,7 @@ impl Daemon {
     /// Kills the daemon with SIGKILL (leaving its socket file behind).
     pub fn sigkill(&mut self) -> ExitStatus {
         self.channel = None;
-        let mut child = self
-            .child
-            .take()
-            .expect("the daemon has already been stopped");
+        let mut child = self.child.take().expect("the daemon has already been stopped");
         signal(&child, libc::SIGKILL);
         child.wait().expect("wait for wasmrun")
     }

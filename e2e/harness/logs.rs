@@ -22,8 +22,7 @@ pub struct LogLine {
 /// True for `^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+Z$`.
 fn is_cri_timestamp(s: &str) -> bool {
     let b = s.as_bytes();
-    let digits =
-        |r: std::ops::Range<usize>| b.get(r).is_some_and(|d| d.iter().all(u8::is_ascii_digit));
+    let digits = |r: std::ops::Range<usize>| b.get(r).is_some_and(|d| d.iter().all(u8::is_ascii_digit));
     b.len() >= 22
         && digits(0..4)
         && b[4] == b'-'
@@ -49,23 +48,11 @@ pub fn parse_log_line(line: &str) -> LogLine {
     else {
         panic!("malformed CRI log line (fewer than 4 fields): {line:?}");
     };
-    assert!(
-        is_cri_timestamp(time),
-        "malformed CRI log timestamp {time:?} in {line:?}"
-    );
-    let time = DateTime::parse_from_rfc3339(time)
-        .unwrap_or_else(|e| panic!("bad timestamp in {line:?}: {e}"));
-    assert!(
-        stream == "stdout" || stream == "stderr",
-        "bad stream {stream:?} in {line:?}"
-    );
+    assert!(is_cri_timestamp(time), "malformed CRI log timestamp {time:?} in {line:?}");
+    let time = DateTime::parse_from_rfc3339(time).unwrap_or_else(|e| panic!("bad timestamp in {line:?}: {e}"));
+    assert!(stream == "stdout" || stream == "stderr", "bad stream {stream:?} in {line:?}");
     assert!(tag == "P" || tag == "F", "bad tag {tag:?} in {line:?}");
-    LogLine {
-        time,
-        stream: stream.to_owned(),
-        tag: tag.to_owned(),
-        content: content.to_owned(),
-    }
+    LogLine { time, stream: stream.to_owned(), tag: tag.to_owned(), content: content.to_owned() }
 }
 
 /// Parses the complete lines of `text`; with `complete`, the text must end
@@ -73,17 +60,11 @@ pub fn parse_log_line(line: &str) -> LogLine {
 pub fn parse_log(text: &str, complete: bool) -> Vec<LogLine> {
     let body = match text.rfind('\n') {
         Some(end) => {
-            assert!(
-                !complete || end == text.len() - 1,
-                "log does not end with a newline: {text:?}"
-            );
+            assert!(!complete || end == text.len() - 1, "log does not end with a newline: {text:?}");
             &text[..end]
         }
         None => {
-            assert!(
-                !complete || text.is_empty(),
-                "log does not end with a newline: {text:?}"
-            );
+            assert!(!complete || text.is_empty(), "log does not end with a newline: {text:?}");
             return Vec::new();
         }
     };
@@ -92,10 +73,8 @@ pub fn parse_log(text: &str, complete: bool) -> Vec<LogLine> {
 
 /// Reads and parses a finished log file (every line must be well formed and terminated).
 pub fn read_log(path: &Path) -> Vec<LogLine> {
-    let bytes =
-        std::fs::read(path).unwrap_or_else(|e| panic!("cannot read log {}: {e}", path.display()));
-    let text = String::from_utf8(bytes)
-        .unwrap_or_else(|e| panic!("log {} is not UTF-8: {e}", path.display()));
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("cannot read log {}: {e}", path.display()));
+    let text = String::from_utf8(bytes).unwrap_or_else(|e| panic!("log {} is not UTF-8: {e}", path.display()));
     parse_log(&text, true)
 }
 
@@ -105,11 +84,7 @@ pub fn full_lines(lines: &[LogLine]) -> Vec<(String, String)> {
     let mut pending_err = String::new();
     let mut out = Vec::new();
     for line in lines {
-        let pending = if line.stream == "stdout" {
-            &mut pending_out
-        } else {
-            &mut pending_err
-        };
+        let pending = if line.stream == "stdout" { &mut pending_out } else { &mut pending_err };
         pending.push_str(&line.content);
         if line.tag == "F" {
             out.push((line.stream.clone(), std::mem::take(pending)));
@@ -128,9 +103,7 @@ pub fn has_line(lines: &[(String, String)], stream: &str, content: &str) -> bool
 pub async fn wait_log_line(path: &Path, stream: &str, content: &str) -> Vec<(String, String)> {
     let deadline = Instant::now() + WAIT_LIMIT;
     loop {
-        let text = std::fs::read(path)
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
-            .unwrap_or_default();
+        let text = std::fs::read(path).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
         let lines = full_lines(&parse_log(&text, false));
         if has_line(&lines, stream, content) {
             return lines;

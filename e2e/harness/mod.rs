@@ -48,13 +48,11 @@ pub fn scratch_root() -> &'static Path {
         if parent.as_os_str().len() > 60 {
             parent = std::env::temp_dir().join("wasmrun-e2e");
         }
-        std::fs::create_dir_all(&parent)
-            .unwrap_or_else(|e| panic!("cannot create {}: {e}", parent.display()));
+        std::fs::create_dir_all(&parent).unwrap_or_else(|e| panic!("cannot create {}: {e}", parent.display()));
         remove_dead_runs(&parent);
         let dir = parent.join(format!("run-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir)
-            .unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
         dir
     })
 }
@@ -66,16 +64,13 @@ fn remove_dead_runs(parent: &Path) {
     };
     for entry in entries.flatten() {
         let name = entry.file_name();
-        let Some(pid) = name
-            .to_str()
-            .and_then(|n| n.strip_prefix("run-"))
-            .and_then(|p| p.parse::<libc::pid_t>().ok())
+        let Some(pid) = name.to_str().and_then(|n| n.strip_prefix("run-")).and_then(|p| p.parse::<libc::pid_t>().ok())
         else {
             continue;
         };
         // SAFETY: kill with signal 0 only checks whether the process exists.
-        let gone = unsafe { libc::kill(pid, 0) } == -1
-            && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
+        let gone =
+            unsafe { libc::kill(pid, 0) } == -1 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
         if gone {
             let _ = std::fs::remove_dir_all(entry.path());
         }
@@ -87,8 +82,7 @@ pub fn scratch_dir(prefix: &str) -> PathBuf {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
     let dir = scratch_root().join(format!("{prefix}-{n}"));
-    std::fs::create_dir_all(&dir)
-        .unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
     dir
 }
 
@@ -105,14 +99,7 @@ pub fn die_with_parent(cmd: &mut Command) {
     // SAFETY: prctl, getppid and _exit are async-signal-safe.
     unsafe {
         cmd.pre_exec(move || {
-            if libc::prctl(
-                libc::PR_SET_PDEATHSIG,
-                libc::SIGKILL as libc::c_ulong,
-                0,
-                0,
-                0,
-            ) != 0
-            {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
             // The parent may have died between fork and prctl.
@@ -138,9 +125,8 @@ pub fn tail_file(path: &Path, n: usize) -> String {
 
 /// A minimal HTTP/1.0 GET: returns the status code and the body.
 pub fn http_get(addr: &str, path: &str, accept: Option<&str>) -> std::io::Result<(u16, Vec<u8>)> {
-    let sock_addr = addr.parse().map_err(|e| {
-        std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{addr}: {e}"))
-    })?;
+    let sock_addr =
+        addr.parse().map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{addr}: {e}")))?;
     let mut stream = TcpStream::connect_timeout(&sock_addr, Duration::from_secs(2))?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
     stream.set_write_timeout(Some(Duration::from_secs(5)))?;
@@ -153,15 +139,8 @@ pub fn http_get(addr: &str, path: &str, accept: Option<&str>) -> std::io::Result
     let mut response = Vec::new();
     stream.read_to_end(&mut response)?;
     let bad = || std::io::Error::new(std::io::ErrorKind::InvalidData, "malformed HTTP response");
-    let head_end = response
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(bad)?;
+    let head_end = response.windows(4).position(|w| w == b"\r\n\r\n").ok_or_else(bad)?;
     let head = std::str::from_utf8(&response[..head_end]).map_err(|_| bad())?;
-    let code = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(bad)?;
+    let code = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).ok_or_else(bad)?;
     Ok((code, response[head_end + 4..].to_vec()))
 }

@@ -28,12 +28,7 @@ pub async fn push_wasm_artifact(registry: &str, repo: &str, tag: &str, wasm: &[u
 }
 
 /// [`push_wasm_artifact`], also returning the size of the config blob.
-async fn push_wasm_artifact_sizes(
-    registry: &str,
-    repo: &str,
-    tag: &str,
-    wasm: &[u8],
-) -> (String, usize) {
+async fn push_wasm_artifact_sizes(registry: &str, repo: &str, tag: &str, wasm: &[u8]) -> (String, usize) {
     let layer_digest = sha256_digest(wasm);
     let config = serde_json::to_vec(&serde_json::json!({
         "architecture": "wasm",
@@ -62,24 +57,14 @@ async fn push_wasm_artifact_sizes(
     let config_len = config.len();
 
     let name = format!("{registry}/{repo}:{tag}");
-    let reference: Reference = name
-        .parse()
-        .unwrap_or_else(|e| panic!("bad reference {name}: {e}"));
-    let client = Client::new(ClientConfig {
-        protocol: ClientProtocol::Http,
-        ..Default::default()
-    });
-    client
-        .store_auth_if_needed(registry, &RegistryAuth::Anonymous)
-        .await;
+    let reference: Reference = name.parse().unwrap_or_else(|e| panic!("bad reference {name}: {e}"));
+    let client = Client::new(ClientConfig { protocol: ClientProtocol::Http, ..Default::default() });
+    client.store_auth_if_needed(registry, &RegistryAuth::Anonymous).await;
     client
         .push_blob(&reference, wasm.to_vec(), &layer_digest)
         .await
         .unwrap_or_else(|e| panic!("push layer of {name}: {e}"));
-    client
-        .push_blob(&reference, config, &config_digest)
-        .await
-        .unwrap_or_else(|e| panic!("push config of {name}: {e}"));
+    client.push_blob(&reference, config, &config_digest).await.unwrap_or_else(|e| panic!("push config of {name}: {e}"));
     client
         .push_manifest_raw(&reference, manifest, MANIFEST_MEDIA_TYPE.parse().unwrap())
         .await
@@ -115,10 +100,7 @@ impl TestImage {
 
     /// An ImageSpec naming this image by tag.
     pub fn spec(&self) -> ImageSpec {
-        ImageSpec {
-            image: self.name.clone(),
-            ..Default::default()
-        }
+        ImageSpec { image: self.name.clone(), ..Default::default() }
     }
 }
 
@@ -126,8 +108,7 @@ impl TestImage {
 pub async fn push_bytes(repo: &str, bytes: &[u8]) -> TestImage {
     let host = registry().host();
     let repository = format!("e2e/{repo}");
-    let (manifest_digest, config_len) =
-        push_wasm_artifact_sizes(&host, &repository, "v1", bytes).await;
+    let (manifest_digest, config_len) = push_wasm_artifact_sizes(&host, &repository, "v1", bytes).await;
     TestImage {
         repository: format!("{host}/{repository}"),
         name: format!("{host}/{repository}:v1"),

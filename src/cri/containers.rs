@@ -13,16 +13,9 @@ pub(super) async fn create_container(
     parts: &Parts,
     request: api::CreateContainerRequest,
 ) -> Result<api::CreateContainerResponse, Status> {
-    let config = request
-        .config
-        .ok_or_else(|| Status::invalid_argument("CreateContainer: config is required"))?;
-    let container = parts
-        .pods
-        .create_container(&request.pod_sandbox_id, config)
-        .await?;
-    Ok(api::CreateContainerResponse {
-        container_id: container.id.clone(),
-    })
+    let config = request.config.ok_or_else(|| Status::invalid_argument("CreateContainer: config is required"))?;
+    let container = parts.pods.create_container(&request.pod_sandbox_id, config).await?;
+    Ok(api::CreateContainerResponse { container_id: container.id.clone() })
 }
 
 pub(super) async fn start_container(
@@ -86,10 +79,7 @@ pub(super) async fn container_status(
     let view = container.view();
     let mut info = HashMap::new();
     if request.verbose {
-        info.insert(
-            "info".to_owned(),
-            verbose_json(&verbose_info(&container, &view)),
-        );
+        info.insert("info".to_owned(), verbose_json(&verbose_info(&container, &view)));
     }
     let exit = view.exit.as_ref();
     let status = api::ContainerStatus {
@@ -102,29 +92,17 @@ pub(super) async fn container_status(
         exit_code: exit.map_or(0, |exit| exit.code),
         image: Some(image_spec(&container)),
         image_ref: image_ref(&container),
-        reason: exit
-            .map(|exit| exit.reason.as_str().to_owned())
-            .unwrap_or_default(),
+        reason: exit.map(|exit| exit.reason.as_str().to_owned()).unwrap_or_default(),
         message: exit.map(|exit| exit.message.clone()).unwrap_or_default(),
         labels: container.config.labels.clone(),
         annotations: container.config.annotations.clone(),
         mounts: container.config.mounts.clone(),
-        log_path: container
-            .log_path
-            .as_ref()
-            .map(|p| p.display().to_string())
-            .unwrap_or_default(),
-        resources: view.resources.clone().map(|linux| api::ContainerResources {
-            linux: Some(linux),
-            windows: None,
-        }),
+        log_path: container.log_path.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+        resources: view.resources.clone().map(|linux| api::ContainerResources { linux: Some(linux), windows: None }),
         image_id: container.image.id.clone(),
         user: None,
     };
-    Ok(api::ContainerStatusResponse {
-        status: Some(status),
-        info,
-    })
+    Ok(api::ContainerStatusResponse { status: Some(status), info })
 }
 
 pub(super) async fn update_container_resources(
@@ -132,9 +110,9 @@ pub(super) async fn update_container_resources(
     request: api::UpdateContainerResourcesRequest,
 ) -> Result<api::UpdateContainerResourcesResponse, Status> {
     let container = parts.pods.container(&request.container_id)?;
-    let linux = request.linux.ok_or_else(|| {
-        Status::invalid_argument("UpdateContainerResources: linux resources are required")
-    })?;
+    let linux = request
+        .linux
+        .ok_or_else(|| Status::invalid_argument("UpdateContainerResources: linux resources are required"))?;
     container.update_resources(linux)?;
     Ok(api::UpdateContainerResourcesResponse {})
 }
@@ -143,11 +121,7 @@ pub(super) async fn reopen_container_log(
     parts: &Parts,
     request: api::ReopenContainerLogRequest,
 ) -> Result<api::ReopenContainerLogResponse, Status> {
-    parts
-        .pods
-        .container(&request.container_id)?
-        .reopen_log()
-        .await?;
+    parts.pods.container(&request.container_id)?.reopen_log().await?;
     Ok(api::ReopenContainerLogResponse {})
 }
 
@@ -155,15 +129,13 @@ fn container_filter(filter: api::ContainerFilter) -> ContainerFilter {
     ContainerFilter {
         id: Some(filter.id).filter(|id| !id.is_empty()),
         pod_id: Some(filter.pod_sandbox_id).filter(|id| !id.is_empty()),
-        state: filter
-            .state
-            .map(|value| match api::ContainerState::try_from(value.state) {
-                Ok(api::ContainerState::ContainerCreated) => ContainerState::Created,
-                Ok(api::ContainerState::ContainerRunning) => ContainerState::Running,
-                // No container of ours is ever in an unknown state; a filter for it matches none.
-                Ok(api::ContainerState::ContainerUnknown) => ContainerState::Unknown,
-                _ => ContainerState::Exited,
-            }),
+        state: filter.state.map(|value| match api::ContainerState::try_from(value.state) {
+            Ok(api::ContainerState::ContainerCreated) => ContainerState::Created,
+            Ok(api::ContainerState::ContainerRunning) => ContainerState::Running,
+            // No container of ours is ever in an unknown state; a filter for it matches none.
+            Ok(api::ContainerState::ContainerUnknown) => ContainerState::Unknown,
+            _ => ContainerState::Exited,
+        }),
         labels: filter.label_selector,
     }
 }
@@ -182,12 +154,7 @@ fn state(state: ContainerState) -> api::ContainerState {
 fn image_spec(container: &Container) -> api::ImageSpec {
     let requested = container.config.image.clone().unwrap_or_default();
     api::ImageSpec {
-        image: container
-            .image
-            .repo_tags
-            .first()
-            .cloned()
-            .unwrap_or(requested.image),
+        image: container.image.repo_tags.first().cloned().unwrap_or(requested.image),
         annotations: requested.annotations,
         user_specified_image: requested.user_specified_image,
         ..Default::default()
@@ -196,12 +163,7 @@ fn image_spec(container: &Container) -> api::ImageSpec {
 
 /// The digest reference kubelet shows as the container's image ID.
 fn image_ref(container: &Container) -> String {
-    container
-        .image
-        .repo_digests
-        .first()
-        .cloned()
-        .unwrap_or_else(|| container.image.id.clone())
+    container.image.repo_digests.first().cloned().unwrap_or_else(|| container.image.id.clone())
 }
 
 fn verbose_info(container: &Container, view: &ContainerView) -> serde_json::Value {
@@ -210,8 +172,9 @@ fn verbose_info(container: &Container, view: &ContainerView) -> serde_json::Valu
         "runtime": "wasmtime",
         "module_digest": container.image.module_digest,
         "module_source": container.module_source,
-        "argv": container.argv(),
-        "env": container.config.envs.iter().map(|kv| format!("{}={}", kv.key, kv.value)).collect::<Vec<_>>(),
+        "argv": container.process.argv,
+        "env": container.process.env.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>(),
+        "working_dir": container.process.working_dir,
         "mounts": container.mounts.iter().map(|m| serde_json::json!({
             "host_path": m.host_path, "guest_path": m.guest_path, "readonly": m.readonly,
         })).collect::<Vec<_>>(),

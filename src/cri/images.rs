@@ -23,29 +23,13 @@ type Reply<T> = Result<Response<T>, Status>;
 
 #[tonic::async_trait]
 impl ImageService for ImageHandler {
-    async fn list_images(
-        &self,
-        request: Request<api::ListImagesRequest>,
-    ) -> Reply<api::ListImagesResponse> {
-        let filter = request
-            .into_inner()
-            .filter
-            .and_then(|f| f.image)
-            .map(|spec| spec.image);
-        let images = self
-            .parts
-            .images
-            .list(filter.as_deref())?
-            .iter()
-            .map(to_api)
-            .collect();
+    async fn list_images(&self, request: Request<api::ListImagesRequest>) -> Reply<api::ListImagesResponse> {
+        let filter = request.into_inner().filter.and_then(|f| f.image).map(|spec| spec.image);
+        let images = self.parts.images.list(filter.as_deref())?.iter().map(to_api).collect();
         Ok(Response::new(api::ListImagesResponse { images }))
     }
 
-    async fn image_status(
-        &self,
-        request: Request<api::ImageStatusRequest>,
-    ) -> Reply<api::ImageStatusResponse> {
+    async fn image_status(&self, request: Request<api::ImageStatusRequest>) -> Reply<api::ImageStatusResponse> {
         let request = request.into_inner();
         let name = request.image.map(|spec| spec.image).unwrap_or_default();
         // An absent image is an empty answer, not an error: kubelet asks before every pull.
@@ -56,16 +40,10 @@ impl ImageService for ImageHandler {
         if request.verbose {
             info.insert("info".to_owned(), verbose_json(&image));
         }
-        Ok(Response::new(api::ImageStatusResponse {
-            image: Some(to_api(&image)),
-            info,
-        }))
+        Ok(Response::new(api::ImageStatusResponse { image: Some(to_api(&image)), info }))
     }
 
-    async fn pull_image(
-        &self,
-        request: Request<api::PullImageRequest>,
-    ) -> Reply<api::PullImageResponse> {
+    async fn pull_image(&self, request: Request<api::PullImageRequest>) -> Reply<api::PullImageResponse> {
         let request = request.into_inner();
         let name = request.image.map(|spec| spec.image).unwrap_or_default();
         let credentials = request
@@ -79,41 +57,22 @@ impl ImageService for ImageHandler {
             })
             .unwrap_or_default();
         let image = self.parts.images.pull(&name, &credentials).await?;
-        Ok(Response::new(api::PullImageResponse {
-            image_ref: image.id,
-        }))
+        Ok(Response::new(api::PullImageResponse { image_ref: image.id }))
     }
 
-    async fn remove_image(
-        &self,
-        request: Request<api::RemoveImageRequest>,
-    ) -> Reply<api::RemoveImageResponse> {
-        let name = request
-            .into_inner()
-            .image
-            .map(|spec| spec.image)
-            .unwrap_or_default();
-        let unused_modules = self.parts.images.remove(&name).await?;
-        self.parts.pods.forget_modules(&unused_modules).await;
+    async fn remove_image(&self, request: Request<api::RemoveImageRequest>) -> Reply<api::RemoveImageResponse> {
+        let name = request.into_inner().image.map(|spec| spec.image).unwrap_or_default();
+        self.parts.images.remove(&name).await?;
         Ok(Response::new(api::RemoveImageResponse {}))
     }
 
-    async fn image_fs_info(
-        &self,
-        _request: Request<api::ImageFsInfoRequest>,
-    ) -> Reply<api::ImageFsInfoResponse> {
+    async fn image_fs_info(&self, _request: Request<api::ImageFsInfoRequest>) -> Reply<api::ImageFsInfoResponse> {
         let usage = self.parts.images.fs_usage().await?;
         let filesystem = api::FilesystemUsage {
             timestamp: usage.timestamp,
-            fs_id: Some(api::FilesystemIdentifier {
-                mountpoint: usage.mountpoint.display().to_string(),
-            }),
-            used_bytes: Some(api::UInt64Value {
-                value: usage.used_bytes,
-            }),
-            inodes_used: Some(api::UInt64Value {
-                value: usage.inodes_used,
-            }),
+            fs_id: Some(api::FilesystemIdentifier { mountpoint: usage.mountpoint.display().to_string() }),
+            used_bytes: Some(api::UInt64Value { value: usage.used_bytes }),
+            inodes_used: Some(api::UInt64Value { value: usage.inodes_used }),
         };
         Ok(Response::new(api::ImageFsInfoResponse {
             image_filesystems: vec![filesystem],
@@ -130,10 +89,7 @@ fn to_api(image: &Image) -> api::Image {
         size: image.size,
         uid: None,
         username: String::new(),
-        spec: Some(api::ImageSpec {
-            image: image.id.clone(),
-            ..Default::default()
-        }),
+        spec: Some(api::ImageSpec { image: image.id.clone(), ..Default::default() }),
         pinned: false,
     }
 }

@@ -58,6 +58,5 @@ impl From<Error> for tonic::Status {
 
 /// Serialises verbose info for crictl's `inspect*`; a failure is shown, not hidden.
 fn verbose_json(value: &impl serde::Serialize) -> String {
-    serde_json::to_string_pretty(value)
-        .unwrap_or_else(|e| format!("{{\"error\": \"cannot encode: {e}\"}}"))
+    serde_json::to_string_pretty(value).unwrap_or_else(|e| format!("{{\"error\": \"cannot encode: {e}\"}}"))
 }

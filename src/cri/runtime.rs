@@ -25,9 +25,7 @@ type Reply<T> = Result<Response<T>, Status>;
 /// Calls a family function with the parts and the request, and wraps its answer.
 macro_rules! delegate {
     ($self:ident, $module:ident :: $function:ident, $request:ident) => {
-        $module::$function(&$self.parts, $request.into_inner())
-            .await
-            .map(Response::new)
+        $module::$function(&$self.parts, $request.into_inner()).await.map(Response::new)
     };
 }
 
@@ -43,11 +41,7 @@ impl RuntimeService for RuntimeHandler {
     }
 
     async fn status(&self, request: Request<api::StatusRequest>) -> Reply<api::StatusResponse> {
-        let condition = |kind: &str| api::RuntimeCondition {
-            r#type: kind.into(),
-            status: true,
-            ..Default::default()
-        };
+        let condition = |kind: &str| api::RuntimeCondition { r#type: kind.into(), status: true, ..Default::default() };
         let mut info = HashMap::new();
         if request.get_ref().verbose {
             info.insert("config".to_owned(), verbose_json(&*self.parts.config));
@@ -55,9 +49,7 @@ impl RuntimeService for RuntimeHandler {
         Ok(Response::new(api::StatusResponse {
             // The runtime is ready once it serves. Wasm pods share the host's
             // network and need no CNI, so the network is ready too.
-            status: Some(api::RuntimeStatus {
-                conditions: vec![condition("RuntimeReady"), condition("NetworkReady")],
-            }),
+            status: Some(api::RuntimeStatus { conditions: vec![condition("RuntimeReady"), condition("NetworkReady")] }),
             info,
             runtime_handlers: vec![api::RuntimeHandler {
                 name: String::new(),
@@ -66,24 +58,17 @@ impl RuntimeService for RuntimeHandler {
                     user_namespaces: false,
                 }),
             }],
-            features: Some(api::RuntimeFeatures {
-                supplemental_groups_policy: false,
-            }),
+            features: Some(api::RuntimeFeatures { supplemental_groups_policy: false }),
         }))
     }
 
-    async fn runtime_config(
-        &self,
-        _request: Request<api::RuntimeConfigRequest>,
-    ) -> Reply<api::RuntimeConfigResponse> {
+    async fn runtime_config(&self, _request: Request<api::RuntimeConfigRequest>) -> Reply<api::RuntimeConfigResponse> {
         let cgroup_driver = match self.parts.config.cgroup_driver {
             CgroupDriver::Systemd => api::CgroupDriver::Systemd,
             CgroupDriver::Cgroupfs => api::CgroupDriver::Cgroupfs,
         };
         Ok(Response::new(api::RuntimeConfigResponse {
-            linux: Some(api::LinuxRuntimeConfiguration {
-                cgroup_driver: cgroup_driver as i32,
-            }),
+            linux: Some(api::LinuxRuntimeConfiguration { cgroup_driver: cgroup_driver as i32 }),
         }))
     }
 
@@ -92,19 +77,12 @@ impl RuntimeService for RuntimeHandler {
         request: Request<api::UpdateRuntimeConfigRequest>,
     ) -> Reply<api::UpdateRuntimeConfigResponse> {
         // kubelet sends the node's pod CIDR here for CNI; wasm pods use the host network.
-        let cidr = request
-            .into_inner()
-            .runtime_config
-            .and_then(|c| c.network_config)
-            .map(|n| n.pod_cidr);
+        let cidr = request.into_inner().runtime_config.and_then(|c| c.network_config).map(|n| n.pod_cidr);
         tracing::debug!(pod_cidr = ?cidr, "runtime config update: nothing to apply for wasm pods");
         Ok(Response::new(api::UpdateRuntimeConfigResponse {}))
     }
 
-    async fn run_pod_sandbox(
-        &self,
-        request: Request<api::RunPodSandboxRequest>,
-    ) -> Reply<api::RunPodSandboxResponse> {
+    async fn run_pod_sandbox(&self, request: Request<api::RunPodSandboxRequest>) -> Reply<api::RunPodSandboxResponse> {
         delegate!(self, sandboxes::run_pod_sandbox, request)
     }
 
@@ -150,10 +128,7 @@ impl RuntimeService for RuntimeHandler {
         delegate!(self, containers::start_container, request)
     }
 
-    async fn stop_container(
-        &self,
-        request: Request<api::StopContainerRequest>,
-    ) -> Reply<api::StopContainerResponse> {
+    async fn stop_container(&self, request: Request<api::StopContainerRequest>) -> Reply<api::StopContainerResponse> {
         delegate!(self, containers::stop_container, request)
     }
 
@@ -192,10 +167,7 @@ impl RuntimeService for RuntimeHandler {
         delegate!(self, containers::reopen_container_log, request)
     }
 
-    async fn exec_sync(
-        &self,
-        request: Request<api::ExecSyncRequest>,
-    ) -> Reply<api::ExecSyncResponse> {
+    async fn exec_sync(&self, request: Request<api::ExecSyncRequest>) -> Reply<api::ExecSyncResponse> {
         delegate!(self, unsupported::exec_sync, request)
     }
 
@@ -207,10 +179,7 @@ impl RuntimeService for RuntimeHandler {
         delegate!(self, unsupported::attach, request)
     }
 
-    async fn port_forward(
-        &self,
-        request: Request<api::PortForwardRequest>,
-    ) -> Reply<api::PortForwardResponse> {
+    async fn port_forward(&self, request: Request<api::PortForwardRequest>) -> Reply<api::PortForwardResponse> {
         delegate!(self, unsupported::port_forward, request)
     }
 

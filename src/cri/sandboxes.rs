@@ -12,14 +12,10 @@ pub(super) async fn run_pod_sandbox(
     parts: &Parts,
     request: api::RunPodSandboxRequest,
 ) -> Result<api::RunPodSandboxResponse, Status> {
-    let config = request
-        .config
-        .ok_or_else(|| Status::invalid_argument("RunPodSandbox: config is required"))?;
+    let config = request.config.ok_or_else(|| Status::invalid_argument("RunPodSandbox: config is required"))?;
     // Without a backing runtime every pod is a wasm pod, whatever its handler.
     let sandbox = parts.pods.run_pod(config, &request.runtime_handler)?;
-    Ok(api::RunPodSandboxResponse {
-        pod_sandbox_id: sandbox.id.clone(),
-    })
+    Ok(api::RunPodSandboxResponse { pod_sandbox_id: sandbox.id.clone() })
 }
 
 pub(super) async fn stop_pod_sandbox(
@@ -47,10 +43,7 @@ pub(super) async fn pod_sandbox_status(
     if request.verbose {
         let containers: Vec<String> = parts
             .pods
-            .containers(&crate::pods::ContainerFilter {
-                pod_id: Some(sandbox.id.clone()),
-                ..Default::default()
-            })
+            .containers(&crate::pods::ContainerFilter { pod_id: Some(sandbox.id.clone()), ..Default::default() })
             .iter()
             .map(|c| c.id.clone())
             .collect();
@@ -63,11 +56,7 @@ pub(super) async fn pod_sandbox_status(
         });
         info.insert("info".to_owned(), verbose_json(&details));
     }
-    Ok(api::PodSandboxStatusResponse {
-        status: Some(status(&sandbox)),
-        info,
-        ..Default::default()
-    })
+    Ok(api::PodSandboxStatusResponse { status: Some(status(&sandbox)), info, ..Default::default() })
 }
 
 pub(super) async fn list_pod_sandbox(
@@ -95,12 +84,10 @@ pub(super) async fn list_pod_sandbox(
 fn pod_filter(filter: api::PodSandboxFilter) -> PodFilter {
     PodFilter {
         id: Some(filter.id).filter(|id| !id.is_empty()),
-        state: filter
-            .state
-            .map(|value| match api::PodSandboxState::try_from(value.state) {
-                Ok(api::PodSandboxState::SandboxReady) => SandboxState::Ready,
-                _ => SandboxState::NotReady,
-            }),
+        state: filter.state.map(|value| match api::PodSandboxState::try_from(value.state) {
+            Ok(api::PodSandboxState::SandboxReady) => SandboxState::Ready,
+            _ => SandboxState::NotReady,
+        }),
         labels: filter.label_selector,
     }
 }
@@ -125,15 +112,8 @@ pub(super) fn status(sandbox: &Sandbox) -> api::PodSandboxStatus {
         state: state(sandbox) as i32,
         created_at: sandbox.created_at,
         // An empty ip tells kubelet the pod uses the host's network.
-        network: Some(api::PodSandboxNetworkStatus {
-            ip: String::new(),
-            additional_ips: Vec::new(),
-        }),
-        linux: Some(api::LinuxPodSandboxStatus {
-            namespaces: Some(api::Namespace {
-                options: namespace_options,
-            }),
-        }),
+        network: Some(api::PodSandboxNetworkStatus { ip: String::new(), additional_ips: Vec::new() }),
+        linux: Some(api::LinuxPodSandboxStatus { namespaces: Some(api::Namespace { options: namespace_options }) }),
         labels: sandbox.config.labels.clone(),
         annotations: sandbox.config.annotations.clone(),
         runtime_handler: sandbox.runtime_handler.clone(),

@@ -14,9 +14,7 @@ pub(super) async fn container_stats(
     request: api::ContainerStatsRequest,
 ) -> Result<api::ContainerStatsResponse, Status> {
     let container = parts.pods.container(&request.container_id)?;
-    Ok(api::ContainerStatsResponse {
-        stats: Some(container_stats_of(&container)),
-    })
+    Ok(api::ContainerStatsResponse { stats: Some(container_stats_of(&container)) })
 }
 
 pub(super) async fn list_container_stats(
@@ -30,12 +28,7 @@ pub(super) async fn list_container_stats(
         state: None,
         labels: filter.label_selector,
     };
-    let stats = parts
-        .pods
-        .containers(&filter)
-        .iter()
-        .map(|c| container_stats_of(c))
-        .collect();
+    let stats = parts.pods.containers(&filter).iter().map(|c| container_stats_of(c)).collect();
     Ok(api::ListContainerStatsResponse { stats })
 }
 
@@ -44,9 +37,7 @@ pub(super) async fn pod_sandbox_stats(
     request: api::PodSandboxStatsRequest,
 ) -> Result<api::PodSandboxStatsResponse, Status> {
     let sandbox = parts.pods.pod(&request.pod_sandbox_id)?;
-    Ok(api::PodSandboxStatsResponse {
-        stats: Some(pod_stats_of(parts, &sandbox)),
-    })
+    Ok(api::PodSandboxStatsResponse { stats: Some(pod_stats_of(parts, &sandbox)) })
 }
 
 pub(super) async fn list_pod_sandbox_stats(
@@ -54,17 +45,9 @@ pub(super) async fn list_pod_sandbox_stats(
     request: api::ListPodSandboxStatsRequest,
 ) -> Result<api::ListPodSandboxStatsResponse, Status> {
     let filter = request.filter.unwrap_or_default();
-    let filter = PodFilter {
-        id: Some(filter.id).filter(|id| !id.is_empty()),
-        state: None,
-        labels: filter.label_selector,
-    };
-    let stats = parts
-        .pods
-        .pods(&filter)
-        .iter()
-        .map(|sandbox| pod_stats_of(parts, sandbox))
-        .collect();
+    let filter =
+        PodFilter { id: Some(filter.id).filter(|id| !id.is_empty()), state: None, labels: filter.label_selector };
+    let stats = parts.pods.pods(&filter).iter().map(|sandbox| pod_stats_of(parts, sandbox)).collect();
     Ok(api::ListPodSandboxStatsResponse { stats })
 }
 
@@ -73,11 +56,7 @@ fn value(value: u64) -> Option<api::UInt64Value> {
 }
 
 fn usage(timestamp: i64, cpu_nanos: u64, memory_bytes: u64) -> (api::CpuUsage, api::MemoryUsage) {
-    let cpu = api::CpuUsage {
-        timestamp,
-        usage_core_nano_seconds: value(cpu_nanos),
-        usage_nano_cores: None,
-    };
+    let cpu = api::CpuUsage { timestamp, usage_core_nano_seconds: value(cpu_nanos), usage_nano_cores: None };
     let memory = api::MemoryUsage {
         timestamp,
         working_set_bytes: value(memory_bytes),
@@ -90,11 +69,7 @@ fn usage(timestamp: i64, cpu_nanos: u64, memory_bytes: u64) -> (api::CpuUsage, a
 
 fn container_stats_of(container: &Container) -> api::ContainerStats {
     let view = container.view();
-    let (cpu, memory) = usage(
-        crate::durable::now_nanos(),
-        view.cpu_nanos,
-        view.memory_bytes,
-    );
+    let (cpu, memory) = usage(crate::durable::now_nanos(), view.cpu_nanos, view.memory_bytes);
     api::ContainerStats {
         attributes: Some(api::ContainerAttributes {
             id: container.id.clone(),
@@ -110,29 +85,12 @@ fn container_stats_of(container: &Container) -> api::ContainerStats {
 }
 
 fn pod_stats_of(parts: &Parts, sandbox: &Sandbox) -> api::PodSandboxStats {
-    let filter = ContainerFilter {
-        pod_id: Some(sandbox.id.clone()),
-        ..Default::default()
-    };
-    let containers: Vec<api::ContainerStats> = parts
-        .pods
-        .containers(&filter)
-        .iter()
-        .map(|c| container_stats_of(c))
-        .collect();
+    let filter = ContainerFilter { pod_id: Some(sandbox.id.clone()), ..Default::default() };
+    let containers: Vec<api::ContainerStats> =
+        parts.pods.containers(&filter).iter().map(|c| container_stats_of(c)).collect();
     let total = |pick: fn(&api::ContainerStats) -> u64| containers.iter().map(pick).sum::<u64>();
-    let cpu_nanos = total(|s| {
-        s.cpu
-            .as_ref()
-            .and_then(|c| c.usage_core_nano_seconds.as_ref())
-            .map_or(0, |v| v.value)
-    });
-    let memory_bytes = total(|s| {
-        s.memory
-            .as_ref()
-            .and_then(|m| m.working_set_bytes.as_ref())
-            .map_or(0, |v| v.value)
-    });
+    let cpu_nanos = total(|s| s.cpu.as_ref().and_then(|c| c.usage_core_nano_seconds.as_ref()).map_or(0, |v| v.value));
+    let memory_bytes = total(|s| s.memory.as_ref().and_then(|m| m.working_set_bytes.as_ref()).map_or(0, |v| v.value));
     let (cpu, memory) = usage(crate::durable::now_nanos(), cpu_nanos, memory_bytes);
     api::PodSandboxStats {
         attributes: Some(api::PodSandboxAttributes {

@@ -9,8 +9,7 @@ use tonic::Status;
 use super::Parts;
 use crate::api;
 
-pub type EventStream =
-    Pin<Box<dyn tokio_stream::Stream<Item = Result<api::ContainerEventResponse, Status>> + Send>>;
+pub type EventStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<api::ContainerEventResponse, Status>> + Send>>;
 
 fn no_processes(parts: &Parts, container_id: &str, what: &str) -> Status {
     match parts.pods.container(container_id) {
@@ -23,24 +22,15 @@ fn no_processes(parts: &Parts, container_id: &str, what: &str) -> Status {
     }
 }
 
-pub(super) async fn exec_sync(
-    parts: &Parts,
-    request: api::ExecSyncRequest,
-) -> Result<api::ExecSyncResponse, Status> {
+pub(super) async fn exec_sync(parts: &Parts, request: api::ExecSyncRequest) -> Result<api::ExecSyncResponse, Status> {
     Err(no_processes(parts, &request.container_id, "exec"))
 }
 
-pub(super) async fn exec(
-    parts: &Parts,
-    request: api::ExecRequest,
-) -> Result<api::ExecResponse, Status> {
+pub(super) async fn exec(parts: &Parts, request: api::ExecRequest) -> Result<api::ExecResponse, Status> {
     Err(no_processes(parts, &request.container_id, "exec"))
 }
 
-pub(super) async fn attach(
-    parts: &Parts,
-    request: api::AttachRequest,
-) -> Result<api::AttachResponse, Status> {
+pub(super) async fn attach(parts: &Parts, request: api::AttachRequest) -> Result<api::AttachResponse, Status> {
     Err(no_processes(parts, &request.container_id, "attach"))
 }
 
@@ -80,16 +70,12 @@ pub(super) async fn list_metric_descriptors(
     _parts: &Parts,
     _request: api::ListMetricDescriptorsRequest,
 ) -> Result<api::ListMetricDescriptorsResponse, Status> {
-    Err(Status::unimplemented(
-        "wasmrun does not serve CRI metrics; use ContainerStats and PodSandboxStats",
-    ))
+    Err(Status::unimplemented("wasmrun does not serve CRI metrics; use ContainerStats and PodSandboxStats"))
 }
 
 pub(super) async fn list_pod_sandbox_metrics(
     _parts: &Parts,
     _request: api::ListPodSandboxMetricsRequest,
 ) -> Result<api::ListPodSandboxMetricsResponse, Status> {
-    Err(Status::unimplemented(
-        "wasmrun does not serve CRI metrics; use ContainerStats and PodSandboxStats",
-    ))
+    Err(Status::unimplemented("wasmrun does not serve CRI metrics; use ContainerStats and PodSandboxStats"))
 }

@@ -1,22 +1,32 @@
-//! Images: pulling wasm images, naming them, and keeping them on disk.
+//! Images: pulling wasm images, naming them, keeping them on disk, and
+//! finding the program a container runs.
 
 mod format;
 mod pull;
 mod store;
+mod unpack;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use oci_client::Reference;
 
-pub use pull::Credentials;
-pub use store::{Image, ModuleKind};
+pub use pull::{Credentials, Limits};
+pub use store::{Image, ImageFormat};
 
 use crate::error::{Error, Result};
+use crate::wasm::{Engine, WasmKind, WasmSource};
 
 /// The image service: every image operation the CRI needs, on one store.
 pub struct Images {
     store: store::Store,
     puller: pull::Puller,
+    engine: Arc<Engine>,
+    limits: Limits,
+    /// One pull at a time per reference: a second pull of the same image waits
+    /// for the first and then finds its blobs present.
+    pulls: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 /// What the image store takes on disk, for kubelet's image garbage collection.
@@ -29,33 +39,227 @@ pub struct FsUsage {
     pub timestamp: i64,
 }
 
+/// The wasm binary a container runs, ready for `Engine::prepare`.
+pub struct Program {
+    pub digest: String,
+    pub kind: WasmKind,
+    pub source: WasmSource,
+}
+
 impl Images {
-    pub async fn open(root: &Path, insecure_registries: &[String]) -> Result<Self> {
+    pub async fn open(
+        root: &Path,
+        insecure_registries: &[String],
+        limits: Limits,
+        engine: Arc<Engine>,
+    ) -> Result<Self> {
         Ok(Self {
             store: store::Store::open(root.join("images")).await?,
-            puller: pull::Puller::new(insecure_registries),
+            puller: pull::Puller::new(insecure_registries, limits),
+            engine,
+            limits,
+            pulls: Mutex::new(HashMap::new()),
         })
     }
 
-    /// Pulls `name` and records it; returns the stored image.
+    /// Pulls `name`, compiles its program, and records it; returns the stored
+    /// image. A pull that fails leaves no image behind, and no blob of its own.
     pub async fn pull(&self, name: &str, credentials: &Credentials) -> Result<Image> {
         let reference = parse_reference(name)?;
-        let image = self
-            .puller
-            .pull(&self.store, &reference, credentials)
-            .await?;
+        let key = normalized(&reference);
+        let lock = self.pulls.lock().unwrap().entry(key.clone()).or_default().clone();
+        let pulled = {
+            let _one_at_a_time = lock.lock().await;
+            self.pull_once(&reference, credentials).await
+        };
+        {
+            let mut pulls = self.pulls.lock().unwrap();
+            // The map's and ours: nobody else waits on this reference.
+            if Arc::strong_count(&lock) == 2 {
+                pulls.remove(&key);
+            }
+        }
+        match pulled {
+            Ok(image) => {
+                tracing::info!(image = %key, id = %image.id, format = ?image.format, "pulled image");
+                Ok(image)
+            }
+            Err(e) => {
+                if let Err(gc) = self.store.collect_garbage().await {
+                    tracing::warn!(error = %gc, "could not clean up after a failed pull");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn pull_once(&self, reference: &Reference, credentials: &Credentials) -> Result<Image> {
+        let name = reference.whole();
+        let pins = self.store.pins();
+        let fetched = self.puller.fetch(&self.store, reference, credentials, &pins).await?;
+        let image_config = match fetched.config.media_type.as_str() {
+            format::WASM_CONFIG_V0 | format::WASM_CONFIG_V1 => format::ImageConfig::default(),
+            _ => format::parse_config(&name, &fetched.config_json)?,
+        };
+        let process = image_config.config;
+        let repository = format!("{}/{}", reference.registry(), reference.repository());
+        let mut image = Image {
+            id: fetched.config.digest.clone(),
+            repo_tags: reference.tag().map(|tag| vec![format!("{repository}:{tag}")]).unwrap_or_default(),
+            repo_digests: vec![format!("{repository}@{}", fetched.manifest_digest)],
+            manifest_digest: fetched.manifest_digest,
+            config_digest: fetched.config.digest.clone(),
+            format: ImageFormat::WasmArtifact,
+            layer_digests: Vec::new(),
+            module_digest: String::new(),
+            module_kind: WasmKind::Module,
+            module_path: String::new(),
+            // A wasm artifact has no entrypoint: argv[0] names the program after its repository.
+            entrypoint: vec![reference.repository().rsplit('/').next().unwrap_or_default().to_owned()],
+            cmd: Vec::new(),
+            env: process.env,
+            working_dir: process.working_dir,
+            manifest_media_type: fetched.manifest_media_type,
+            config_media_type: fetched.config.media_type.clone(),
+            size: fetched.size,
+            pulled_at: crate::durable::now_nanos(),
+        };
+        match fetched.layout {
+            format::Layout::Artifact { format, layer } => {
+                let header = pull::read_header(&self.store.blob_path(&layer.digest)?).await?;
+                image.module_kind = WasmKind::detect(&header).ok_or_else(|| {
+                    Error::InvalidArgument(format!("image {name}: layer {} is not WebAssembly", layer.digest))
+                })?;
+                image.format = format;
+                image.layer_digests = vec![layer.digest.clone()];
+                image.module_digest = layer.digest;
+            }
+            format::Layout::Compat { layers } => {
+                image.format = ImageFormat::Compat;
+                image.layer_digests = layers.iter().map(|layer| layer.digest.clone()).collect();
+                image.entrypoint = process.entrypoint;
+                image.cmd = process.cmd;
+                self.unpack_rootfs(&name, &image.id, &layers).await?;
+                let argv0 = image.entrypoint.iter().chain(&image.cmd).next().cloned().ok_or_else(|| {
+                    Error::InvalidArgument(format!(
+                        "image {name}: a compat image needs an Entrypoint or Cmd naming its .wasm program"
+                    ))
+                })?;
+                let (path, bytes, kind) = self.read_program(&image, &argv0, &image.working_dir).await?;
+                let digest = store::sha256_digest(&bytes);
+                pins.add(&digest);
+                self.store.put_blob(&digest, &bytes).await?;
+                image.module_path = path;
+                image.module_kind = kind;
+                image.module_digest = digest;
+            }
+        }
+        // Compile now, so that the first container starts without compiling
+        // and a program that cannot run is refused here.
+        let path = self.store.blob_path(&image.module_digest)?;
+        self.engine
+            .prepare(&image.module_digest, image.module_kind, WasmSource::File(path))
+            .await
+            .map_err(|e| with_image(&name, e))?;
+
         let id = image.id.clone();
         let dropped = self.store.insert(image).await?;
         if !dropped.is_empty() {
             self.store.collect_garbage().await?;
         }
-        tracing::info!(image = %reference.whole(), %id, "pulled image");
-        self.store.get(&id).ok_or_else(|| {
-            Error::internal(
-                "pull",
-                anyhow::anyhow!("image {id} vanished after its pull"),
-            )
+        self.store
+            .get(&id)
+            .ok_or_else(|| Error::internal("pull", anyhow::anyhow!("image {id} vanished after its pull")))
+    }
+
+    /// Unpacks a compat image's layers once per image id, publishing the tree
+    /// by rename so that a crash never leaves half a filesystem in place.
+    async fn unpack_rootfs(&self, name: &str, id: &str, layers: &[pull::Descriptor]) -> Result<()> {
+        let target = self.store.rootfs_path(id)?;
+        if tokio::fs::metadata(&target).await.is_ok_and(|meta| meta.is_dir()) {
+            return Ok(());
+        }
+        let mut plan = Vec::new();
+        for layer in layers {
+            plan.push(unpack::Layer {
+                digest: layer.digest.clone(),
+                path: self.store.blob_path(&layer.digest)?,
+                compression: unpack::Compression::from_media_type(&layer.media_type)
+                    .map_err(|e| with_image(name, e))?,
+            });
+        }
+        let staging = self.store.rootfs_staging();
+        let unpacked = tokio::task::spawn_blocking({
+            let staging = staging.clone();
+            let target = target.clone();
+            move || -> Result<()> {
+                std::fs::create_dir_all(&staging)
+                    .map_err(|e| Error::internal(format!("creating {}", staging.display()), e))?;
+                unpack::unpack_layers(&plan, &staging)?;
+                std::fs::rename(&staging, &target)
+                    .map_err(|e| Error::internal(format!("publishing {}", target.display()), e))
+            }
         })
+        .await
+        .map_err(|e| Error::internal(format!("unpacking {name}"), e))?;
+        if unpacked.is_err() {
+            let _ = tokio::fs::remove_dir_all(&staging).await;
+        }
+        unpacked.map_err(|e| with_image(name, e))
+    }
+
+    /// Reads the program `argv0` names inside a compat image's filesystem,
+    /// through cap-std so that no path or link in the image can reach outside it.
+    async fn read_program(&self, image: &Image, argv0: &str, working_dir: &str) -> Result<(String, Vec<u8>, WasmKind)> {
+        let rootfs = self.store.rootfs_path(&image.id)?;
+        let path = program_path(argv0, working_dir);
+        let limit = self.limits.max_blob_bytes;
+        let image_name = image.repo_tags.first().cloned().unwrap_or_else(|| image.id.clone());
+        tokio::task::spawn_blocking(move || {
+            let read = || -> std::io::Result<Vec<u8>> {
+                use std::io::Read;
+                let dir = cap_std::fs::Dir::open_ambient_dir(&rootfs, cap_std::ambient_authority())?;
+                let mut bytes = Vec::new();
+                dir.open(path.trim_start_matches('/'))?.take(limit + 1).read_to_end(&mut bytes)?;
+                Ok(bytes)
+            };
+            let bytes = read().map_err(|e| {
+                Error::InvalidArgument(format!("image {image_name}: cannot read its program {path:?}: {e}"))
+            })?;
+            if bytes.len() as u64 > limit {
+                return Err(Error::ResourceExhausted(format!(
+                    "image {image_name}: program {path:?} is over the limit of {limit} bytes (max_blob_bytes)"
+                )));
+            }
+            let kind = WasmKind::detect(&bytes).ok_or_else(|| {
+                Error::InvalidArgument(format!("image {image_name}: {path:?} is not a WebAssembly module or component"))
+            })?;
+            Ok((path, bytes, kind))
+        })
+        .await
+        .map_err(|e| Error::internal("reading a program from an image", e))?
+    }
+
+    /// The program a container of `image` runs when its argv[0] is `argv0`: in
+    /// a compat image, the file argv[0] names; in an artifact, its one module.
+    pub async fn program(&self, image: &Image, argv0: &str, working_dir: &str) -> Result<Program> {
+        let default = || -> Result<Program> {
+            Ok(Program {
+                digest: image.module_digest.clone(),
+                kind: image.module_kind,
+                source: WasmSource::File(self.store.blob_path(&image.module_digest)?),
+            })
+        };
+        if !image.has_rootfs() || program_path(argv0, working_dir) == image.module_path {
+            return default();
+        }
+        let (_, bytes, kind) = self.read_program(image, argv0, working_dir).await?;
+        Ok(Program { digest: store::sha256_digest(&bytes), kind, source: WasmSource::Bytes(bytes) })
+    }
+
+    /// The unpacked filesystem of a compat image, which its guests see as `/`.
+    pub fn rootfs(&self, image: &Image) -> Result<Option<PathBuf>> {
+        if image.has_rootfs() { self.store.rootfs_path(&image.id).map(Some) } else { Ok(None) }
     }
 
     /// Finds a stored image by id, tag or digest reference; `None` when absent.
@@ -75,8 +279,7 @@ impl Images {
 
     /// The image a container asks for, which must have been pulled.
     pub fn require(&self, name: &str) -> Result<Image> {
-        self.status(name)?
-            .ok_or_else(|| Error::NotFound(format!("image {name:?} not found: pull it first")))
+        self.status(name)?.ok_or_else(|| Error::NotFound(format!("image {name:?} not found: pull it first")))
     }
 
     pub fn list(&self, filter: Option<&str>) -> Result<Vec<Image>> {
@@ -86,23 +289,17 @@ impl Images {
         }
     }
 
-    /// Removes an image and every blob no other image needs. Removing an absent
-    /// image is not an error. Returns the module digests no longer referenced.
-    pub async fn remove(&self, name: &str) -> Result<Vec<String>> {
+    /// Removes an image, every blob and filesystem no other image needs, and
+    /// their compiled code. Removing an absent image is not an error.
+    pub async fn remove(&self, name: &str) -> Result<()> {
         let Some(image) = self.status(name)? else {
-            return Ok(Vec::new());
+            return Ok(());
         };
         self.store.remove(&image.id).await?;
         let deleted = self.store.collect_garbage().await?;
+        self.engine.evict(&deleted).await;
         tracing::info!(image = %image.id, blobs = deleted.len(), "removed image");
-        Ok(deleted
-            .into_iter()
-            .filter(|digest| *digest == image.module_digest)
-            .collect())
-    }
-
-    pub fn module_path(&self, image: &Image) -> Result<PathBuf> {
-        self.store.blob_path(&image.module_digest)
+        Ok(())
     }
 
     pub async fn fs_usage(&self) -> Result<FsUsage> {
@@ -113,22 +310,31 @@ impl Images {
         })
         .await
         .map_err(|e| Error::internal("measuring the image store", e))??;
-        Ok(FsUsage {
-            mountpoint: dir,
-            used_bytes,
-            inodes_used,
-            timestamp: crate::durable::now_nanos(),
-        })
+        Ok(FsUsage { mountpoint: dir, used_bytes, inodes_used, timestamp: crate::durable::now_nanos() })
     }
+}
+
+/// Says which image a failure belongs to, keeping its kind.
+fn with_image(name: &str, error: Error) -> Error {
+    match error {
+        Error::InvalidArgument(m) if !m.contains(name) => Error::InvalidArgument(format!("image {name}: {m}")),
+        Error::ResourceExhausted(m) if !m.contains(name) => Error::ResourceExhausted(format!("image {name}: {m}")),
+        other => other,
+    }
+}
+
+/// A program's absolute path in the image: argv[0] as is when absolute, else
+/// under the working directory.
+fn program_path(argv0: &str, working_dir: &str) -> String {
+    if argv0.starts_with('/') { argv0.to_owned() } else { format!("{}/{argv0}", working_dir.trim_end_matches('/')) }
 }
 
 fn parse_reference(name: &str) -> Result<Reference> {
     if name.trim().is_empty() {
         return Err(Error::InvalidArgument("image name is empty".into()));
     }
-    Reference::try_from(name).map_err(|e| {
-        Error::InvalidArgument(format!("image name {name:?} is not a valid reference: {e}"))
-    })
+    Reference::try_from(name)
+        .map_err(|e| Error::InvalidArgument(format!("image name {name:?} is not a valid reference: {e}")))
 }
 
 /// The form the store records: `registry/repo:tag`, or `registry/repo@digest`.
@@ -169,14 +375,18 @@ mod tests {
     fn names_normalise_like_the_store_records_them() {
         let n = |s: &str| normalized(&parse_reference(s).unwrap());
         assert_eq!(n("hello"), "docker.io/library/hello:latest");
-        assert_eq!(
-            n("127.0.0.1:5000/e2e/hello:v1"),
-            "127.0.0.1:5000/e2e/hello:v1"
-        );
+        assert_eq!(n("127.0.0.1:5000/e2e/hello:v1"), "127.0.0.1:5000/e2e/hello:v1");
         let digest = format!("sha256:{}", "a".repeat(64));
         assert_eq!(n(&format!("r.io/x@{digest}")), format!("r.io/x@{digest}"));
         assert!(parse_reference("").is_err());
         assert!(parse_reference("has spaces:tag").is_err());
         assert!(parse_reference("r.io/x@sha256:nothex").is_err());
+    }
+
+    #[test]
+    fn program_paths_resolve_against_the_working_dir() {
+        assert_eq!(program_path("/app.wasm", "/srv"), "/app.wasm");
+        assert_eq!(program_path("app.wasm", "/srv/"), "/srv/app.wasm");
+        assert_eq!(program_path("app.wasm", ""), "/app.wasm");
     }
 }

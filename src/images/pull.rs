@@ -8,9 +8,10 @@ use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
 use serde::Deserialize;
 
-use super::format::{self, WasmLayout};
-use super::store::{Image, ModuleKind, Store, sha256_digest};
+use super::format::{self, Layout};
+use super::store::{Pins, Store, sha256_digest};
 use crate::error::{Error, Result};
+use crate::wasm::WasmKind;
 
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
@@ -41,22 +42,14 @@ impl Credentials {
                 .decode(self.auth.trim())
                 .ok()
                 .and_then(|bytes| String::from_utf8(bytes).ok())
-                .and_then(|text| {
-                    text.split_once(':')
-                        .map(|(u, p)| (u.to_owned(), p.to_owned()))
-                })
+                .and_then(|text| text.split_once(':').map(|(u, p)| (u.to_owned(), p.to_owned())))
                 .ok_or_else(|| {
-                    Error::InvalidArgument(format!(
-                        "pull {image}: auth.auth is not base64 of \"username:password\""
-                    ))
+                    Error::InvalidArgument(format!("pull {image}: auth.auth is not base64 of \"username:password\""))
                 })?;
             return Ok(RegistryAuth::Basic(decoded.0, decoded.1));
         }
         if !self.username.is_empty() {
-            return Ok(RegistryAuth::Basic(
-                self.username.clone(),
-                self.password.clone(),
-            ));
+            return Ok(RegistryAuth::Basic(self.username.clone(), self.password.clone()));
         }
         Ok(RegistryAuth::Anonymous)
     }
@@ -74,6 +67,8 @@ pub(super) struct Manifest {
     pub layers: Vec<Descriptor>,
     #[serde(default)]
     pub manifests: Vec<IndexEntry>,
+    #[serde(default)]
+    pub annotations: std::collections::HashMap<String, String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -101,111 +96,138 @@ pub(super) struct Platform {
     pub os: String,
 }
 
+/// Size limits on what a registry may send.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_manifest_bytes: u64,
+    pub max_blob_bytes: u64,
+}
+
+/// What a pull brought into the store: every blob verified, nothing indexed yet.
+pub struct Fetched {
+    pub manifest_digest: String,
+    pub manifest_media_type: String,
+    pub config: Descriptor,
+    pub config_json: Vec<u8>,
+    pub layout: Layout,
+    /// Config plus layers, as the manifest gives them.
+    pub size: u64,
+}
+
 pub struct Puller {
     client: Client,
+    limits: Limits,
 }
 
 impl Puller {
-    pub fn new(insecure_registries: &[String]) -> Self {
+    pub fn new(insecure_registries: &[String], limits: Limits) -> Self {
         let config = ClientConfig {
             protocol: ClientProtocol::HttpsExcept(insecure_registries.to_vec()),
             connect_timeout: Some(std::time::Duration::from_secs(10)),
             read_timeout: Some(std::time::Duration::from_secs(60)),
             ..ClientConfig::default()
         };
-        Self {
-            client: Client::new(config),
-        }
+        Self { client: Client::new(config), limits }
     }
 
-    /// Pulls `name` (already parsed) into `store` and returns the image record,
-    /// not yet inserted into the index. Blobs already in the store are not fetched again.
-    pub async fn pull(
+    /// Fetches the manifest (resolving an index to its wasm entry), the config
+    /// and the layers into `store`. Blobs already stored are not fetched again,
+    /// so pulling an image that is present costs one manifest request.
+    pub async fn fetch(
         &self,
         store: &Store,
         reference: &Reference,
         credentials: &Credentials,
-    ) -> Result<Image> {
+        pins: &Pins<'_>,
+    ) -> Result<Fetched> {
         let name = reference.whole();
         let auth = credentials.registry_auth(&name)?;
-        let accepted = [
-            OCI_MANIFEST,
-            OCI_INDEX,
-            DOCKER_MANIFEST,
-            DOCKER_MANIFEST_LIST,
-        ];
-        let (mut manifest_bytes, mut manifest_digest) = self
-            .client
-            .pull_manifest_raw(reference, &auth, &accepted)
-            .await
-            .map_err(|e| registry_error(&name, "fetch the manifest", e))?;
+        let (mut manifest_bytes, mut manifest_digest) = self.fetch_manifest(reference, &auth, &name).await?;
         let mut manifest = parse_manifest(&name, &manifest_bytes)?;
-
         if !manifest.manifests.is_empty() {
             let entry = format::pick_platform(&manifest.manifests).ok_or_else(|| {
                 Error::FailedPrecondition(format!(
-                    "image {name} is not a wasm image: its index has no wasi/wasm platform entry"
+                    "image {name} is not a wasm image: its index has no wasm platform entry (wasip1, wasip2 or wasi)"
                 ))
             })?;
             let by_digest = reference.clone_with_digest(entry.digest.clone());
-            (manifest_bytes, manifest_digest) = self
-                .client
-                .pull_manifest_raw(&by_digest, &auth, &accepted)
-                .await
-                .map_err(|e| registry_error(&name, "fetch the platform manifest", e))?;
+            (manifest_bytes, manifest_digest) = self.fetch_manifest(&by_digest, &auth, &name).await?;
             manifest = parse_manifest(&name, &manifest_bytes)?;
         }
-        let actual = sha256_digest(&manifest_bytes);
-        if actual != manifest_digest {
-            return Err(Error::DataLoss(format!(
-                "image {name}: manifest {manifest_digest} does not match its content ({actual})"
+        let config = manifest
+            .config
+            .clone()
+            .ok_or_else(|| Error::InvalidArgument(format!("image {name}: the manifest has no config descriptor")))?;
+
+        pins.add(&manifest_digest);
+        pins.add(&config.digest);
+        for layer in &manifest.layers {
+            pins.add(&layer.digest);
+        }
+        self.fetch_blob(store, reference, &name, &config, |_| Ok(())).await?;
+        let config_path = store.blob_path(&config.digest)?;
+        let config_json = tokio::fs::read(&config_path)
+            .await
+            .map_err(|e| Error::internal(format!("reading config {} of {name}", config.digest), e))?;
+        let layout = format::detect(&name, &manifest, &config, &config_json)?;
+        match &layout {
+            Layout::Artifact { layer, .. } => {
+                let not_wasm = || {
+                    Error::InvalidArgument(format!(
+                        "image {name}: layer {} is not a WebAssembly binary (no \\0asm header)",
+                        layer.digest
+                    ))
+                };
+                self.fetch_blob(store, reference, &name, layer, |header| {
+                    WasmKind::detect(header).map(drop).ok_or_else(not_wasm)
+                })
+                .await?;
+            }
+            Layout::Compat { layers } => {
+                for layer in layers {
+                    self.fetch_blob(store, reference, &name, layer, |_| Ok(())).await?;
+                }
+            }
+        }
+        store.put_blob(&manifest_digest, &manifest_bytes).await?;
+        let size = config.size + manifest.layers.iter().map(|layer| layer.size).sum::<u64>();
+        Ok(Fetched {
+            manifest_media_type: manifest.media_type.unwrap_or_else(|| OCI_MANIFEST.to_owned()),
+            manifest_digest,
+            config,
+            config_json,
+            layout,
+            size,
+        })
+    }
+
+    /// Fetches a manifest and checks its size and digest.
+    async fn fetch_manifest(
+        &self,
+        reference: &Reference,
+        auth: &RegistryAuth,
+        name: &str,
+    ) -> Result<(Vec<u8>, String)> {
+        let accepted = [OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_MANIFEST_LIST];
+        let (bytes, digest) = self
+            .client
+            .pull_manifest_raw(reference, auth, &accepted)
+            .await
+            .map_err(|e| registry_error(name, "fetch the manifest", e))?;
+        if bytes.len() as u64 > self.limits.max_manifest_bytes {
+            return Err(Error::ResourceExhausted(format!(
+                "image {name}: manifest {digest} is {} bytes, over the limit of {} (max_manifest_bytes)",
+                bytes.len(),
+                self.limits.max_manifest_bytes
             )));
         }
-
-        let layout = format::detect(&name, &manifest)?;
-        let WasmLayout { config, layer } = layout;
-        self.fetch_blob(store, reference, &name, &config, |_| Ok(()))
-            .await?;
-        let not_wasm = || {
-            Error::InvalidArgument(format!(
-                "image {name}: layer {} is not a WebAssembly binary (no \\0asm header)",
-                layer.digest
-            ))
-        };
-        self.fetch_blob(store, reference, &name, &layer, |header| {
-            ModuleKind::detect(header).map(drop).ok_or_else(not_wasm)
-        })
-        .await?;
-        let header = read_header(&store.blob_path(&layer.digest)?).await?;
-        let module_kind = ModuleKind::detect(&header).ok_or_else(not_wasm)?;
-        store.put_blob(&manifest_digest, &manifest_bytes).await?;
-
-        let repository = format!("{}/{}", reference.registry(), reference.repository());
-        Ok(Image {
-            id: config.digest.clone(),
-            repo_tags: match reference.tag() {
-                Some(tag) => vec![format!("{repository}:{tag}")],
-                None => Vec::new(),
-            },
-            repo_digests: vec![format!("{repository}@{manifest_digest}")],
-            manifest_media_type: manifest
-                .media_type
-                .unwrap_or_else(|| OCI_MANIFEST.to_owned()),
-            config_media_type: config.media_type.clone(),
-            layer_media_type: layer.media_type.clone(),
-            manifest_digest,
-            size: config.size + layer.size,
-            config_digest: config.digest,
-            module_digest: layer.digest,
-            module_kind,
-            default_argv0: reference
-                .repository()
-                .rsplit('/')
-                .next()
-                .unwrap_or_default()
-                .to_owned(),
-            pulled_at: crate::durable::now_nanos(),
-        })
+        let actual = sha256_digest(&bytes);
+        if actual != digest {
+            return Err(Error::DataLoss(format!(
+                "image {name}: manifest {digest} does not match its content ({actual})"
+            )));
+        }
+        Ok((bytes.to_vec(), digest))
     }
 
     /// Downloads one blob into the store unless it is there already; `check`
@@ -221,19 +243,25 @@ impl Puller {
         if store.has_blob(&descriptor.digest).await {
             return Ok(());
         }
+        let limit = self.limits.max_blob_bytes;
+        let over_limit = |size: u64| {
+            Error::ResourceExhausted(format!(
+                "image {name}: blob {} is {size} bytes or more, over the limit of {limit} (max_blob_bytes)",
+                descriptor.digest
+            ))
+        };
+        if descriptor.size > limit {
+            return Err(over_limit(descriptor.size));
+        }
         // No credentials here: oci-client reuses the token the manifest fetch obtained.
-        let mut writer = store.blob_writer(&descriptor.digest).await?;
-        if let Err(e) = self
-            .client
-            .pull_blob(reference, descriptor.digest.as_str(), &mut writer)
-            .await
-        {
+        let mut writer = store.blob_writer(&descriptor.digest, limit).await?;
+        let fetched = self.client.pull_blob(reference, descriptor.digest.as_str(), &mut writer).await;
+        if let Err(e) = fetched {
             writer.discard().await;
-            return Err(registry_error(
-                name,
-                &format!("fetch blob {}", descriptor.digest),
-                e,
-            ));
+            if writer.over_limit() {
+                return Err(over_limit(limit + 1));
+            }
+            return Err(registry_error(name, &format!("fetch blob {}", descriptor.digest), e));
         }
         if let Err(e) = check(writer.header()) {
             writer.discard().await;
@@ -243,12 +271,11 @@ impl Puller {
     }
 }
 
-async fn read_header(path: &std::path::Path) -> Result<Vec<u8>> {
+pub(super) async fn read_header(path: &std::path::Path) -> Result<Vec<u8>> {
     use tokio::io::AsyncReadExt;
     let mut header = Vec::with_capacity(8);
-    let file = tokio::fs::File::open(path)
-        .await
-        .map_err(|e| Error::internal(format!("opening {}", path.display()), e))?;
+    let file =
+        tokio::fs::File::open(path).await.map_err(|e| Error::internal(format!("opening {}", path.display()), e))?;
     file.take(8)
         .read_to_end(&mut header)
         .await
@@ -258,9 +285,7 @@ async fn read_header(path: &std::path::Path) -> Result<Vec<u8>> {
 
 fn parse_manifest(name: &str, bytes: &[u8]) -> Result<Manifest> {
     serde_json::from_slice(bytes).map_err(|e| {
-        Error::InvalidArgument(format!(
-            "image {name}: the registry sent a manifest that is not valid JSON: {e}"
-        ))
+        Error::InvalidArgument(format!("image {name}: the registry sent a manifest that is not valid JSON: {e}"))
     })
 }
 
@@ -269,8 +294,9 @@ fn registry_error(name: &str, step: &str, error: OciDistributionError) -> Error 
     let message = format!("pull {name}: could not {step}: {error}");
     match &error {
         OciDistributionError::ImageManifestNotFoundError(_) => Error::NotFound(message),
-        OciDistributionError::AuthenticationFailure(_)
-        | OciDistributionError::UnauthorizedError { .. } => Error::Unauthenticated(message),
+        OciDistributionError::AuthenticationFailure(_) | OciDistributionError::UnauthorizedError { .. } => {
+            Error::Unauthenticated(message)
+        }
         OciDistributionError::ServerError { code, .. } => match code {
             404 => Error::NotFound(message),
             401 | 403 => Error::Unauthenticated(message),
@@ -289,15 +315,9 @@ fn registry_error(name: &str, step: &str, error: OciDistributionError) -> Error 
                 )
             }) {
                 Error::NotFound(message)
-            } else if codes
-                .iter()
-                .any(|code| matches!(code, OciErrorCode::Unauthorized | OciErrorCode::Denied))
-            {
+            } else if codes.iter().any(|code| matches!(code, OciErrorCode::Unauthorized | OciErrorCode::Denied)) {
                 Error::Unauthenticated(message)
-            } else if codes
-                .iter()
-                .any(|code| matches!(code, OciErrorCode::Toomanyrequests))
-            {
+            } else if codes.iter().any(|code| matches!(code, OciErrorCode::Toomanyrequests)) {
                 Error::ResourceExhausted(message)
             } else {
                 Error::Unavailable(message)
@@ -309,9 +329,7 @@ fn registry_error(name: &str, step: &str, error: OciDistributionError) -> Error 
         | OciDistributionError::UnsupportedSchemaVersionError(_)
         | OciDistributionError::SpecViolationError(_)
         | OciDistributionError::UrlParseError(_) => Error::InvalidArgument(message),
-        OciDistributionError::RequestError(cause) => {
-            Error::Unavailable(format!("{message} ({})", error_chain(cause)))
-        }
+        OciDistributionError::RequestError(cause) => Error::Unavailable(format!("{message} ({})", error_chain(cause))),
         _ => Error::Unavailable(message),
     }
 }
@@ -334,36 +352,14 @@ mod tests {
 
     #[test]
     fn credentials_become_registry_auth() {
-        let creds = Credentials {
-            auth: "dXNlcjpwYXNz".into(),
-            ..Default::default()
-        };
-        assert!(
-            matches!(creds.registry_auth("x").unwrap(), RegistryAuth::Basic(u, p) if u == "user" && p == "pass")
-        );
-        let creds = Credentials {
-            username: "u".into(),
-            password: "p".into(),
-            ..Default::default()
-        };
+        let creds = Credentials { auth: "dXNlcjpwYXNz".into(), ..Default::default() };
+        assert!(matches!(creds.registry_auth("x").unwrap(), RegistryAuth::Basic(u, p) if u == "user" && p == "pass"));
+        let creds = Credentials { username: "u".into(), password: "p".into(), ..Default::default() };
         assert!(matches!(creds.registry_auth("x").unwrap(), RegistryAuth::Basic(u, _) if u == "u"));
-        let creds = Credentials {
-            registry_token: "t".into(),
-            username: "u".into(),
-            ..Default::default()
-        };
+        let creds = Credentials { registry_token: "t".into(), username: "u".into(), ..Default::default() };
         assert!(matches!(creds.registry_auth("x").unwrap(), RegistryAuth::Bearer(t) if t == "t"));
-        assert!(matches!(
-            Credentials::default().registry_auth("x").unwrap(),
-            RegistryAuth::Anonymous
-        ));
-        let creds = Credentials {
-            auth: "not base64!".into(),
-            ..Default::default()
-        };
-        assert!(matches!(
-            creds.registry_auth("x").unwrap_err(),
-            Error::InvalidArgument(_)
-        ));
+        assert!(matches!(Credentials::default().registry_auth("x").unwrap(), RegistryAuth::Anonymous));
+        let creds = Credentials { auth: "not base64!".into(), ..Default::default() };
+        assert!(matches!(creds.registry_auth("x").unwrap_err(), Error::InvalidArgument(_)));
     }
 }

@@ -6,7 +6,7 @@
 //! under `blobs/` is always whole and verified. The index is one JSON file,
 //! replaced atomically (write, fsync, rename) on every change.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
@@ -19,6 +19,7 @@ use tokio::io::AsyncWrite;
 
 use crate::durable::write_atomically;
 use crate::error::{Error, IoContext, Result};
+use crate::wasm::WasmKind;
 
 /// One image as the store knows it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -31,45 +32,62 @@ pub struct Image {
     pub repo_digests: Vec<String>,
     pub manifest_digest: String,
     pub config_digest: String,
-    /// The one wasm layer.
+    /// Which layout of wasm image this is (see `format.rs`).
+    pub format: ImageFormat,
+    /// Every layer blob, in manifest order.
+    pub layer_digests: Vec<String>,
+    /// The wasm binary run by default: the wasm layer of an artifact, or the
+    /// entrypoint file of a compat image, copied out of its filesystem.
     pub module_digest: String,
-    pub module_kind: ModuleKind,
+    pub module_kind: WasmKind,
+    /// The program's path inside a compat image's filesystem; empty for artifacts.
+    pub module_path: String,
+    /// From the image config: the argv a container gets without a CRI command.
+    pub entrypoint: Vec<String>,
+    pub cmd: Vec<String>,
+    /// `KEY=value`, from the image config.
+    pub env: Vec<String>,
+    pub working_dir: String,
     /// Media types, as the registry gave them.
     pub manifest_media_type: String,
     pub config_media_type: String,
-    pub layer_media_type: String,
-    /// Bytes of config plus layers: what the image takes on disk.
+    /// Bytes of config plus layers, as the manifest gives them.
     pub size: u64,
-    /// The name argv[0] gets when the container gives no command.
-    pub default_argv0: String,
     /// Unix time in nanoseconds.
     pub pulled_at: i64,
 }
 
-/// What the binary header of a wasm blob says it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ModuleKind {
-    /// A core module (`\0asm` version 1).
-    Module,
-    /// A component (`\0asm` layer 1, version 0x0d).
-    Component,
+#[serde(rename_all = "kebab-case")]
+pub enum ImageFormat {
+    /// CNCF wasm artifact: `application/vnd.wasm.config.v0+json`, one `application/wasm` layer.
+    WasmArtifact,
+    /// wasm-to-oci / krustlet: `application/vnd.wasm.config.v1+json`.
+    WasmToOci,
+    /// runwasi: an OCI image whose layer is `application/vnd.bytecodealliance.wasm.component.layer.v0+wasm`.
+    Runwasi,
+    /// An ordinary OCI or Docker image (tar layers) for the wasi/wasm platform.
+    Compat,
 }
 
-impl ModuleKind {
-    /// Reads the 8-byte header: magic, then version and layer.
-    pub fn detect(header: &[u8]) -> Option<Self> {
-        match header.get(..8)? {
-            [0, b'a', b's', b'm', 1, 0, 0, 0] => Some(ModuleKind::Module),
-            [0, b'a', b's', b'm', _, _, 1, 0] => Some(ModuleKind::Component),
-            _ => None,
-        }
+impl Image {
+    /// Every blob this image needs kept.
+    pub fn blobs(&self) -> impl Iterator<Item = &String> {
+        [&self.manifest_digest, &self.config_digest, &self.module_digest].into_iter().chain(&self.layer_digests)
+    }
+
+    /// Compat images carry a filesystem, unpacked once per image id.
+    pub fn has_rootfs(&self) -> bool {
+        self.format == ImageFormat::Compat
     }
 }
 
 pub struct Store {
     dir: PathBuf,
     images: Mutex<BTreeMap<String, Image>>,
+    /// Digests that pulls in flight are bringing in: not in the index yet, but
+    /// not garbage either. Counted, since two pulls may share a blob.
+    pinned: Mutex<HashMap<String, usize>>,
     /// Serialises index writes so that the file on disk is always the latest state.
     persist: tokio::sync::Mutex<()>,
 }
@@ -84,12 +102,28 @@ impl Store {
         Ok(Self {
             dir,
             images: Mutex::new(images),
+            pinned: Mutex::new(HashMap::new()),
             persist: tokio::sync::Mutex::new(()),
         })
     }
 
+    /// Keeps what a pull brings in safe from garbage collection until it is indexed.
+    pub fn pins(&self) -> Pins<'_> {
+        Pins { store: self, digests: Mutex::new(Vec::new()) }
+    }
+
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Where a compat image's filesystem is unpacked.
+    pub fn rootfs_path(&self, image_id: &str) -> Result<PathBuf> {
+        Ok(self.dir.join("rootfs").join(digest_hex(image_id)?))
+    }
+
+    /// A fresh directory to unpack into before `rootfs_path` is published by rename.
+    pub fn rootfs_staging(&self) -> PathBuf {
+        self.dir.join("tmp").join(format!("rootfs.{}", rand::random::<u64>()))
     }
 
     pub fn blob_path(&self, digest: &str) -> Result<PathBuf> {
@@ -98,23 +132,16 @@ impl Store {
 
     pub async fn has_blob(&self, digest: &str) -> bool {
         match self.blob_path(digest) {
-            Ok(path) => tokio::fs::metadata(path)
-                .await
-                .is_ok_and(|meta| meta.is_file()),
+            Ok(path) => tokio::fs::metadata(path).await.is_ok_and(|meta| meta.is_file()),
             Err(_) => false,
         }
     }
 
-    /// Starts writing a blob that must hash to `digest`.
-    pub async fn blob_writer(&self, digest: &str) -> Result<BlobWriter> {
+    /// Starts writing a blob that must hash to `digest` and may hold at most `limit` bytes.
+    pub async fn blob_writer(&self, digest: &str, limit: u64) -> Result<BlobWriter> {
         let target = self.blob_path(digest)?;
-        let tmp =
-            self.dir
-                .join("tmp")
-                .join(format!("{}.{}", digest_hex(digest)?, rand::random::<u64>()));
-        let file = tokio::fs::File::create(&tmp)
-            .await
-            .io_context(|| format!("creating {}", tmp.display()))?;
+        let tmp = self.dir.join("tmp").join(format!("{}.{}", digest_hex(digest)?, rand::random::<u64>()));
+        let file = tokio::fs::File::create(&tmp).await.io_context(|| format!("creating {}", tmp.display()))?;
         Ok(BlobWriter {
             file,
             tmp,
@@ -122,12 +149,14 @@ impl Store {
             expected: digest.to_owned(),
             hasher: Sha256::new(),
             header: Vec::with_capacity(8),
+            written: 0,
+            limit,
         })
     }
 
     /// Stores bytes already in memory (manifests, configs).
     pub async fn put_blob(&self, digest: &str, bytes: &[u8]) -> Result<()> {
-        let mut writer = self.blob_writer(digest).await?;
+        let mut writer = self.blob_writer(digest, u64::MAX).await?;
         tokio::io::AsyncWriteExt::write_all(&mut writer, bytes)
             .await
             .io_context(|| format!("writing blob {digest}"))?;
@@ -149,20 +178,14 @@ impl Store {
         if let Some(image) = images.get(name) {
             return Some(image.clone());
         }
-        if let Some(image) = images.values().find(|image| {
-            image
-                .repo_tags
-                .iter()
-                .chain(&image.repo_digests)
-                .any(|r| r == name)
-        }) {
+        if let Some(image) =
+            images.values().find(|image| image.repo_tags.iter().chain(&image.repo_digests).any(|r| r == name))
+        {
             return Some(image.clone());
         }
         let hex = name.strip_prefix("sha256:").unwrap_or(name);
         if hex.len() >= 12 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-            let mut matches = images
-                .values()
-                .filter(|image| image.id[7..].starts_with(hex));
+            let mut matches = images.values().filter(|image| image.id[7..].starts_with(hex));
             if let (Some(image), None) = (matches.next(), matches.next()) {
                 return Some(image.clone());
             }
@@ -203,33 +226,39 @@ impl Store {
         Ok(removed)
     }
 
-    /// Deletes blobs that no image references; returns the digests deleted.
+    /// Deletes blobs and unpacked filesystems that no image references;
+    /// returns the blob digests deleted.
     pub async fn collect_garbage(&self) -> Result<Vec<String>> {
-        let referenced: HashSet<String> = self
-            .images
-            .lock()
-            .unwrap()
-            .values()
-            .flat_map(|image| {
-                [
-                    image.manifest_digest.clone(),
-                    image.config_digest.clone(),
-                    image.module_digest.clone(),
-                ]
-            })
-            .collect();
-        let blobs = self.dir.join("blobs").join("sha256");
+        let (blobs, rootfs): (HashSet<String>, HashSet<String>) = {
+            let images = self.images.lock().unwrap();
+            let pinned = self.pinned.lock().unwrap();
+            let blobs: HashSet<String> =
+                images.values().flat_map(|image| image.blobs().cloned()).chain(pinned.keys().cloned()).collect();
+            // A compat image's filesystem is named after its config, which a pull pins first.
+            let rootfs = images
+                .values()
+                .filter(|i| i.has_rootfs())
+                .map(|i| &i.id)
+                .chain(pinned.keys())
+                .map(|id| id.trim_start_matches("sha256:").to_owned())
+                .collect();
+            (blobs, rootfs)
+        };
+        let dir = self.dir.clone();
         tokio::task::spawn_blocking(move || -> Result<Vec<String>> {
             let mut deleted = Vec::new();
-            for entry in
-                std::fs::read_dir(&blobs).io_context(|| format!("listing {}", blobs.display()))?
-            {
-                let entry = entry.io_context(|| format!("listing {}", blobs.display()))?;
-                let digest = format!("sha256:{}", entry.file_name().to_string_lossy());
-                if !referenced.contains(&digest) {
-                    std::fs::remove_file(entry.path())
-                        .io_context(|| format!("deleting unreferenced blob {digest}"))?;
+            for name in list_dir(&dir.join("blobs").join("sha256"))? {
+                let digest = format!("sha256:{name}");
+                if !blobs.contains(&digest) {
+                    let path = dir.join("blobs").join("sha256").join(&name);
+                    std::fs::remove_file(&path).io_context(|| format!("deleting unreferenced blob {digest}"))?;
                     deleted.push(digest);
+                }
+            }
+            for name in list_dir(&dir.join("rootfs"))? {
+                if !rootfs.contains(&name) {
+                    let path = dir.join("rootfs").join(&name);
+                    std::fs::remove_dir_all(&path).io_context(|| format!("deleting {}", path.display()))?;
                 }
             }
             Ok(deleted)
@@ -241,13 +270,44 @@ impl Store {
     async fn persist(&self) -> Result<()> {
         let _guard = self.persist.lock().await;
         let images: Vec<Image> = self.list();
-        let json = serde_json::to_vec_pretty(&images)
-            .map_err(|e| Error::internal("encoding the image index", e))?;
+        let json = serde_json::to_vec_pretty(&images).map_err(|e| Error::internal("encoding the image index", e))?;
         let dir = self.dir.clone();
         tokio::task::spawn_blocking(move || write_atomically(&dir.join("index.json"), &json))
             .await
             .map_err(|e| Error::internal("writing the image index", e))?
     }
+}
+
+/// Digests pinned by one pull; unpinned when it ends, indexed or not.
+pub struct Pins<'a> {
+    store: &'a Store,
+    digests: Mutex<Vec<String>>,
+}
+
+impl Pins<'_> {
+    pub fn add(&self, digest: &str) {
+        *self.store.pinned.lock().unwrap().entry(digest.to_owned()).or_default() += 1;
+        self.digests.lock().unwrap().push(digest.to_owned());
+    }
+}
+
+impl Drop for Pins<'_> {
+    fn drop(&mut self) {
+        let mut pinned = self.store.pinned.lock().unwrap();
+        for digest in self.digests.get_mut().unwrap().drain(..) {
+            if let Some(count) = pinned.get_mut(&digest) {
+                *count -= 1;
+                if *count == 0 {
+                    pinned.remove(&digest);
+                }
+            }
+        }
+    }
+}
+
+fn list_dir(dir: &Path) -> Result<Vec<String>> {
+    let entries = std::fs::read_dir(dir).io_context(|| format!("listing {}", dir.display()))?;
+    Ok(entries.flatten().map(|entry| entry.file_name().to_string_lossy().into_owned()).collect())
 }
 
 fn merge(into: &mut Vec<String>, from: &[String]) {
@@ -259,35 +319,30 @@ fn merge(into: &mut Vec<String>, from: &[String]) {
 }
 
 fn load(dir: &Path) -> Result<BTreeMap<String, Image>> {
-    for sub in ["blobs/sha256", "tmp"] {
+    for sub in ["blobs/sha256", "rootfs", "tmp"] {
         let path = dir.join(sub);
         std::fs::create_dir_all(&path).io_context(|| format!("creating {}", path.display()))?;
     }
     // Whatever is in tmp/ is a write that never committed.
     let tmp = dir.join("tmp");
-    for entry in std::fs::read_dir(&tmp)
-        .io_context(|| format!("listing {}", tmp.display()))?
-        .flatten()
-    {
-        let _ = std::fs::remove_file(entry.path());
+    for entry in std::fs::read_dir(&tmp).io_context(|| format!("listing {}", tmp.display()))?.flatten() {
+        let path = entry.path();
+        let _ = if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
     }
     let index = dir.join("index.json");
     let images: Vec<Image> = match std::fs::read(&index) {
-        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
-            Error::internal(format!("parsing the image index {}", index.display()), e)
-        })?,
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map_err(|e| Error::internal(format!("parsing the image index {}", index.display()), e))?,
         Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
         Err(e) => return Err(Error::internal(format!("reading {}", index.display()), e)),
     };
     let mut kept = BTreeMap::new();
     for image in images {
-        let whole = [
-            &image.manifest_digest,
-            &image.config_digest,
-            &image.module_digest,
-        ]
-        .iter()
-        .all(|digest| digest_path(digest).is_ok_and(|p| dir.join("blobs").join(p).is_file()));
+        let blobs_whole =
+            image.blobs().all(|digest| digest_path(digest).is_ok_and(|p| dir.join("blobs").join(p).is_file()));
+        let rootfs_whole =
+            !image.has_rootfs() || digest_hex(&image.id).is_ok_and(|hex| dir.join("rootfs").join(hex).is_dir());
+        let whole = blobs_whole && rootfs_whole;
         if whole {
             kept.insert(image.id.clone(), image);
         } else {
@@ -305,14 +360,8 @@ fn digest_path(digest: &str) -> Result<PathBuf> {
 
 fn digest_hex(digest: &str) -> Result<&str> {
     match digest.strip_prefix("sha256:") {
-        Some(hex)
-            if hex.len() == 64 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) =>
-        {
-            Ok(hex)
-        }
-        _ => Err(Error::InvalidArgument(format!(
-            "unsupported digest {digest:?}: expected sha256:<64 lowercase hex>"
-        ))),
+        Some(hex) if hex.len() == 64 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) => Ok(hex),
+        _ => Err(Error::InvalidArgument(format!("unsupported digest {digest:?}: expected sha256:<64 lowercase hex>"))),
     }
 }
 
@@ -328,6 +377,8 @@ pub struct BlobWriter {
     expected: String,
     hasher: Sha256,
     header: Vec<u8>,
+    written: u64,
+    limit: u64,
 }
 
 impl BlobWriter {
@@ -336,13 +387,15 @@ impl BlobWriter {
         &self.header
     }
 
+    /// Whether more than the limit was offered: the write was refused.
+    pub fn over_limit(&self) -> bool {
+        self.written > self.limit
+    }
+
     /// Verifies the digest, makes the blob durable and moves it into place.
     pub async fn commit(mut self) -> Result<()> {
         use tokio::io::AsyncWriteExt;
-        let actual = format!(
-            "sha256:{}",
-            hex::encode(std::mem::take(&mut self.hasher).finalize())
-        );
+        let actual = format!("sha256:{}", hex::encode(std::mem::take(&mut self.hasher).finalize()));
         if actual != self.expected {
             self.discard().await;
             return Err(Error::DataLoss(format!(
@@ -358,10 +411,7 @@ impl BlobWriter {
         .await;
         if let Err(e) = result {
             self.discard().await;
-            return Err(Error::internal(
-                format!("storing blob {}", self.expected),
-                e,
-            ));
+            return Err(Error::internal(format!("storing blob {}", self.expected), e));
         }
         Ok(())
     }
@@ -372,14 +422,18 @@ impl BlobWriter {
 }
 
 impl AsyncWrite for BlobWriter {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let this = &mut *self;
+        if this.written.saturating_add(buf.len() as u64) > this.limit {
+            this.written = this.written.saturating_add(buf.len() as u64);
+            return Poll::Ready(Err(io::Error::other(format!(
+                "blob {} is larger than the limit of {} bytes",
+                this.expected, this.limit
+            ))));
+        }
         let n = std::task::ready!(Pin::new(&mut this.file).poll_write(cx, buf))?;
         this.hasher.update(&buf[..n]);
+        this.written += n as u64;
         let missing = 8usize.saturating_sub(this.header.len()).min(n);
         this.header.extend_from_slice(&buf[..missing]);
         Poll::Ready(Ok(n))
@@ -399,64 +453,37 @@ mod tests {
     use super::*;
 
     fn temp_dir(name: &str) -> PathBuf {
-        let dir =
-            std::env::temp_dir().join(format!("wasmrun-store-{name}-{}", rand::random::<u64>()));
+        let dir = std::env::temp_dir().join(format!("wasmrun-store-{name}-{}", rand::random::<u64>()));
         std::fs::create_dir_all(&dir).unwrap();
         dir
     }
 
     #[test]
-    fn detects_modules_and_components() {
-        assert_eq!(
-            ModuleKind::detect(b"\0asm\x01\0\0\0rest"),
-            Some(ModuleKind::Module)
-        );
-        assert_eq!(
-            ModuleKind::detect(b"\0asm\x0d\0\x01\0"),
-            Some(ModuleKind::Component)
-        );
-        assert_eq!(ModuleKind::detect(b"\0asm"), None);
-        assert_eq!(ModuleKind::detect(b"not wasm at all"), None);
-    }
-
-    #[test]
     fn digests_never_escape_the_store() {
-        for bad in [
-            "sha256:../../etc/passwd",
-            "sha512:abc",
-            "sha256:ABC",
-            "",
-            "sha256:",
-        ] {
+        for bad in ["sha256:../../etc/passwd", "sha512:abc", "sha256:ABC", "", "sha256:"] {
             assert!(digest_path(bad).is_err(), "{bad:?}");
         }
         let good = sha256_digest(b"x");
-        assert_eq!(
-            digest_path(&good).unwrap(),
-            Path::new("sha256").join(&good[7..])
-        );
+        assert_eq!(digest_path(&good).unwrap(), Path::new("sha256").join(&good[7..]));
     }
 
     #[tokio::test]
     async fn a_blob_that_does_not_match_its_digest_is_not_stored() {
         let store = Store::open(temp_dir("mismatch")).await.unwrap();
         let digest = sha256_digest(b"expected");
-        let err = store
-            .put_blob(&digest, b"something else")
-            .await
-            .unwrap_err();
+        let err = store.put_blob(&digest, b"something else").await.unwrap_err();
         assert!(matches!(err, Error::DataLoss(_)), "{err}");
         assert!(!store.has_blob(&digest).await);
-        assert_eq!(
-            std::fs::read_dir(store.dir().join("tmp")).unwrap().count(),
-            0
-        );
+        assert_eq!(std::fs::read_dir(store.dir().join("tmp")).unwrap().count(), 0);
+
+        let mut writer = store.blob_writer(&digest, 4).await.unwrap();
+        let err = tokio::io::AsyncWriteExt::write_all(&mut writer, b"expected").await.unwrap_err();
+        assert!(writer.over_limit(), "{err}");
+        writer.discard().await;
+        assert!(!store.has_blob(&digest).await);
 
         store.put_blob(&digest, b"expected").await.unwrap();
-        assert_eq!(
-            std::fs::read(store.blob_path(&digest).unwrap()).unwrap(),
-            b"expected"
-        );
+        assert_eq!(std::fs::read(store.blob_path(&digest).unwrap()).unwrap(), b"expected");
     }
 
     #[tokio::test]
@@ -473,13 +500,18 @@ mod tests {
                 repo_digests: vec![],
                 manifest_digest: blob.clone(),
                 config_digest: blob.clone(),
+                format: ImageFormat::WasmArtifact,
+                layer_digests: vec![blob.clone()],
                 module_digest: blob,
-                module_kind: ModuleKind::Module,
+                module_kind: WasmKind::Module,
+                module_path: String::new(),
+                entrypoint: vec!["x".into()],
+                cmd: vec![],
+                env: vec![],
+                working_dir: String::new(),
                 manifest_media_type: String::new(),
                 config_media_type: String::new(),
-                layer_media_type: String::new(),
                 size: 3,
-                default_argv0: "x".into(),
                 pulled_at: 0,
             });
         }

@@ -48,6 +48,7 @@ pub struct Container {
     /// Exactly as kubelet sent it: metadata, labels, annotations, command, mounts.
     pub config: api::ContainerConfig,
     pub image: Image,
+    pub process: Process,
     pub log_path: Option<PathBuf>,
     pub mounts: Vec<Mount>,
     pub created_at: i64,
@@ -63,6 +64,7 @@ pub(super) struct NewContainer {
     pub reserved_name: String,
     pub config: api::ContainerConfig,
     pub image: Image,
+    pub process: Process,
     pub log_path: Option<PathBuf>,
     pub mounts: Vec<Mount>,
     pub compiled: Arc<Compiled>,
@@ -83,17 +85,14 @@ pub struct ContainerView {
 
 impl Container {
     pub(super) fn new(new: NewContainer) -> Self {
-        let resources = new
-            .config
-            .linux
-            .as_ref()
-            .and_then(|linux| linux.resources.clone());
+        let resources = new.config.linux.as_ref().and_then(|linux| linux.resources.clone());
         Self {
             id: new.id,
             pod_id: new.pod_id,
             reserved_name: new.reserved_name,
             config: new.config,
             image: new.image,
+            process: new.process,
             log_path: new.log_path,
             mounts: new.mounts,
             created_at: crate::durable::now_nanos(),
@@ -114,51 +113,19 @@ impl Container {
         let (state, started_at, exit, cpu_nanos, memory_bytes) = match &*phase {
             Phase::Created | Phase::Starting => (ContainerState::Created, 0, None, 0, 0),
             Phase::StartFailed { exit } => (ContainerState::Exited, 0, Some(exit.clone()), 0, 0),
-            Phase::Started {
-                guest, started_at, ..
-            } => {
+            Phase::Started { guest, started_at, .. } => {
                 let exit = guest.exit();
-                let state = if exit.is_some() {
-                    ContainerState::Exited
-                } else {
-                    ContainerState::Running
-                };
+                let state = if exit.is_some() { ContainerState::Exited } else { ContainerState::Running };
                 let cpu = guest.usage.cpu_nanos.load(Ordering::Relaxed);
                 let memory = guest.usage.memory_bytes.load(Ordering::Relaxed);
                 (state, *started_at, exit, cpu, memory)
             }
         };
-        ContainerView {
-            state,
-            started_at,
-            exit,
-            resources,
-            cpu_nanos,
-            memory_bytes,
-        }
-    }
-
-    /// The guest's arguments: the CRI command replaces the image's entrypoint
-    /// (a wasm artifact's is the module, named after its repository), and the
-    /// CRI args follow it.
-    pub fn argv(&self) -> Vec<String> {
-        if self.config.command.is_empty() {
-            std::iter::once(self.image.default_argv0.clone())
-                .chain(self.config.args.iter().cloned())
-                .collect()
-        } else {
-            self.config
-                .command
-                .iter()
-                .chain(&self.config.args)
-                .cloned()
-                .collect()
-        }
+        ContainerView { state, started_at, exit, resources, cpu_nanos, memory_bytes }
     }
 
     /// The guest's view: argv, env, working dir, mounts and memory limit.
     fn guest_spec(&self) -> GuestSpec {
-        let argv = self.argv();
         let memory_limit = self
             .resources
             .lock()
@@ -166,14 +133,9 @@ impl Container {
             .as_ref()
             .map_or(0, |resources| resources.memory_limit_in_bytes.max(0) as u64);
         GuestSpec {
-            argv,
-            env: self
-                .config
-                .envs
-                .iter()
-                .map(|kv| (kv.key.clone(), kv.value.clone()))
-                .collect(),
-            working_dir: Some(self.config.working_dir.clone()).filter(|dir| !dir.is_empty()),
+            argv: self.process.argv.clone(),
+            env: self.process.env.clone(),
+            working_dir: Some(self.process.working_dir.clone()).filter(|dir| !dir.is_empty()),
             mounts: self.mounts.clone(),
             memory_limit,
         }
@@ -197,23 +159,15 @@ impl Container {
         let started = async {
             let OpenedLog { log, output } = ContainerLog::open(self.log_path.clone())
                 .await
-                .map_err(|e| {
-                    Error::internal(format!("opening the log of container {}", self.id), e)
-                })?;
-            let guest = engine
-                .start(self.compiled.clone(), self.guest_spec(), output)
-                .await?;
+                .map_err(|e| Error::internal(format!("opening the log of container {}", self.id), e))?;
+            let guest = engine.start(self.compiled.clone(), self.guest_spec(), output).await?;
             Ok::<_, Error>((guest, log))
         }
         .await;
         let mut phase = self.phase.lock().unwrap();
         match started {
             Ok((guest, log)) => {
-                *phase = Phase::Started {
-                    guest,
-                    log: Arc::new(log),
-                    started_at,
-                };
+                *phase = Phase::Started { guest, log: Arc::new(log), started_at };
                 Ok(())
             }
             Err(e) => {
@@ -268,9 +222,7 @@ impl Container {
                 }
             }
         };
-        log.reopen()
-            .await
-            .map_err(|e| Error::internal(format!("reopening the log of container {}", self.id), e))
+        log.reopen().await.map_err(|e| Error::internal(format!("reopening the log of container {}", self.id), e))
     }
 
     /// Records new resources. The memory limit applies to the running guest at
@@ -300,21 +252,50 @@ fn describe(phase: &Phase) -> &'static str {
     }
 }
 
+/// What the guest is started with, from the image config and the CRI config.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Process {
+    pub argv: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub working_dir: String,
+}
+
+impl Process {
+    /// As container runtimes do: the CRI command replaces the image's
+    /// entrypoint (and then its cmd too), the CRI args replace its cmd; the
+    /// CRI env overrides the image's; the CRI working dir, the image's.
+    pub fn new(image: &Image, config: &api::ContainerConfig) -> Self {
+        let (entrypoint, cmd) = if !config.command.is_empty() {
+            (&config.command, &config.args)
+        } else if !config.args.is_empty() {
+            (&image.entrypoint, &config.args)
+        } else {
+            (&image.entrypoint, &image.cmd)
+        };
+        let mut env: Vec<(String, String)> = image
+            .env
+            .iter()
+            .map(|kv| kv.split_once('=').map_or((kv.clone(), String::new()), |(k, v)| (k.to_owned(), v.to_owned())))
+            .collect();
+        for kv in &config.envs {
+            env.retain(|(key, _)| *key != kv.key);
+            env.push((kv.key.clone(), kv.value.clone()));
+        }
+        let working_dir =
+            if config.working_dir.is_empty() { image.working_dir.clone() } else { config.working_dir.clone() };
+        Self { argv: entrypoint.iter().chain(cmd).cloned().collect(), env, working_dir }
+    }
+}
+
 /// The log file: the pod's log directory joined with the container's log path,
 /// which must stay inside it. `None` when either is unset (output is dropped).
-pub(super) fn log_path(
-    sandbox: &Sandbox,
-    config: &api::ContainerConfig,
-) -> Result<Option<PathBuf>> {
+pub(super) fn log_path(sandbox: &Sandbox, config: &api::ContainerConfig) -> Result<Option<PathBuf>> {
     let directory = &sandbox.config.log_directory;
     if directory.is_empty() || config.log_path.is_empty() {
         return Ok(None);
     }
     let relative = Path::new(&config.log_path);
-    if !relative
-        .components()
-        .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
-    {
+    if !relative.components().all(|c| matches!(c, Component::Normal(_) | Component::CurDir)) {
         return Err(Error::InvalidArgument(format!(
             "CreateContainer: log_path {:?} must be relative to the pod's log directory, without `..`",
             config.log_path

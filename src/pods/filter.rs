@@ -22,15 +22,11 @@ pub struct ContainerFilter {
 }
 
 fn id_matches(wanted: &Option<String>, id: &str) -> bool {
-    wanted
-        .as_deref()
-        .is_none_or(|wanted| id.starts_with(wanted))
+    wanted.as_deref().is_none_or(|wanted| id.starts_with(wanted))
 }
 
 fn labels_match(selector: &HashMap<String, String>, labels: &HashMap<String, String>) -> bool {
-    selector
-        .iter()
-        .all(|(key, value)| labels.get(key) == Some(value))
+    selector.iter().all(|(key, value)| labels.get(key) == Some(value))
 }
 
 impl PodFilter {

@@ -18,7 +18,7 @@ pub use sandbox::{Sandbox, SandboxState};
 
 use crate::api;
 use crate::error::{Error, Result};
-use crate::images::{Images, ModuleKind};
+use crate::images::Images;
 use crate::wasm::{self, Engine};
 
 pub struct Pods {
@@ -57,37 +57,24 @@ fn new_id() -> String {
 
 impl Pods {
     pub fn new(images: Arc<Images>, engine: Arc<Engine>) -> Self {
-        Self {
-            images,
-            engine,
-            registry: Mutex::new(Registry::default()),
-        }
+        Self { images, engine, registry: Mutex::new(Registry::default()) }
     }
 
-    pub fn run_pod(
-        &self,
-        config: api::PodSandboxConfig,
-        runtime_handler: &str,
-    ) -> Result<Arc<Sandbox>> {
-        let metadata = config.metadata.as_ref().ok_or_else(|| {
-            Error::InvalidArgument("RunPodSandbox: config.metadata is required".into())
-        })?;
+    pub fn run_pod(&self, config: api::PodSandboxConfig, runtime_handler: &str) -> Result<Arc<Sandbox>> {
+        let metadata = config
+            .metadata
+            .as_ref()
+            .ok_or_else(|| Error::InvalidArgument("RunPodSandbox: config.metadata is required".into()))?;
         if metadata.name.is_empty() {
-            return Err(Error::InvalidArgument(
-                "RunPodSandbox: metadata.name is empty".into(),
-            ));
+            return Err(Error::InvalidArgument("RunPodSandbox: metadata.name is empty".into()));
         }
         let name = sandbox::reserved_name(metadata);
         let sandbox = Arc::new(Sandbox::new(new_id(), config, runtime_handler.to_owned()));
         let mut registry = self.registry.lock().unwrap();
         if !registry.names.insert(name.clone()) {
-            return Err(Error::AlreadyExists(format!(
-                "pod sandbox {name} already exists: remove it first"
-            )));
+            return Err(Error::AlreadyExists(format!("pod sandbox {name} already exists: remove it first")));
         }
-        registry
-            .sandboxes
-            .insert(sandbox.id.clone(), sandbox.clone());
+        registry.sandboxes.insert(sandbox.id.clone(), sandbox.clone());
         tracing::info!(pod = %sandbox.id, %name, "pod sandbox ready");
         Ok(sandbox)
     }
@@ -101,12 +88,7 @@ impl Pods {
 
     pub fn pods(&self, filter: &PodFilter) -> Vec<Arc<Sandbox>> {
         let registry = self.registry.lock().unwrap();
-        let mut pods: Vec<_> = registry
-            .sandboxes
-            .values()
-            .filter(|s| filter.matches(s))
-            .cloned()
-            .collect();
+        let mut pods: Vec<_> = registry.sandboxes.values().filter(|s| filter.matches(s)).cloned().collect();
         pods.sort_by_key(|s| s.created_at);
         pods
     }
@@ -144,22 +126,13 @@ impl Pods {
 
     fn containers_of(&self, pod_id: &str) -> Vec<Arc<Container>> {
         let registry = self.registry.lock().unwrap();
-        registry
-            .containers
-            .values()
-            .filter(|c| c.pod_id == pod_id)
-            .cloned()
-            .collect()
+        registry.containers.values().filter(|c| c.pod_id == pod_id).cloned().collect()
     }
 
     /// Creates a container: its image must be pulled; its module is compiled
     /// (or loaded from the cache) now, so that start is quick and a bad module
     /// fails here.
-    pub async fn create_container(
-        &self,
-        pod_id: &str,
-        config: api::ContainerConfig,
-    ) -> Result<Arc<Container>> {
+    pub async fn create_container(&self, pod_id: &str, config: api::ContainerConfig) -> Result<Arc<Container>> {
         let sandbox = self.pod(pod_id)?;
         if sandbox.state() != SandboxState::Ready {
             return Err(Error::FailedPrecondition(format!(
@@ -167,31 +140,26 @@ impl Pods {
                 sandbox.id
             )));
         }
-        let metadata = config.metadata.as_ref().ok_or_else(|| {
-            Error::InvalidArgument("CreateContainer: config.metadata is required".into())
-        })?;
-        if metadata.name.is_empty() {
-            return Err(Error::InvalidArgument(
-                "CreateContainer: metadata.name is empty".into(),
-            ));
-        }
-        let image_name = config
-            .image
+        let metadata = config
+            .metadata
             .as_ref()
-            .map(|i| i.image.as_str())
-            .unwrap_or_default();
+            .ok_or_else(|| Error::InvalidArgument("CreateContainer: config.metadata is required".into()))?;
+        if metadata.name.is_empty() {
+            return Err(Error::InvalidArgument("CreateContainer: metadata.name is empty".into()));
+        }
+        let image_name = config.image.as_ref().map(|i| i.image.as_str()).unwrap_or_default();
         if image_name.is_empty() {
-            return Err(Error::InvalidArgument(
-                "CreateContainer: config.image.image is empty".into(),
-            ));
+            return Err(Error::InvalidArgument("CreateContainer: config.image.image is empty".into()));
         }
         let log_path = container::log_path(&sandbox, &config)?;
-        let mounts = container::mounts(&config)?;
         let image = self.images.require(image_name)?;
-        if image.module_kind == ModuleKind::Component {
-            return Err(Error::FailedPrecondition(format!(
-                "image {image_name} holds a WebAssembly component; this wasmrun runs WASI preview 1 modules only"
-            )));
+        let process = container::Process::new(&image, &config);
+        let mut mounts = container::mounts(&config)?;
+        if let Some(rootfs) = self.images.rootfs(&image)? {
+            // A compat image's filesystem is the guest's `/`, read-only; the
+            // container's own mounts go on top of it.
+            let root = wasm::Mount { host_path: rootfs.display().to_string(), guest_path: "/".into(), readonly: true };
+            mounts.insert(0, root);
         }
         let name = format!("{}/{}/{}", sandbox.id, metadata.name, metadata.attempt);
         // Reserve the name before the slow part, so two racing creates cannot both win.
@@ -202,8 +170,9 @@ impl Pods {
             )));
         }
         let prepared = async {
-            let path = self.images.module_path(&image)?;
-            self.engine.prepare(&image.module_digest, &path).await
+            let argv0 = process.argv.first().map(String::as_str).unwrap_or_default();
+            let program = self.images.program(&image, argv0, &process.working_dir).await?;
+            self.engine.prepare(&program.digest, program.kind, program.source).await
         }
         .await;
         let (compiled, module_source) = match prepared {
@@ -211,9 +180,7 @@ impl Pods {
             Err(e) => {
                 self.registry.lock().unwrap().names.remove(&name);
                 return Err(match e {
-                    Error::InvalidArgument(message) => {
-                        Error::InvalidArgument(format!("image {image_name}: {message}"))
-                    }
+                    Error::InvalidArgument(message) => Error::InvalidArgument(format!("image {image_name}: {message}")),
                     other => other,
                 });
             }
@@ -224,16 +191,13 @@ impl Pods {
             reserved_name: name,
             config,
             image,
+            process,
             log_path,
             mounts,
             compiled,
             module_source,
         }));
-        self.registry
-            .lock()
-            .unwrap()
-            .containers
-            .insert(container.id.clone(), container.clone());
+        self.registry.lock().unwrap().containers.insert(container.id.clone(), container.clone());
         tracing::info!(container = %container.id, pod = %sandbox.id, source = ?module_source, "container created");
         Ok(container)
     }
@@ -247,12 +211,7 @@ impl Pods {
 
     pub fn containers(&self, filter: &ContainerFilter) -> Vec<Arc<Container>> {
         let registry = self.registry.lock().unwrap();
-        let mut containers: Vec<_> = registry
-            .containers
-            .values()
-            .filter(|c| filter.matches(c))
-            .cloned()
-            .collect();
+        let mut containers: Vec<_> = registry.containers.values().filter(|c| filter.matches(c)).cloned().collect();
         containers.sort_by_key(|c| c.created_at);
         containers
     }
@@ -279,11 +238,6 @@ impl Pods {
             Ok(container) => container.stop().await,
             Err(_) => Ok(()),
         }
-    }
-
-    /// Drops the compiled code of modules whose images were removed.
-    pub async fn forget_modules(&self, digests: &[String]) {
-        self.engine.evict(digests).await;
     }
 
     pub async fn remove_container(&self, id: &str) -> Result<()> {

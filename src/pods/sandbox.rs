@@ -23,21 +23,11 @@ pub struct Sandbox {
 
 impl Sandbox {
     pub(super) fn new(id: String, config: api::PodSandboxConfig, runtime_handler: String) -> Self {
-        Self {
-            id,
-            config,
-            runtime_handler,
-            created_at: crate::durable::now_nanos(),
-            ready: AtomicBool::new(true),
-        }
+        Self { id, config, runtime_handler, created_at: crate::durable::now_nanos(), ready: AtomicBool::new(true) }
     }
 
     pub fn state(&self) -> SandboxState {
-        if self.ready.load(Ordering::Acquire) {
-            SandboxState::Ready
-        } else {
-            SandboxState::NotReady
-        }
+        if self.ready.load(Ordering::Acquire) { SandboxState::Ready } else { SandboxState::NotReady }
     }
 
     pub(super) fn mark_not_ready(&self) {
@@ -46,17 +36,11 @@ impl Sandbox {
 
     pub fn metadata(&self) -> &api::PodSandboxMetadata {
         // `Pods::run_pod` refuses a config without metadata.
-        self.config
-            .metadata
-            .as_ref()
-            .expect("a sandbox always has metadata")
+        self.config.metadata.as_ref().expect("a sandbox always has metadata")
     }
 }
 
 /// The identity that must be unique among live sandboxes.
 pub(super) fn reserved_name(metadata: &api::PodSandboxMetadata) -> String {
-    format!(
-        "{}/{}/{}/{}",
-        metadata.namespace, metadata.name, metadata.uid, metadata.attempt
-    )
+    format!("{}/{}/{}/{}", metadata.namespace, metadata.name, metadata.uid, metadata.attempt)
 }

@@ -11,7 +11,7 @@ use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder};
 
-use super::compile::Compiled;
+use super::compile::{Compiled, Program};
 use crate::error::{Error, Result};
 use crate::logs::{LogDone, LogWriter};
 
@@ -126,6 +126,13 @@ pub(super) struct GuestState {
     limiter: MemoryLimiter,
 }
 
+/// Components reach the same WASI context as modules do.
+impl wasmtime_wasi::WasiView for GuestState {
+    fn ctx(&mut self) -> wasmtime_wasi::WasiCtxView<'_> {
+        wasmtime_wasi::WasiView::ctx(&mut self.wasi)
+    }
+}
+
 pub(super) async fn start(
     engine: &wasmtime::Engine,
     executor: &tokio::runtime::Handle,
@@ -136,9 +143,7 @@ pub(super) async fn start(
     log_done: LogDone,
 ) -> Result<Guest> {
     let usage = Arc::new(Usage::default());
-    usage
-        .memory_limit
-        .store(spec.memory_limit, Ordering::Relaxed);
+    usage.memory_limit.store(spec.memory_limit, Ordering::Relaxed);
     let (ready_tx, ready_rx) = oneshot::channel::<Result<()>>();
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let (exit_tx, exit_rx) = watch::channel(None);
@@ -160,16 +165,9 @@ pub(super) async fn start(
         let _ = exit_tx.send(Some(exit));
     });
     ready_rx.await.map_err(|_| {
-        Error::internal(
-            "starting a guest",
-            anyhow::anyhow!("the guest task ended before it was ready"),
-        )
+        Error::internal("starting a guest", anyhow::anyhow!("the guest task ended before it was ready"))
     })??;
-    Ok(Guest {
-        stop: Some(stop_tx),
-        exit: exit_rx,
-        usage,
-    })
+    Ok(Guest { stop: Some(stop_tx), exit: exit_rx, usage })
 }
 
 fn build_store(
@@ -181,8 +179,7 @@ fn build_store(
 ) -> Result<wasmtime::Store<GuestState>> {
     let mut wasi = WasiCtxBuilder::new();
     wasi.args(&spec.argv).envs(&spec.env);
-    wasi.stdout(OutputStream::new(stdout))
-        .stderr(OutputStream::new(stderr));
+    wasi.stdout(OutputStream::new(stdout)).stderr(OutputStream::new(stderr));
     for mount in &spec.mounts {
         // WASI preview 1 can only preopen directories; kubelet's file mounts
         // (/etc/hosts, the termination-message path) cannot be given.
@@ -190,29 +187,19 @@ fn build_store(
             tracing::warn!(host_path = %mount.host_path, guest_path = %mount.guest_path, "skipping a file mount: WASI preview 1 preopens only directories");
             continue;
         }
-        let perms = if mount.readonly {
-            FsPerms::ReadOnly
-        } else {
-            FsPerms::ReadWrite
-        };
-        wasi.preopened_dir(&mount.host_path, &mount.guest_path, perms)
-            .map_err(|e| {
-                Error::InvalidArgument(format!(
-                    "cannot mount {} at {} in the guest: {e:#}",
-                    mount.host_path, mount.guest_path
-                ))
-            })?;
+        let perms = if mount.readonly { FsPerms::ReadOnly } else { FsPerms::ReadWrite };
+        wasi.preopened_dir(&mount.host_path, &mount.guest_path, perms).map_err(|e| {
+            Error::InvalidArgument(format!(
+                "cannot mount {} at {} in the guest: {e:#}",
+                mount.host_path, mount.guest_path
+            ))
+        })?;
     }
     if let Some(dir) = &spec.working_dir {
         wasi.initial_cwd(dir);
     }
-    let mut store = wasmtime::Store::new(
-        engine,
-        GuestState {
-            wasi: wasi.build_p1(),
-            limiter: MemoryLimiter { usage },
-        },
-    );
+    let mut store =
+        wasmtime::Store::new(engine, GuestState { wasi: wasi.build_p1(), limiter: MemoryLimiter { usage } });
     store.limiter(|state| &mut state.limiter);
     store.set_epoch_deadline(1);
     store.epoch_deadline_async_yield_and_update(1);
@@ -225,10 +212,7 @@ async fn run_until_stopped(
     stop: oneshot::Receiver<()>,
     usage: &Usage,
 ) -> Exit {
-    let run = CpuMeter {
-        inner: run_start(&mut store, &compiled),
-        usage,
-    };
+    let run = CpuMeter { inner: run_start(&mut store, &compiled), usage };
     let exit = tokio::select! {
         biased;
         _ = stop => Exit {
@@ -245,40 +229,35 @@ async fn run_until_stopped(
     exit
 }
 
-async fn run_start(
-    store: &mut wasmtime::Store<GuestState>,
-    compiled: &Compiled,
-) -> wasmtime::Result<()> {
-    let instance = compiled.pre.instantiate_async(&mut *store).await?;
-    let start = instance.get_typed_func::<(), ()>(&mut *store, "_start")?;
-    start.call_async(&mut *store, ()).await
+async fn run_start(store: &mut wasmtime::Store<GuestState>, compiled: &Compiled) -> wasmtime::Result<()> {
+    match &compiled.program {
+        Program::Module(pre) => {
+            let instance = pre.instantiate_async(&mut *store).await?;
+            let start = instance.get_typed_func::<(), ()>(&mut *store, "_start")?;
+            start.call_async(&mut *store, ()).await
+        }
+        Program::Component(pre) => {
+            let command = pre.instantiate_async(&mut *store).await?;
+            match command.wasi_cli_run().call_run(&mut *store).await? {
+                Ok(()) => Ok(()),
+                // `wasi:cli/run` returning an error is a failed program, exit status 1.
+                Err(()) => Err(I32Exit(1).into()),
+            }
+        }
+    }
 }
 
 fn classify(result: wasmtime::Result<()>, usage: &Usage) -> Exit {
     let finished_at = crate::durable::now_nanos();
     let error = match result {
         Ok(()) => {
-            return Exit {
-                code: 0,
-                reason: ExitReason::Completed,
-                message: String::new(),
-                finished_at,
-            };
+            return Exit { code: 0, reason: ExitReason::Completed, message: String::new(), finished_at };
         }
         Err(error) => error,
     };
     if let Some(I32Exit(code)) = error.downcast_ref::<I32Exit>() {
-        let reason = if *code == 0 {
-            ExitReason::Completed
-        } else {
-            ExitReason::Error
-        };
-        return Exit {
-            code: *code,
-            reason,
-            message: String::new(),
-            finished_at,
-        };
+        let reason = if *code == 0 { ExitReason::Completed } else { ExitReason::Error };
+        return Exit { code: *code, reason, message: String::new(), finished_at };
     }
     if usage.hit_memory_limit.load(Ordering::Relaxed) {
         let limit = usage.memory_limit.load(Ordering::Relaxed);
@@ -291,12 +270,7 @@ fn classify(result: wasmtime::Result<()>, usage: &Usage) -> Exit {
     }
     let mut message = format!("{error:?}");
     truncate_at_char(&mut message, 4096);
-    Exit {
-        code: EXIT_TRAPPED,
-        reason: ExitReason::Error,
-        message,
-        finished_at,
-    }
+    Exit { code: EXIT_TRAPPED, reason: ExitReason::Error, message, finished_at }
 }
 
 fn truncate_at_char(text: &mut String, max: usize) {
@@ -325,18 +299,13 @@ impl<F: Future> Future for CpuMeter<'_, F> {
         let before = thread_cpu_nanos();
         let inner = unsafe { Pin::new_unchecked(&mut this.inner) };
         let poll = inner.poll(cx);
-        this.usage
-            .cpu_nanos
-            .fetch_add(thread_cpu_nanos().saturating_sub(before), Ordering::Relaxed);
+        this.usage.cpu_nanos.fetch_add(thread_cpu_nanos().saturating_sub(before), Ordering::Relaxed);
         poll
     }
 }
 
 fn thread_cpu_nanos() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: clock_gettime writes into the timespec we own.
     if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) } != 0 {
         return 0;
@@ -350,12 +319,7 @@ struct MemoryLimiter {
 }
 
 impl wasmtime::ResourceLimiter for MemoryLimiter {
-    fn memory_growing(
-        &mut self,
-        current: usize,
-        desired: usize,
-        _maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
+    fn memory_growing(&mut self, current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
         let held = self.usage.memory_bytes.load(Ordering::Relaxed);
         let after = held.saturating_sub(current as u64) + desired as u64;
         let limit = self.usage.memory_limit.load(Ordering::Relaxed);
@@ -367,12 +331,7 @@ impl wasmtime::ResourceLimiter for MemoryLimiter {
         Ok(true)
     }
 
-    fn table_growing(
-        &mut self,
-        _current: usize,
-        _desired: usize,
-        _maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
+    fn table_growing(&mut self, _current: usize, _desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
         Ok(true)
     }
 }

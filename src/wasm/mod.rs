@@ -13,7 +13,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use compile::{Compiled, ModuleSource};
+pub use compile::{Compiled, ModuleSource, WasmSource};
 pub use guest::{Exit, ExitReason, ExitWaiter, Guest, GuestSpec, Mount, Usage};
 
 use crate::error::{Error, Result};
@@ -21,9 +21,36 @@ use crate::error::{Error, Result};
 /// How often a running guest yields to the executor.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
+/// What the binary header of a wasm file says it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WasmKind {
+    /// A core module (`\0asm` version 1).
+    Module,
+    /// A component (`\0asm`, version 0x0d, layer 1).
+    Component,
+}
+
+impl WasmKind {
+    /// Reads the 8-byte header: magic, then version and layer.
+    pub fn detect(header: &[u8]) -> Option<Self> {
+        match header.get(..8)? {
+            [0, b'a', b's', b'm', 1, 0, 0, 0] => Some(WasmKind::Module),
+            [0, b'a', b's', b'm', _, _, 1, 0] => Some(WasmKind::Component),
+            _ => None,
+        }
+    }
+}
+
+/// WASI for both kinds of guest: preview 1 for modules, 0.2 for components.
+pub(crate) struct Linkers {
+    module: wasmtime::Linker<guest::GuestState>,
+    component: wasmtime::component::Linker<guest::GuestState>,
+}
+
 pub struct Engine {
     engine: wasmtime::Engine,
-    linker: wasmtime::Linker<guest::GuestState>,
+    linkers: Linkers,
     cache: compile::Cache,
     guests: tokio::runtime::Handle,
 }
@@ -32,42 +59,35 @@ impl Engine {
     /// Creates the engine, its compiled-code cache under `cache_dir`, the epoch
     /// ticker and the guest executor.
     pub fn new(cache_dir: &Path) -> Result<Arc<Self>> {
+        let wasm_error = |what: &str, e: wasmtime::Error| Error::internal(what.to_owned(), anyhow::anyhow!("{e:#}"));
         let mut config = wasmtime::Config::new();
         config.epoch_interruption(true);
-        let engine = wasmtime::Engine::new(&config).map_err(|e| {
-            Error::internal("creating the wasmtime engine", anyhow::anyhow!("{e:#}"))
-        })?;
+        let engine = wasmtime::Engine::new(&config).map_err(|e| wasm_error("creating the wasmtime engine", e))?;
 
-        let mut linker = wasmtime::Linker::new(&engine);
-        wasmtime_wasi::p1::add_to_linker_async(&mut linker, |state: &mut guest::GuestState| {
-            &mut state.wasi
-        })
-        .map_err(|e| Error::internal("linking WASI preview 1", anyhow::anyhow!("{e:#}")))?;
+        let mut module = wasmtime::Linker::new(&engine);
+        wasmtime_wasi::p1::add_to_linker_async(&mut module, |state: &mut guest::GuestState| &mut state.wasi)
+            .map_err(|e| wasm_error("linking WASI preview 1", e))?;
+        let mut component = wasmtime::component::Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut component).map_err(|e| wasm_error("linking WASI 0.2", e))?;
 
         let cache = compile::Cache::new(&engine, cache_dir)?;
         spawn_epoch_ticker(&engine)?;
         let guests = spawn_guest_executor()?;
-        Ok(Arc::new(Self {
-            engine,
-            linker,
-            cache,
-            guests,
-        }))
+        Ok(Arc::new(Self { engine, linkers: Linkers { module, component }, cache, guests }))
     }
 
-    /// The compiled form of the module stored at `wasm_path` with digest `digest`,
-    /// from memory, from the disk cache, or compiled now (off the async workers).
+    /// The compiled form of the binary with `digest`, from memory, from the
+    /// disk cache, or compiled now from `source` (off the async workers).
     pub async fn prepare(
         &self,
         digest: &str,
-        wasm_path: &Path,
+        kind: WasmKind,
+        source: WasmSource,
     ) -> Result<(Arc<Compiled>, ModuleSource)> {
-        self.cache
-            .get_or_compile(&self.engine, &self.linker, digest, wasm_path)
-            .await
+        self.cache.get_or_compile(&self.engine, &self.linkers, digest, kind, source).await
     }
 
-    /// Forgets the compiled code of modules no image uses any more.
+    /// Forgets the compiled code of binaries no image uses any more.
     pub async fn evict(&self, digests: &[String]) {
         for digest in digests {
             self.cache.evict(digest).await;
@@ -82,20 +102,7 @@ impl Engine {
         spec: GuestSpec,
         output: crate::logs::GuestOutput,
     ) -> Result<Guest> {
-        guest::start(
-            &self.engine,
-            &self.guests,
-            compiled,
-            spec,
-            output.stdout,
-            output.stderr,
-            output.done,
-        )
-        .await
-    }
-
-    pub fn cache_dir(&self) -> &Path {
-        self.cache.dir()
+        guest::start(&self.engine, &self.guests, compiled, spec, output.stdout, output.stderr, output.done).await
     }
 }
 
@@ -130,4 +137,17 @@ fn spawn_guest_executor() -> Result<tokio::runtime::Handle> {
         .spawn(move || runtime.block_on(std::future::pending::<()>()))
         .map_err(|e| Error::internal("starting the guest executor", e))?;
     Ok(handle)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::WasmKind;
+
+    #[test]
+    fn detects_modules_and_components() {
+        assert_eq!(WasmKind::detect(b"\0asm\x01\0\0\0rest"), Some(WasmKind::Module));
+        assert_eq!(WasmKind::detect(b"\0asm\x0d\0\x01\0"), Some(WasmKind::Component));
+        assert_eq!(WasmKind::detect(b"\0asm"), None);
+        assert_eq!(WasmKind::detect(b"not wasm at all"), None);
+    }
 }

@@ -1,27 +1,12 @@
 //! Requests that must fail with a precise status code, after each of which
 //! the daemon must keep serving.
 
-use std::time::Duration;
-
-use tonic::{Code, Response, Status};
+use tonic::Code;
 use wasmrun::api::{
-    ContainerStatusRequest, ImageSpec, PodSandboxConfig, PodSandboxStatusRequest, PullImageRequest, PullImageResponse,
-    RunPodSandboxRequest, StartContainerRequest,
+    ContainerStatusRequest, PodSandboxConfig, PodSandboxStatusRequest, RunPodSandboxRequest, StartContainerRequest,
 };
 
 use crate::harness::*;
-
-/// PullImage of `image`, bounded so that a hanging pull fails the test.
-async fn try_pull(daemon: &Daemon, image: Option<&str>) -> Result<Response<PullImageResponse>, Status> {
-    let mut images = daemon.images();
-    let pull = images.pull_image(PullImageRequest {
-        image: image.map(|image| ImageSpec { image: image.into(), ..Default::default() }),
-        ..Default::default()
-    });
-    tokio::time::timeout(Duration::from_secs(60), pull)
-        .await
-        .unwrap_or_else(|_| panic!("PullImage {image:?} did not return within 60 s"))
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_ids_are_not_found() {

@@ -196,6 +196,21 @@ pub async fn pull(daemon: &Daemon, image: &str) -> String {
         .image_ref
 }
 
+/// PullImage of `image`, bounded so that a hanging pull fails the test.
+pub async fn try_pull(
+    daemon: &Daemon,
+    image: Option<&str>,
+) -> Result<tonic::Response<wasmrun::api::PullImageResponse>, Status> {
+    let mut images = daemon.images();
+    let pull = images.pull_image(PullImageRequest {
+        image: image.map(|image| ImageSpec { image: image.into(), ..Default::default() }),
+        ..Default::default()
+    });
+    tokio::time::timeout(std::time::Duration::from_secs(120), pull)
+        .await
+        .unwrap_or_else(|_| panic!("PullImage {image:?} did not return within 120 s"))
+}
+
 /// Pushes the fixture as "e2e/<repo>:v1" and pulls it into the daemon.
 pub async fn pulled_fixture(daemon: &Daemon, fixture_name: &str, repo: &str) -> TestImage {
     let image = push_fixture(fixture_name, repo).await;

@@ -15,6 +15,7 @@ pub mod fixtures;
 pub mod logs;
 pub mod oci;
 pub mod registry;
+pub mod tools;
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -31,6 +32,7 @@ pub use fixtures::fixture;
 pub use logs::*;
 pub use oci::*;
 pub use registry::registry;
+pub use tools::*;
 
 /// How long any single wait in the tests may last before the test fails.
 pub const WAIT_LIMIT: Duration = Duration::from_secs(120);

@@ -29,47 +29,110 @@ pub async fn push_wasm_artifact(registry: &str, repo: &str, tag: &str, wasm: &[u
 
 /// [`push_wasm_artifact`], also returning the size of the config blob.
 async fn push_wasm_artifact_sizes(registry: &str, repo: &str, tag: &str, wasm: &[u8]) -> (String, usize) {
-    let layer_digest = sha256_digest(wasm);
     let config = serde_json::to_vec(&serde_json::json!({
         "architecture": "wasm",
         "os": "wasip1",
-        "layerDigests": [layer_digest],
+        "layerDigests": [sha256_digest(wasm)],
         "created": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
     }))
     .expect("serialize wasm config");
-    let config_digest = sha256_digest(&config);
-    let manifest = serde_json::to_vec(&serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": MANIFEST_MEDIA_TYPE,
-        "config": {
-            "mediaType": WASM_CONFIG_MEDIA_TYPE,
-            "digest": config_digest,
-            "size": config.len(),
-        },
-        "layers": [{
-            "mediaType": WASM_LAYER_MEDIA_TYPE,
-            "digest": layer_digest,
-            "size": wasm.len(),
-        }],
-    }))
-    .expect("serialize manifest");
-    let manifest_digest = sha256_digest(&manifest);
     let config_len = config.len();
+    let manifest = ImageParts {
+        config_media_type: WASM_CONFIG_MEDIA_TYPE.into(),
+        config,
+        layers: vec![(WASM_LAYER_MEDIA_TYPE.into(), wasm.to_vec())],
+        ..ImageParts::default()
+    };
+    (push_image(registry, repo, tag, &manifest).await, config_len)
+}
 
-    let name = format!("{registry}/{repo}:{tag}");
+/// Everything an image manifest points at, for pushing any layout of image.
+#[derive(Clone, Debug)]
+pub struct ImageParts {
+    pub manifest_media_type: String,
+    pub config_media_type: String,
+    pub config: Vec<u8>,
+    /// (media type, bytes) of each layer, in order.
+    pub layers: Vec<(String, Vec<u8>)>,
+    pub annotations: serde_json::Map<String, serde_json::Value>,
+}
+
+impl Default for ImageParts {
+    fn default() -> Self {
+        Self {
+            manifest_media_type: MANIFEST_MEDIA_TYPE.into(),
+            config_media_type: String::new(),
+            config: Vec::new(),
+            layers: Vec::new(),
+            annotations: serde_json::Map::new(),
+        }
+    }
+}
+
+fn client_for(name: &str) -> (Client, Reference) {
     let reference: Reference = name.parse().unwrap_or_else(|e| panic!("bad reference {name}: {e}"));
-    let client = Client::new(ClientConfig { protocol: ClientProtocol::Http, ..Default::default() });
+    (Client::new(ClientConfig { protocol: ClientProtocol::Http, ..Default::default() }), reference)
+}
+
+/// Pushes the blobs and the manifest of `parts` as `registry/repo:tag`;
+/// returns the manifest digest.
+pub async fn push_image(registry: &str, repo: &str, tag: &str, parts: &ImageParts) -> String {
+    let name = format!("{registry}/{repo}:{tag}");
+    let (client, reference) = client_for(&name);
     client.store_auth_if_needed(registry, &RegistryAuth::Anonymous).await;
+    let descriptor = |media_type: &str, bytes: &[u8]| serde_json::json!({ "mediaType": media_type, "digest": sha256_digest(bytes), "size": bytes.len() });
+    for (_, bytes) in &parts.layers {
+        client
+            .push_blob(&reference, bytes.clone(), &sha256_digest(bytes))
+            .await
+            .unwrap_or_else(|e| panic!("push layer of {name}: {e}"));
+    }
     client
-        .push_blob(&reference, wasm.to_vec(), &layer_digest)
+        .push_blob(&reference, parts.config.clone(), &sha256_digest(&parts.config))
         .await
-        .unwrap_or_else(|e| panic!("push layer of {name}: {e}"));
-    client.push_blob(&reference, config, &config_digest).await.unwrap_or_else(|e| panic!("push config of {name}: {e}"));
+        .unwrap_or_else(|e| panic!("push config of {name}: {e}"));
+    let mut manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": parts.manifest_media_type,
+        "config": descriptor(&parts.config_media_type, &parts.config),
+        "layers": parts.layers.iter().map(|(media_type, bytes)| descriptor(media_type, bytes)).collect::<Vec<_>>(),
+    });
+    if !parts.annotations.is_empty() {
+        manifest["annotations"] = serde_json::Value::Object(parts.annotations.clone());
+    }
+    push_manifest_json(&name, &parts.manifest_media_type, &manifest).await
+}
+
+/// Pushes a manifest or index document as `name`; returns its digest.
+pub async fn push_manifest_json(name: &str, media_type: &str, document: &serde_json::Value) -> String {
+    let (client, reference) = client_for(name);
+    client.store_auth_if_needed(reference.registry(), &RegistryAuth::Anonymous).await;
+    let bytes = serde_json::to_vec(document).expect("serialize manifest");
+    let digest = sha256_digest(&bytes);
     client
-        .push_manifest_raw(&reference, manifest, MANIFEST_MEDIA_TYPE.parse().unwrap())
+        .push_manifest_raw(&reference, bytes, media_type.parse().unwrap())
         .await
         .unwrap_or_else(|e| panic!("push manifest of {name}: {e}"));
-    (manifest_digest, config_len)
+    digest
+}
+
+/// A tar layer holding `files` (path, content, mode), gzipped or not.
+pub fn tar_layer(files: &[(&str, &[u8], u32)], gzip: bool) -> Vec<u8> {
+    let mut builder = tar::Builder::new(Vec::new());
+    for (path, content, mode) in files {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(content.len() as u64);
+        header.set_mode(*mode);
+        header.set_entry_type(tar::EntryType::Regular);
+        builder.append_data(&mut header, path, *content).unwrap_or_else(|e| panic!("tar {path}: {e}"));
+    }
+    let tar = builder.into_inner().expect("finish tar");
+    if !gzip {
+        return tar;
+    }
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    std::io::Write::write_all(&mut encoder, &tar).expect("gzip");
+    encoder.finish().expect("gzip")
 }
 
 /// An artifact pushed to the shared registry.

@@ -25,6 +25,11 @@ impl Registry {
     pub fn host(&self) -> String {
         format!("127.0.0.1:{}", self.port)
     }
+
+    /// The registry's filesystem storage (its `rootdirectory`).
+    pub fn storage(&self) -> PathBuf {
+        self.dir.join("storage")
+    }
 }
 
 /// The registry of this test process, started on first use.

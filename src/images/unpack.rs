@@ -138,7 +138,8 @@ impl Applier<'_> {
         if let Some(hidden) = file_name.as_bytes().strip_prefix(WHITEOUT_PREFIX) {
             return self.whiteout(&name, &path, hidden);
         }
-        let mode = entry.header().mode().map_err(|e| self.refuse(&name, format!("bad mode: {e}")))? & 0o777; // no setuid, setgid or sticky bits from an image
+        // No setuid, setgid or sticky bits from an image.
+        let mode = entry.header().mode().map_err(|e| self.refuse(&name, format!("bad mode: {e}")))? & 0o777;
         match kind {
             EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
                 self.write_file(entry, &name, &path, mode)?

@@ -196,7 +196,13 @@ fn build_store(
         })?;
     }
     if let Some(dir) = &spec.working_dir {
+        // Components read this as `wasi:cli/environment.initial-cwd`. WASI
+        // preview 1 has no such notion (wasi-libc starts every module in `/`),
+        // so modules get the directory as $PWD, as a shell would give it.
         wasi.initial_cwd(dir);
+        if !spec.env.iter().any(|(key, _)| key == "PWD") {
+            wasi.env("PWD", dir);
+        }
     }
     let mut store =
         wasmtime::Store::new(engine, GuestState { wasi: wasi.build_p1(), limiter: MemoryLimiter { usage } });

@@ -1,0 +1,331 @@
+//! The layouts of wasm image people publish: each is pulled from the real
+//! registry and run; each refusal names the image and stores nothing.
+
+use tonic::Code;
+
+use crate::harness::*;
+
+const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+const OCI_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
+const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
+const DOCKER_TAR_GZIP: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
+const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+
+fn json(value: serde_json::Value) -> Vec<u8> {
+    serde_json::to_vec(&value).expect("serialize")
+}
+
+/// Pushes `parts` as "e2e/<repo>:v1" to the shared registry; returns the name.
+async fn push(repo: &str, parts: &ImageParts) -> String {
+    let host = registry().host();
+    push_image(&host, &format!("e2e/{repo}"), "v1", parts).await;
+    format!("{host}/e2e/{repo}:v1")
+}
+
+/// A compat image: the given tar layer, an OCI config for wasip1/wasm.
+fn compat_image(layer: Vec<u8>, layer_media_type: &str, process: serde_json::Value) -> ImageParts {
+    ImageParts {
+        config_media_type: OCI_CONFIG.into(),
+        config: json(serde_json::json!({"architecture": "wasm", "os": "wasip1", "config": process,
+            "rootfs": {"type": "layers", "diff_ids": []}})),
+        layers: vec![(layer_media_type.into(), layer)],
+        ..ImageParts::default()
+    }
+}
+
+/// Runs one container of `image` with `command`/`args`/`envs`; returns its
+/// status and its log lines.
+async fn run(
+    daemon: &Daemon,
+    image: &str,
+    name: &str,
+    command: &[&str],
+    args: &[&str],
+    envs: &[(&str, &str)],
+) -> (wasmrun::api::ContainerStatus, Vec<(String, String)>) {
+    let pod = Pod::run(daemon, name).await;
+    let config = container_config(name, image, command, args, envs);
+    let (_, status) = pod.run_to_exit(daemon, &config).await;
+    let lines = full_lines(&read_log(&pod.log_path(&config)));
+    (status, lines)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runwasi_image_runs() {
+    let daemon = Daemon::start().await;
+    let parts = ImageParts {
+        config_media_type: OCI_CONFIG.into(),
+        config: json(serde_json::json!({"architecture": "wasm", "os": "wasip1"})),
+        layers: vec![("application/vnd.bytecodealliance.wasm.component.layer.v0+wasm".into(), fixture("hello"))],
+        ..ImageParts::default()
+    };
+    let image = push("formats-runwasi", &parts).await;
+    pull(&daemon, &image).await;
+    let (status, lines) = run(&daemon, &image, "runwasi", &[], &["x"], &[]).await;
+    assert_eq!(status.exit_code, 0, "{status:#?}");
+    assert!(has_line(&lines, "stdout", "arg[0]=formats-runwasi"), "{lines:#?}");
+    assert!(has_line(&lines, "stdout", "arg[1]=x"), "{lines:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_wasm_to_oci_artifact_runs() {
+    let daemon = Daemon::start().await;
+    let parts = ImageParts {
+        config_media_type: "application/vnd.wasm.config.v1+json".into(),
+        config: b"{}".to_vec(),
+        layers: vec![("application/vnd.wasm.content.layer.v1+wasm".into(), fixture("hello"))],
+        ..ImageParts::default()
+    };
+    let image = push("formats-wasm-to-oci", &parts).await;
+    pull(&daemon, &image).await;
+    let (status, lines) = run(&daemon, &image, "wasm-to-oci", &[], &[], &[]).await;
+    assert_eq!(status.exit_code, 0, "{status:#?}");
+    assert!(has_line(&lines, "stdout", "hello from wasm"), "{lines:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compat_image_runs_with_its_filesystem_as_a_read_only_root() {
+    let daemon = Daemon::start().await;
+    let files = fixture("files");
+    let layer = tar_layer(&[("files.wasm", &files, 0o755), ("data/in.txt", b"from the image", 0o644)], false);
+    let image =
+        push("formats-compat", &compat_image(layer, OCI_TAR, serde_json::json!({"Entrypoint": ["/files.wasm"]}))).await;
+    pull(&daemon, &image).await;
+
+    let pod = Pod::run(&daemon, "compat").await;
+    let out = scratch_dir("compat-out");
+    let mut config = container_config("compat", &image, &[], &[], &[]);
+    config.mounts = vec![wasmrun::api::Mount {
+        container_path: "/out".into(),
+        host_path: out.display().to_string(),
+        ..Default::default()
+    }];
+    let (_, status) = pod.run_to_exit(&daemon, &config).await;
+    assert_eq!(status.exit_code, 0, "{status:#?}");
+    let lines = full_lines(&read_log(&pod.log_path(&config)));
+    assert!(has_line(&lines, "stdout", "read:from the image"), "{lines:#?}");
+    assert!(has_line(&lines, "stdout", "wrote /out/out.txt"), "{lines:#?}");
+    assert!(
+        lines.iter().any(|(stream, line)| stream == "stdout" && line.starts_with("readonly write failed")),
+        "the image's filesystem must be read-only: {lines:#?}"
+    );
+    assert_eq!(std::fs::read_to_string(out.join("out.txt")).expect("out.txt"), "written by wasm");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_docker_compat_image_with_a_gzip_layer_takes_its_entrypoint_cmd_and_env() {
+    let daemon = Daemon::start().await;
+    let hello = fixture("hello");
+    let layer = tar_layer(&[("app/hello.wasm", &hello, 0o755)], true);
+    let mut parts = compat_image(
+        layer,
+        DOCKER_TAR_GZIP,
+        serde_json::json!({"Entrypoint": ["hello.wasm"], "Cmd": ["from-cmd"], "WorkingDir": "/app",
+            "Env": ["FROM_IMAGE=yes", "OVERRIDDEN=image"]}),
+    );
+    parts.manifest_media_type = DOCKER_MANIFEST.into();
+    parts.config_media_type = DOCKER_CONFIG.into();
+    let image = push("formats-docker-compat", &parts).await;
+    pull(&daemon, &image).await;
+
+    let (status, lines) = run(&daemon, &image, "docker-compat", &[], &[], &[("OVERRIDDEN", "cri")]).await;
+    assert_eq!(status.exit_code, 0, "{status:#?}");
+    // A WASI preview 1 module cannot be started in a directory: it gets the image's WorkingDir as $PWD.
+    for line in ["arg[0]=hello.wasm", "arg[1]=from-cmd", "env:FROM_IMAGE=yes", "env:OVERRIDDEN=cri", "env:PWD=/app"] {
+        assert!(has_line(&lines, "stdout", line), "no {line:?} in {lines:#?}");
+    }
+    // CRI args replace the image's Cmd.
+    let (_, lines) = run(&daemon, &image, "docker-compat-args", &[], &["from-cri"], &[]).await;
+    assert!(has_line(&lines, "stdout", "arg[1]=from-cri"), "{lines:#?}");
+    assert!(!lines.iter().any(|(_, line)| line == "arg[1]=from-cmd"), "{lines:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cri_command_selects_another_module_of_a_compat_image() {
+    let daemon = Daemon::start().await;
+    let (hello, exit_code) = (fixture("hello"), fixture("exit-code"));
+    let layer = tar_layer(&[("hello.wasm", &hello, 0o755), ("bin/exit-code.wasm", &exit_code, 0o755)], false);
+    let image =
+        push("formats-two-modules", &compat_image(layer, OCI_TAR, serde_json::json!({"Entrypoint": ["/hello.wasm"]})))
+            .await;
+    pull(&daemon, &image).await;
+    let (status, lines) = run(&daemon, &image, "other-module", &["/bin/exit-code.wasm"], &["5"], &[]).await;
+    assert_eq!(status.exit_code, 5, "{status:#?}");
+    assert!(has_line(&lines, "stdout", "exiting with 5"), "{lines:#?}");
+
+    let pod = Pod::run(&daemon, "no-such-module").await;
+    let config = container_config("missing", &image, &["/nowhere.wasm"], &[], &[]);
+    let status =
+        expect_code(pod.try_create(&daemon, &config).await, Code::InvalidArgument, "a module that is not there");
+    assert!(status.message().contains("/nowhere.wasm"), "{status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_index_resolves_to_its_wasm_entry() {
+    let daemon = Daemon::start().await;
+    let host = registry().host();
+    let wasm_digest = push_image(
+        &host,
+        "e2e/formats-index",
+        "wasm",
+        &ImageParts {
+            config_media_type: "application/vnd.wasm.config.v0+json".into(),
+            config: b"{\"architecture\":\"wasm\",\"os\":\"wasip1\"}".to_vec(),
+            layers: vec![("application/wasm".into(), fixture("hello"))],
+            ..ImageParts::default()
+        },
+    )
+    .await;
+    let linux_digest = push_image(
+        &host,
+        "e2e/formats-index",
+        "linux",
+        &ImageParts {
+            config_media_type: OCI_CONFIG.into(),
+            config: json(serde_json::json!({"architecture": "amd64", "os": "linux"})),
+            layers: vec![(OCI_TAR.into(), tar_layer(&[("bin/sh", b"not really", 0o755)], false))],
+            ..ImageParts::default()
+        },
+    )
+    .await;
+    let entry = |digest: &str, os: &str, architecture: &str| {
+        serde_json::json!({"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": digest, "size": 1,
+            "platform": {"os": os, "architecture": architecture}})
+    };
+    // Sizes must be true for a registry to accept the index; fetch them.
+    let size = |digest: &str| {
+        let (code, body) =
+            http_get(&host, &format!("/v2/e2e/formats-index/manifests/{digest}"), Some(MANIFEST_MEDIA_TYPE))
+                .expect("GET manifest");
+        assert_eq!(code, 200);
+        body.len()
+    };
+    let mut entries = vec![entry(&linux_digest, "linux", "amd64"), entry(&wasm_digest, "wasip1", "wasm")];
+    entries[0]["size"] = size(&linux_digest).into();
+    entries[1]["size"] = size(&wasm_digest).into();
+    let name = format!("{host}/e2e/formats-index:v1");
+    push_manifest_json(
+        &name,
+        OCI_INDEX,
+        &serde_json::json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries}),
+    )
+    .await;
+
+    pull(&daemon, &name).await;
+    let status = image_status(&mut daemon.images(), &name).await.expect("pulled");
+    assert!(status.repo_digests.iter().any(|d| d.ends_with(&wasm_digest)), "{status:#?}");
+    let (status, lines) = run(&daemon, &name, "index", &[], &[], &[]).await;
+    assert_eq!(status.exit_code, 0, "{status:#?}");
+    assert!(has_line(&lines, "stdout", "hello from wasm"), "{lines:#?}");
+}
+
+/// The blob files of the daemon's store.
+fn stored_blobs(daemon: &Daemon) -> Vec<String> {
+    let dir = daemon.root().join("images/blobs/sha256");
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .map(|entries| entries.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// Pulls `image`, expects `code` with a message naming the image, and checks
+/// that the store is as it was.
+async fn expect_refused(daemon: &Daemon, image: &str, code: Code, reason: &str) {
+    let before = stored_blobs(daemon);
+    let status = expect_code(try_pull(daemon, Some(image)).await, code, reason);
+    assert!(status.message().contains(image.split(':').next().unwrap_or(image)), "{reason}: {status:?}");
+    assert_eq!(image_status(&mut daemon.images(), image).await, None, "{reason}");
+    assert_eq!(stored_blobs(daemon), before, "{reason}: the store changed");
+    assert_serving(daemon).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_name_the_image_and_store_nothing() {
+    let daemon = Daemon::start().await;
+    let hello = fixture("hello");
+
+    let two_layers = ImageParts {
+        config_media_type: "application/vnd.wasm.config.v0+json".into(),
+        config: b"{}".to_vec(),
+        layers: vec![("application/wasm".into(), hello.clone()), ("application/wasm".into(), fixture("trap"))],
+        ..ImageParts::default()
+    };
+    let image = push("refuse-two-layers", &two_layers).await;
+    expect_refused(&daemon, &image, Code::InvalidArgument, "an artifact with two wasm layers").await;
+
+    let linux = ImageParts {
+        config_media_type: OCI_CONFIG.into(),
+        config: json(
+            serde_json::json!({"architecture": "amd64", "os": "linux", "config": {"Entrypoint": ["/bin/sh"]}}),
+        ),
+        layers: vec![(OCI_TAR.into(), tar_layer(&[("bin/sh", b"#!", 0o755)], false))],
+        ..ImageParts::default()
+    };
+    let image = push("refuse-linux", &linux).await;
+    expect_refused(&daemon, &image, Code::FailedPrecondition, "a Linux image").await;
+
+    let escaping = compat_image(escaping_layer(&hello), OCI_TAR, serde_json::json!({"Entrypoint": ["/hello.wasm"]}));
+    let image = push("refuse-escape", &escaping).await;
+    expect_refused(&daemon, &image, Code::InvalidArgument, "a layer with a ../ path").await;
+    assert!(!daemon.root().join("images/evil").exists());
+}
+
+/// A tar layer whose second entry climbs out of the root with `../`.
+fn escaping_layer(hello: &[u8]) -> Vec<u8> {
+    let mut builder = tar::Builder::new(Vec::new());
+    let mut header = tar::Header::new_gnu();
+    header.set_size(hello.len() as u64);
+    header.set_mode(0o755);
+    builder.append_data(&mut header, "hello.wasm", hello).expect("tar");
+    let mut evil = tar::Header::new_old();
+    let name = b"../../evil";
+    evil.as_old_mut().name[..name.len()].copy_from_slice(name);
+    evil.set_size(4);
+    evil.set_mode(0o644);
+    evil.set_entry_type(tar::EntryType::Regular);
+    evil.set_cksum();
+    builder.append(&evil, &b"evil"[..]).expect("tar");
+    builder.into_inner().expect("tar")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blobs_and_manifests_over_the_limits_are_resource_exhausted() {
+    let config = scratch_dir("limits").join("config.toml");
+    std::fs::write(&config, "max_blob_bytes = 4096\nmax_manifest_bytes = 65536\n").expect("write config");
+    let daemon = Daemon::start_with(None, &["--config", &config.display().to_string()]).await;
+    let image = push_fixture("hello", "refuse-too-big").await;
+    expect_refused(&daemon, &image.name, Code::ResourceExhausted, "a module over max_blob_bytes").await;
+
+    let mut big = ImageParts {
+        config_media_type: "application/vnd.wasm.config.v0+json".into(),
+        config: b"{}".to_vec(),
+        layers: vec![("application/wasm".into(), b"\0asm\x01\0\0\0".to_vec())],
+        ..ImageParts::default()
+    };
+    big.annotations.insert("padding".into(), "x".repeat(70_000).into());
+    let image = push("refuse-big-manifest", &big).await;
+    expect_refused(&daemon, &image, Code::ResourceExhausted, "a manifest over max_manifest_bytes").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blob_that_does_not_match_its_digest_is_data_loss() {
+    let daemon = Daemon::start().await;
+    // A module of its own (an empty module with a unique custom section), since
+    // the registry's copy is about to be corrupted and blobs are shared by digest.
+    let marker = random_id();
+    let mut module = b"\0asm\x01\0\0\0\0".to_vec();
+    module.push((1 + marker.len()) as u8);
+    module.push(marker.len() as u8);
+    module.extend_from_slice(marker.as_bytes());
+    let image = push_bytes("refuse-corrupt", &module).await;
+    // Corrupt the registry's own copy, as a faulty disk or proxy would.
+    let hex = &sha256_digest(&module)["sha256:".len()..];
+    let data = registry().storage().join(format!("docker/registry/v2/blobs/sha256/{}/{hex}/data", &hex[..2]));
+    let mut bytes = std::fs::read(&data).unwrap_or_else(|e| panic!("read {}: {e}", data.display()));
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&data, bytes).expect("corrupt the blob");
+    expect_refused(&daemon, &image.name, Code::DataLoss, "a blob that does not match its digest").await;
+}

@@ -46,6 +46,9 @@ pub struct Config {
     pub max_manifest_bytes: u64,
     /// The largest blob (config, layer, module) a pull may bring in.
     pub max_blob_bytes: u64,
+    /// A docker `config.json` whose `auths` give default registry credentials,
+    /// for pulls that bring none (no imagePullSecrets).
+    pub auth_file: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -60,6 +63,7 @@ impl Default for Config {
             cgroup_driver: CgroupDriver::Systemd,
             max_manifest_bytes: 4 << 20,
             max_blob_bytes: 2 << 30,
+            auth_file: None,
         }
     }
 }
@@ -89,6 +93,9 @@ pub struct Flags {
     /// A registry (HOST or HOST:PORT) reachable over plain http; repeatable.
     #[arg(long = "insecure-registry", value_name = "HOST:PORT")]
     pub insecure_registries: Vec<String>,
+    /// A docker config.json with default registry credentials.
+    #[arg(long, value_name = "FILE")]
+    pub auth_file: Option<PathBuf>,
     /// Cgroup driver reported to kubelet [default: systemd].
     #[arg(long, value_enum)]
     pub cgroup_driver: Option<CgroupDriver>,
@@ -127,6 +134,9 @@ impl Config {
         if let Some(format) = flags.log_format {
             self.log_format = format;
         }
+        if let Some(file) = flags.auth_file {
+            self.auth_file = Some(file);
+        }
         if let Some(driver) = flags.cgroup_driver {
             self.cgroup_driver = driver;
         }
@@ -161,6 +171,11 @@ impl Config {
                 "config: `socket` ({}) is longer than the 107 bytes a unix socket path may have",
                 self.socket.display()
             );
+        }
+        if let Some(file) = &self.auth_file
+            && !file.is_file()
+        {
+            bail!("config: `auth_file` {} is not a readable file", file.display());
         }
         if self.max_manifest_bytes == 0 || self.max_blob_bytes == 0 {
             bail!("config: `max_manifest_bytes` and `max_blob_bytes` must be above 0");

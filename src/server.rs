@@ -16,7 +16,7 @@ use crate::api::image_service_server::ImageServiceServer;
 use crate::api::runtime_service_server::RuntimeServiceServer;
 use crate::config::Config;
 use crate::cri::{ImageHandler, Parts, RuntimeHandler};
-use crate::images::{Images, Limits};
+use crate::images::{Images, Limits, PullOptions};
 use crate::pods::Pods;
 use crate::wasm::Engine;
 
@@ -33,8 +33,12 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let _root_lock = lock_root(&config.root)?;
 
     let engine = Engine::new(&config.root.join("cache"))?;
-    let limits = Limits { max_manifest_bytes: config.max_manifest_bytes, max_blob_bytes: config.max_blob_bytes };
-    let images = Arc::new(Images::open(&config.root, &config.insecure_registries, limits, engine.clone()).await?);
+    let options = PullOptions {
+        insecure_registries: config.insecure_registries.clone(),
+        limits: Limits { max_manifest_bytes: config.max_manifest_bytes, max_blob_bytes: config.max_blob_bytes },
+        auth_file: config.auth_file.clone(),
+    };
+    let images = Arc::new(Images::open(&config.root, options, engine.clone()).await?);
     let pods = Arc::new(Pods::new(images.clone(), engine));
     let parts = Parts { config: Arc::new(config.clone()), pods, images };
 

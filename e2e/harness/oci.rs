@@ -29,6 +29,12 @@ pub async fn push_wasm_artifact(registry: &str, repo: &str, tag: &str, wasm: &[u
 
 /// [`push_wasm_artifact`], also returning the size of the config blob.
 async fn push_wasm_artifact_sizes(registry: &str, repo: &str, tag: &str, wasm: &[u8]) -> (String, usize) {
+    let parts = wasm_artifact(wasm);
+    (push_image(registry, repo, tag, &parts).await, parts.config.len())
+}
+
+/// A CNCF wasm artifact of `wasm`: wasm config, one `application/wasm` layer.
+pub fn wasm_artifact(wasm: &[u8]) -> ImageParts {
     let config = serde_json::to_vec(&serde_json::json!({
         "architecture": "wasm",
         "os": "wasip1",
@@ -36,14 +42,12 @@ async fn push_wasm_artifact_sizes(registry: &str, repo: &str, tag: &str, wasm: &
         "created": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
     }))
     .expect("serialize wasm config");
-    let config_len = config.len();
-    let manifest = ImageParts {
+    ImageParts {
         config_media_type: WASM_CONFIG_MEDIA_TYPE.into(),
         config,
         layers: vec![(WASM_LAYER_MEDIA_TYPE.into(), wasm.to_vec())],
         ..ImageParts::default()
-    };
-    (push_image(registry, repo, tag, &manifest).await, config_len)
+    }
 }
 
 /// Everything an image manifest points at, for pushing any layout of image.
@@ -77,9 +81,14 @@ fn client_for(name: &str) -> (Client, Reference) {
 /// Pushes the blobs and the manifest of `parts` as `registry/repo:tag`;
 /// returns the manifest digest.
 pub async fn push_image(registry: &str, repo: &str, tag: &str, parts: &ImageParts) -> String {
+    push_image_as(registry, repo, tag, parts, &RegistryAuth::Anonymous).await
+}
+
+/// [`push_image`] to a registry that wants `auth`.
+pub async fn push_image_as(registry: &str, repo: &str, tag: &str, parts: &ImageParts, auth: &RegistryAuth) -> String {
     let name = format!("{registry}/{repo}:{tag}");
     let (client, reference) = client_for(&name);
-    client.store_auth_if_needed(registry, &RegistryAuth::Anonymous).await;
+    client.store_auth_if_needed(registry, auth).await;
     let descriptor = |media_type: &str, bytes: &[u8]| serde_json::json!({ "mediaType": media_type, "digest": sha256_digest(bytes), "size": bytes.len() });
     for (_, bytes) in &parts.layers {
         client
@@ -100,7 +109,12 @@ pub async fn push_image(registry: &str, repo: &str, tag: &str, parts: &ImagePart
     if !parts.annotations.is_empty() {
         manifest["annotations"] = serde_json::Value::Object(parts.annotations.clone());
     }
-    push_manifest_json(&name, &parts.manifest_media_type, &manifest).await
+    let bytes = serde_json::to_vec(&manifest).expect("serialize manifest");
+    client
+        .push_manifest_raw(&reference, bytes.clone(), parts.manifest_media_type.parse().unwrap())
+        .await
+        .unwrap_or_else(|e| panic!("push manifest of {name}: {e}"));
+    sha256_digest(&bytes)
 }
 
 /// Pushes a manifest or index document as `name`; returns its digest.

@@ -35,7 +35,28 @@ impl Registry {
 /// The registry of this test process, started on first use.
 pub fn registry() -> &'static Registry {
     static REGISTRY: OnceLock<Registry> = OnceLock::new();
-    REGISTRY.get_or_init(start)
+    REGISTRY.get_or_init(|| start("registry", "", 200))
+}
+
+/// A second registry that requires a login (htpasswd, basic auth).
+pub struct AuthRegistry {
+    pub registry: Registry,
+    pub username: String,
+    pub password: String,
+}
+
+/// The registry with a login of this test process, started on first use.
+pub fn auth_registry() -> &'static AuthRegistry {
+    static REGISTRY: OnceLock<AuthRegistry> = OnceLock::new();
+    REGISTRY.get_or_init(|| {
+        let (username, password) = ("e2e-user".to_owned(), format!("pw-{}", super::random_id()));
+        let htpasswd = scratch_dir("htpasswd").join("htpasswd");
+        let hash = bcrypt::hash(&password, 4).expect("bcrypt");
+        std::fs::write(&htpasswd, format!("{username}:{hash}\n")).expect("write htpasswd");
+        let auth = format!("auth:\n  htpasswd:\n    realm: e2e\n    path: {}\n", htpasswd.display());
+        // A registry that wants a login answers /v2/ with 401 once it is up.
+        AuthRegistry { registry: start("auth-registry", &auth, 401), username, password }
+    })
 }
 
 enum Event {
@@ -44,8 +65,10 @@ enum Event {
     Exited(std::io::Result<ExitStatus>),
 }
 
-fn start() -> Registry {
-    let dir = scratch_dir("registry");
+/// Starts a registry with `extra_config` appended to its YAML, ready when
+/// `GET /v2/` answers `ready_status`.
+fn start(name: &str, extra_config: &str, ready_status: u16) -> Registry {
+    let dir = scratch_dir(name);
     let port = free_port();
     let config = dir.join("config.yml");
     let log = dir.join("registry.log");
@@ -55,7 +78,7 @@ fn start() -> Registry {
             "version: 0.1\n\
              log:\n  level: info\n\
              storage:\n  filesystem:\n    rootdirectory: {storage}\n  delete:\n    enabled: true\n\
-             http:\n  addr: 127.0.0.1:{port}\n",
+             http:\n  addr: 127.0.0.1:{port}\n{extra_config}",
             storage = dir.join("storage").display()
         ),
     )
@@ -67,7 +90,7 @@ fn start() -> Registry {
     let (tx, rx) = mpsc::channel();
     let (thread_config, thread_log) = (config.clone(), log.clone());
     std::thread::Builder::new()
-        .name("e2e-registry".into())
+        .name(format!("e2e-{name}"))
         .spawn(move || {
             let log_file = std::fs::File::create(&thread_log).expect("create registry log");
             let mut cmd = Command::new(REGISTRY_BIN);
@@ -101,7 +124,7 @@ fn start() -> Registry {
             ),
             Ok(Event::Spawned) | Err(_) => {}
         }
-        if let Ok((200, _)) = http_get(&registry.host(), "/v2/", None) {
+        if http_get(&registry.host(), "/v2/", None).is_ok_and(|(status, _)| status == ready_status) {
             return registry;
         }
         if Instant::now() > deadline {

@@ -1,6 +1,7 @@
 //! Images: pulling wasm images, naming them, keeping them on disk, and
 //! finding the program a container runs.
 
+mod auth;
 mod format;
 mod pull;
 mod store;
@@ -18,12 +19,23 @@ pub use store::{Image, ImageFormat};
 use crate::error::{Error, Result};
 use crate::wasm::{Engine, WasmKind, WasmSource};
 
+/// How pulls reach registries.
+#[derive(Debug, Clone)]
+pub struct PullOptions {
+    /// Registries that may be reached over plain http.
+    pub insecure_registries: Vec<String>,
+    pub limits: Limits,
+    /// A docker config.json with default credentials per registry.
+    pub auth_file: Option<PathBuf>,
+}
+
 /// The image service: every image operation the CRI needs, on one store.
 pub struct Images {
     store: store::Store,
     puller: pull::Puller,
     engine: Arc<Engine>,
     limits: Limits,
+    auth_file: Option<PathBuf>,
     /// One pull at a time per reference: a second pull of the same image waits
     /// for the first and then finds its blobs present.
     pulls: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -47,17 +59,13 @@ pub struct Program {
 }
 
 impl Images {
-    pub async fn open(
-        root: &Path,
-        insecure_registries: &[String],
-        limits: Limits,
-        engine: Arc<Engine>,
-    ) -> Result<Self> {
+    pub async fn open(root: &Path, options: PullOptions, engine: Arc<Engine>) -> Result<Self> {
         Ok(Self {
             store: store::Store::open(root.join("images")).await?,
-            puller: pull::Puller::new(insecure_registries, limits),
+            puller: pull::Puller::new(&options.insecure_registries, options.limits),
             engine,
-            limits,
+            limits: options.limits,
+            auth_file: options.auth_file,
             pulls: Mutex::new(HashMap::new()),
         })
     }
@@ -95,8 +103,14 @@ impl Images {
 
     async fn pull_once(&self, reference: &Reference, credentials: &Credentials) -> Result<Image> {
         let name = reference.whole();
+        let credentials = match &self.auth_file {
+            Some(file) if credentials.is_empty() => {
+                auth::from_file(file, reference.registry()).await?.unwrap_or_default()
+            }
+            _ => credentials.clone(),
+        };
         let pins = self.store.pins();
-        let fetched = self.puller.fetch(&self.store, reference, credentials, &pins).await?;
+        let fetched = self.puller.fetch(&self.store, reference, &credentials, &pins).await?;
         let image_config = match fetched.config.media_type.as_str() {
             format::WASM_CONFIG_V0 | format::WASM_CONFIG_V1 => format::ImageConfig::default(),
             _ => format::parse_config(&name, &fetched.config_json)?,

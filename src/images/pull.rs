@@ -30,6 +30,13 @@ pub struct Credentials {
 }
 
 impl Credentials {
+    /// No credentials at all: the pull is anonymous unless `auth_file` has some.
+    pub fn is_empty(&self) -> bool {
+        [&self.username, &self.password, &self.auth, &self.identity_token, &self.registry_token]
+            .iter()
+            .all(|field| field.is_empty())
+    }
+
     fn registry_auth(&self, image: &str) -> Result<RegistryAuth> {
         if !self.registry_token.is_empty() {
             return Ok(RegistryAuth::Bearer(self.registry_token.clone()));

@@ -11,6 +11,7 @@ mod harness;
 mod auth;
 mod bad_input;
 mod containers;
+mod crash;
 mod daemon;
 mod formats;
 mod harness_checks;

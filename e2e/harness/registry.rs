@@ -14,6 +14,8 @@ const REGISTRY_BIN: &str = "/usr/bin/docker-registry";
 /// The shared registry: plain HTTP, no authentication, on 127.0.0.1.
 pub struct Registry {
     pub port: u16,
+    /// The registry process.
+    pub pid: u32,
     /// Directory holding the config, the storage and the log.
     pub dir: PathBuf,
     /// Where the registry's stdout and stderr go.
@@ -26,6 +28,12 @@ impl Registry {
         format!("127.0.0.1:{}", self.port)
     }
 
+    /// Kills the registry process at once, as a crash would.
+    pub fn kill(&self) {
+        // SAFETY: kill(2) on the pid of our own child process.
+        unsafe { libc::kill(self.pid as libc::pid_t, libc::SIGKILL) };
+    }
+
     /// The registry's filesystem storage (its `rootdirectory`).
     pub fn storage(&self) -> PathBuf {
         self.dir.join("storage")
@@ -36,6 +44,11 @@ impl Registry {
 pub fn registry() -> &'static Registry {
     static REGISTRY: OnceLock<Registry> = OnceLock::new();
     REGISTRY.get_or_init(|| start("registry", "", 200))
+}
+
+/// A registry of one test's own, for tests that kill it.
+pub fn start_own_registry(name: &str) -> Registry {
+    start(name, "", 200)
 }
 
 /// A second registry that requires a login (htpasswd, basic auth).
@@ -60,7 +73,7 @@ pub fn auth_registry() -> &'static AuthRegistry {
 }
 
 enum Event {
-    Spawned,
+    Spawned(u32),
     SpawnFailed(std::io::Error),
     Exited(std::io::Result<ExitStatus>),
 }
@@ -102,7 +115,7 @@ fn start(name: &str, extra_config: &str, ready_status: u16) -> Registry {
             die_with_parent(&mut cmd);
             match cmd.spawn() {
                 Ok(mut child) => {
-                    let _ = tx.send(Event::Spawned);
+                    let _ = tx.send(Event::Spawned(child.id()));
                     let _ = tx.send(Event::Exited(child.wait()));
                 }
                 Err(e) => {
@@ -112,7 +125,12 @@ fn start(name: &str, extra_config: &str, ready_status: u16) -> Registry {
         })
         .expect("spawn registry thread");
 
-    let registry = Registry { port, dir, log };
+    let pid = match rx.recv() {
+        Ok(Event::Spawned(pid)) => pid,
+        Ok(Event::SpawnFailed(e)) => panic!("cannot run {REGISTRY_BIN}: {e}"),
+        other => panic!("registry thread ended before spawning: {:?}", other.is_ok()),
+    };
+    let registry = Registry { port, pid, dir, log };
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         match rx.try_recv() {
@@ -122,7 +140,7 @@ fn start(name: &str, extra_config: &str, ready_status: u16) -> Registry {
                 registry.log.display(),
                 tail_file(&registry.log, 50)
             ),
-            Ok(Event::Spawned) | Err(_) => {}
+            Ok(Event::Spawned(_)) | Err(_) => {}
         }
         if http_get(&registry.host(), "/v2/", None).is_ok_and(|(status, _)| status == ready_status) {
             return registry;

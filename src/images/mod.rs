@@ -78,6 +78,7 @@ impl Images {
         let lock = self.pulls.lock().unwrap().entry(key.clone()).or_default().clone();
         let pulled = {
             let _one_at_a_time = lock.lock().await;
+            let _not_garbage_yet = self.store.pulling().await;
             self.pull_once(&reference, credentials).await
         };
         {
@@ -88,8 +89,13 @@ impl Images {
             }
         }
         match pulled {
-            Ok(image) => {
+            Ok((image, dropped)) => {
                 tracing::info!(image = %key, id = %image.id, format = ?image.format, "pulled image");
+                if !dropped.is_empty() {
+                    // Its tag moved here from images now without a name.
+                    let deleted = self.store.collect_garbage().await?;
+                    self.engine.evict(&deleted).await;
+                }
                 Ok(image)
             }
             Err(e) => {
@@ -101,7 +107,8 @@ impl Images {
         }
     }
 
-    async fn pull_once(&self, reference: &Reference, credentials: &Credentials) -> Result<Image> {
+    /// Pulls and indexes; returns the image and the images it took the last name of.
+    async fn pull_once(&self, reference: &Reference, credentials: &Credentials) -> Result<(Image, Vec<Image>)> {
         let name = reference.whole();
         let credentials = match &self.auth_file {
             Some(file) if credentials.is_empty() => {
@@ -109,8 +116,7 @@ impl Images {
             }
             _ => credentials.clone(),
         };
-        let pins = self.store.pins();
-        let fetched = self.puller.fetch(&self.store, reference, &credentials, &pins).await?;
+        let fetched = self.puller.fetch(&self.store, reference, &credentials).await?;
         let image_config = match fetched.config.media_type.as_str() {
             format::WASM_CONFIG_V0 | format::WASM_CONFIG_V1 => format::ImageConfig::default(),
             _ => format::parse_config(&name, &fetched.config_json)?,
@@ -161,7 +167,6 @@ impl Images {
                 })?;
                 let (path, bytes, kind) = self.read_program(&image, &argv0, &image.working_dir).await?;
                 let digest = store::sha256_digest(&bytes);
-                pins.add(&digest);
                 self.store.put_blob(&digest, &bytes).await?;
                 image.module_path = path;
                 image.module_kind = kind;
@@ -176,14 +181,7 @@ impl Images {
             .await
             .map_err(|e| with_image(&name, e))?;
 
-        let id = image.id.clone();
-        let dropped = self.store.insert(image).await?;
-        if !dropped.is_empty() {
-            self.store.collect_garbage().await?;
-        }
-        self.store
-            .get(&id)
-            .ok_or_else(|| Error::internal("pull", anyhow::anyhow!("image {id} vanished after its pull")))
+        self.store.insert(image).await
     }
 
     /// Unpacks a compat image's layers once per image id, publishing the tree

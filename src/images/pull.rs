@@ -9,7 +9,7 @@ use oci_client::{Client, Reference};
 use serde::Deserialize;
 
 use super::format::{self, Layout};
-use super::store::{Pins, Store, sha256_digest};
+use super::store::{Store, sha256_digest};
 use crate::error::{Error, Result};
 use crate::wasm::WasmKind;
 
@@ -140,13 +140,7 @@ impl Puller {
     /// Fetches the manifest (resolving an index to its wasm entry), the config
     /// and the layers into `store`. Blobs already stored are not fetched again,
     /// so pulling an image that is present costs one manifest request.
-    pub async fn fetch(
-        &self,
-        store: &Store,
-        reference: &Reference,
-        credentials: &Credentials,
-        pins: &Pins<'_>,
-    ) -> Result<Fetched> {
+    pub async fn fetch(&self, store: &Store, reference: &Reference, credentials: &Credentials) -> Result<Fetched> {
         let name = reference.whole();
         let auth = credentials.registry_auth(&name)?;
         let (mut manifest_bytes, mut manifest_digest) = self.fetch_manifest(reference, &auth, &name).await?;
@@ -166,11 +160,6 @@ impl Puller {
             .clone()
             .ok_or_else(|| Error::InvalidArgument(format!("image {name}: the manifest has no config descriptor")))?;
 
-        pins.add(&manifest_digest);
-        pins.add(&config.digest);
-        for layer in &manifest.layers {
-            pins.add(&layer.digest);
-        }
         self.fetch_blob(store, reference, &name, &config, |_| Ok(())).await?;
         let config_path = store.blob_path(&config.digest)?;
         let config_json = tokio::fs::read(&config_path)

@@ -6,7 +6,7 @@
 //! under `blobs/` is always whole and verified. The index is one JSON file,
 //! replaced atomically (write, fsync, rename) on every change.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
@@ -85,9 +85,9 @@ impl Image {
 pub struct Store {
     dir: PathBuf,
     images: Mutex<BTreeMap<String, Image>>,
-    /// Digests that pulls in flight are bringing in: not in the index yet, but
-    /// not garbage either. Counted, since two pulls may share a blob.
-    pinned: Mutex<HashMap<String, usize>>,
+    /// Pulls hold it shared while they bring blobs in that are not indexed
+    /// yet; garbage collection holds it alone, so it never takes those blobs.
+    collecting: tokio::sync::RwLock<()>,
     /// Serialises index writes so that the file on disk is always the latest state.
     persist: tokio::sync::Mutex<()>,
 }
@@ -102,14 +102,15 @@ impl Store {
         Ok(Self {
             dir,
             images: Mutex::new(images),
-            pinned: Mutex::new(HashMap::new()),
+            collecting: tokio::sync::RwLock::new(()),
             persist: tokio::sync::Mutex::new(()),
         })
     }
 
-    /// Keeps what a pull brings in safe from garbage collection until it is indexed.
-    pub fn pins(&self) -> Pins<'_> {
-        Pins { store: self, digests: Mutex::new(Vec::new()) }
+    /// Keeps what a pull brings in safe from garbage collection until the
+    /// guard is dropped, which must be after the image is indexed.
+    pub async fn pulling(&self) -> tokio::sync::RwLockReadGuard<'_, ()> {
+        self.collecting.read().await
     }
 
     pub fn dir(&self) -> &Path {
@@ -194,8 +195,10 @@ impl Store {
     }
 
     /// Records a pulled image. Its tags move to it from any image that had them,
-    /// and an image left with neither tags nor digests is dropped.
-    pub async fn insert(&self, mut image: Image) -> Result<Vec<Image>> {
+    /// and an image left with neither tags nor digests is dropped. Returns the
+    /// image as stored (names merged) and the dropped images.
+    pub async fn insert(&self, mut image: Image) -> Result<(Image, Vec<Image>)> {
+        let id = image.id.clone();
         let dropped = {
             let mut images = self.images.lock().unwrap();
             for other in images.values_mut().filter(|other| other.id != image.id) {
@@ -214,7 +217,9 @@ impl Store {
             orphans.iter().filter_map(|id| images.remove(id)).collect()
         };
         self.persist().await?;
-        Ok(dropped)
+        let stored =
+            self.get(&id).ok_or_else(|| Error::internal("indexing", anyhow::anyhow!("image {id} vanished")))?;
+        Ok((stored, dropped))
     }
 
     /// Removes an image from the index; `None` when it was not there.
@@ -229,18 +234,14 @@ impl Store {
     /// Deletes blobs and unpacked filesystems that no image references;
     /// returns the blob digests deleted.
     pub async fn collect_garbage(&self) -> Result<Vec<String>> {
+        let _alone = self.collecting.write().await;
         let (blobs, rootfs): (HashSet<String>, HashSet<String>) = {
             let images = self.images.lock().unwrap();
-            let pinned = self.pinned.lock().unwrap();
-            let blobs: HashSet<String> =
-                images.values().flat_map(|image| image.blobs().cloned()).chain(pinned.keys().cloned()).collect();
-            // A compat image's filesystem is named after its config, which a pull pins first.
+            let blobs = images.values().flat_map(|image| image.blobs().cloned()).collect();
             let rootfs = images
                 .values()
                 .filter(|i| i.has_rootfs())
-                .map(|i| &i.id)
-                .chain(pinned.keys())
-                .map(|id| id.trim_start_matches("sha256:").to_owned())
+                .map(|i| i.id.trim_start_matches("sha256:").to_owned())
                 .collect();
             (blobs, rootfs)
         };
@@ -275,33 +276,6 @@ impl Store {
         tokio::task::spawn_blocking(move || write_atomically(&dir.join("index.json"), &json))
             .await
             .map_err(|e| Error::internal("writing the image index", e))?
-    }
-}
-
-/// Digests pinned by one pull; unpinned when it ends, indexed or not.
-pub struct Pins<'a> {
-    store: &'a Store,
-    digests: Mutex<Vec<String>>,
-}
-
-impl Pins<'_> {
-    pub fn add(&self, digest: &str) {
-        *self.store.pinned.lock().unwrap().entry(digest.to_owned()).or_default() += 1;
-        self.digests.lock().unwrap().push(digest.to_owned());
-    }
-}
-
-impl Drop for Pins<'_> {
-    fn drop(&mut self) {
-        let mut pinned = self.store.pinned.lock().unwrap();
-        for digest in self.digests.get_mut().unwrap().drain(..) {
-            if let Some(count) = pinned.get_mut(&digest) {
-                *count -= 1;
-                if *count == 0 {
-                    pinned.remove(&digest);
-                }
-            }
-        }
     }
 }
 
@@ -517,7 +491,7 @@ mod tests {
         }
         store.insert(images[0].clone()).await.unwrap();
         // The tag moves to the second image; the first, left with no name, goes.
-        let dropped = store.insert(images[1].clone()).await.unwrap();
+        let (_, dropped) = store.insert(images[1].clone()).await.unwrap();
         assert_eq!(dropped.len(), 1);
         assert_eq!(dropped[0].id, images[0].id);
 

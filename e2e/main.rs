@@ -18,5 +18,6 @@ mod harness_checks;
 mod images;
 mod interop;
 mod pods;
+mod registries;
 mod resources;
 mod streaming;

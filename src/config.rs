@@ -1,5 +1,6 @@
 //! One `Config` for the daemon: defaults, then a TOML file, then flags, then validation.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
@@ -49,6 +50,20 @@ pub struct Config {
     /// A docker `config.json` whose `auths` give default registry credentials,
     /// for pulls that bring none (no imagePullSecrets).
     pub auth_file: Option<PathBuf>,
+    /// Settings of one registry, by `host[:port]`: `[registries."host:port"]`.
+    pub registries: BTreeMap<String, RegistryConfig>,
+}
+
+/// How to reach one registry.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RegistryConfig {
+    /// Plain http (as if listed in `insecure_registries`).
+    pub insecure: bool,
+    /// A PEM file of CA certificates to trust for this registry, besides the system's.
+    pub ca_file: Option<PathBuf>,
+    /// Registries (`host[:port]`) tried in order before this one.
+    pub mirrors: Vec<String>,
 }
 
 impl Default for Config {
@@ -64,6 +79,7 @@ impl Default for Config {
             max_manifest_bytes: 4 << 20,
             max_blob_bytes: 2 << 30,
             auth_file: None,
+            registries: BTreeMap::new(),
         }
     }
 }
@@ -182,6 +198,18 @@ impl Config {
         }
         tracing_subscriber::EnvFilter::try_new(self.log_filter())
             .with_context(|| format!("config: `log_level` {:?} is not a valid filter", self.log_level))?;
+        for (host, registry) in &self.registries {
+            validate_registry_host(host).with_context(|| format!("config: registries.{host:?}"))?;
+            for mirror in &registry.mirrors {
+                validate_registry_host(mirror)
+                    .with_context(|| format!("config: registries.{host:?}: mirror {mirror:?}"))?;
+            }
+            if let Some(ca) = &registry.ca_file
+                && !ca.is_file()
+            {
+                bail!("config: registries.{host:?}: ca_file {} is not a readable file", ca.display());
+            }
+        }
         for registry in &self.insecure_registries {
             validate_registry_host(registry).with_context(|| format!("config: insecure registry {registry:?}"))?;
         }

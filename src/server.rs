@@ -16,7 +16,7 @@ use crate::api::image_service_server::ImageServiceServer;
 use crate::api::runtime_service_server::RuntimeServiceServer;
 use crate::config::Config;
 use crate::cri::{ImageHandler, Parts, RuntimeHandler};
-use crate::images::{Images, Limits, PullOptions};
+use crate::images::{Images, Limits, PullOptions, RegistryOptions};
 use crate::pods::Pods;
 use crate::wasm::Engine;
 
@@ -34,7 +34,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
 
     let engine = Engine::new(&config.root.join("cache"))?;
     let options = PullOptions {
-        insecure_registries: config.insecure_registries.clone(),
+        registries: registry_options(&config)?,
         limits: Limits { max_manifest_bytes: config.max_manifest_bytes, max_blob_bytes: config.max_blob_bytes },
         auth_file: config.auth_file.clone(),
     };
@@ -62,6 +62,24 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     served.context("serving the CRI")?;
     tracing::info!("wasmrun stopped");
     Ok(())
+}
+
+/// The per-registry settings of the config, CA files read.
+fn registry_options(config: &Config) -> anyhow::Result<std::collections::HashMap<String, RegistryOptions>> {
+    let mut options = std::collections::HashMap::<String, RegistryOptions>::new();
+    for host in &config.insecure_registries {
+        options.entry(host.clone()).or_default().insecure = true;
+    }
+    for (host, registry) in &config.registries {
+        let entry = options.entry(host.clone()).or_default();
+        entry.insecure |= registry.insecure;
+        entry.mirrors = registry.mirrors.clone();
+        if let Some(ca) = &registry.ca_file {
+            entry.ca_pem =
+                Some(std::fs::read(ca).with_context(|| format!("reading ca_file {} of {host}", ca.display()))?);
+        }
+    }
+    Ok(options)
 }
 
 /// One daemon per root: the image store and compile cache have one writer.

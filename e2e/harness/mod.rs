@@ -31,7 +31,7 @@ pub use daemon::Daemon;
 pub use fixtures::fixture;
 pub use logs::*;
 pub use oci::*;
-pub use registry::{auth_registry, registry, start_own_registry};
+pub use registry::{auth_registry, registry, start_own_registry, tls_registry};
 pub use tools::*;
 
 /// How long any single wait in the tests may last before the test fails.

@@ -74,8 +74,12 @@ impl Default for ImageParts {
 }
 
 fn client_for(name: &str) -> (Client, Reference) {
+    client_with(name, ClientConfig { protocol: ClientProtocol::Http, ..Default::default() })
+}
+
+fn client_with(name: &str, config: ClientConfig) -> (Client, Reference) {
     let reference: Reference = name.parse().unwrap_or_else(|e| panic!("bad reference {name}: {e}"));
-    (Client::new(ClientConfig { protocol: ClientProtocol::Http, ..Default::default() }), reference)
+    (Client::new(config), reference)
 }
 
 /// Pushes the blobs and the manifest of `parts` as `registry/repo:tag`;
@@ -86,8 +90,21 @@ pub async fn push_image(registry: &str, repo: &str, tag: &str, parts: &ImagePart
 
 /// [`push_image`] to a registry that wants `auth`.
 pub async fn push_image_as(registry: &str, repo: &str, tag: &str, parts: &ImageParts, auth: &RegistryAuth) -> String {
+    let config = ClientConfig { protocol: ClientProtocol::Http, ..Default::default() };
+    push_image_with(config, registry, repo, tag, parts, auth).await
+}
+
+/// [`push_image`] with a client of its own configuration (https, a CA).
+pub async fn push_image_with(
+    config: ClientConfig,
+    registry: &str,
+    repo: &str,
+    tag: &str,
+    parts: &ImageParts,
+    auth: &RegistryAuth,
+) -> String {
     let name = format!("{registry}/{repo}:{tag}");
-    let (client, reference) = client_for(&name);
+    let (client, reference) = client_with(&name, config);
     client.store_auth_if_needed(registry, auth).await;
     let descriptor = |media_type: &str, bytes: &[u8]| serde_json::json!({ "mediaType": media_type, "digest": sha256_digest(bytes), "size": bytes.len() });
     for (_, bytes) in &parts.layers {

@@ -51,6 +51,39 @@ pub fn start_own_registry(name: &str) -> Registry {
     start(name, "", 200)
 }
 
+/// A registry served over TLS, with a certificate from a CA of the test's own.
+pub struct TlsRegistry {
+    pub registry: Registry,
+    /// The CA certificate, PEM: trusted by nobody unless told.
+    pub ca_pem: String,
+    pub ca_file: PathBuf,
+}
+
+/// The TLS registry of this test process, started on first use.
+pub fn tls_registry() -> &'static TlsRegistry {
+    static REGISTRY: OnceLock<TlsRegistry> = OnceLock::new();
+    REGISTRY.get_or_init(|| {
+        use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+        let dir = scratch_dir("tls-certs");
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params.distinguished_name.push(DnType::CommonName, "wasmrun e2e CA");
+        let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().expect("CA key")).expect("CA");
+        let key = KeyPair::generate().expect("server key");
+        let cert = CertificateParams::new(vec!["127.0.0.1".to_owned()])
+            .expect("server params")
+            .signed_by(&key, &ca)
+            .expect("server certificate");
+        let (ca_file, cert_file, key_file) = (dir.join("ca.pem"), dir.join("server.pem"), dir.join("server.key"));
+        std::fs::write(&ca_file, ca.pem()).expect("write CA");
+        std::fs::write(&cert_file, cert.pem()).expect("write certificate");
+        std::fs::write(&key_file, key.serialize_pem()).expect("write key");
+        let tls = format!("  tls:\n    certificate: {}\n    key: {}\n", cert_file.display(), key_file.display());
+        // A TLS registry answers a plain-http GET /v2/ with 400 once it is up.
+        TlsRegistry { registry: start("tls-registry", &tls, 400), ca_pem: ca.pem(), ca_file }
+    })
+}
+
 /// A second registry that requires a login (htpasswd, basic auth).
 pub struct AuthRegistry {
     pub registry: Registry,

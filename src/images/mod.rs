@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 
 use oci_client::Reference;
 
-pub use pull::{Credentials, Limits};
+pub use pull::{Credentials, Limits, RegistryOptions};
 pub use store::{Image, ImageFormat};
 
 use crate::error::{Error, Result};
@@ -22,8 +22,8 @@ use crate::wasm::{Engine, WasmKind, WasmSource};
 /// How pulls reach registries.
 #[derive(Debug, Clone)]
 pub struct PullOptions {
-    /// Registries that may be reached over plain http.
-    pub insecure_registries: Vec<String>,
+    /// Per-registry settings (plain http, CA, mirrors), by `host[:port]`.
+    pub registries: HashMap<String, RegistryOptions>,
     pub limits: Limits,
     /// A docker config.json with default credentials per registry.
     pub auth_file: Option<PathBuf>,
@@ -62,7 +62,7 @@ impl Images {
     pub async fn open(root: &Path, options: PullOptions, engine: Arc<Engine>) -> Result<Self> {
         Ok(Self {
             store: store::Store::open(root.join("images")).await?,
-            puller: pull::Puller::new(&options.insecure_registries, options.limits),
+            puller: pull::Puller::new(&options.registries, options.limits),
             engine,
             limits: options.limits,
             auth_file: options.auth_file,

@@ -2,7 +2,9 @@
 //! detection, and verified blobs into the store.
 
 use base64::Engine as _;
-use oci_client::client::{ClientConfig, ClientProtocol};
+use std::collections::HashMap;
+
+use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
 use oci_client::errors::{OciDistributionError, OciErrorCode};
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
@@ -121,30 +123,98 @@ pub struct Fetched {
     pub size: u64,
 }
 
+/// How to reach one registry, beyond the defaults.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RegistryOptions {
+    /// Plain http instead of https.
+    pub insecure: bool,
+    /// PEM certificates trusted for this registry, besides the system's.
+    pub ca_pem: Option<Vec<u8>>,
+    /// Registries (`host[:port]`) tried in order before this one.
+    pub mirrors: Vec<String>,
+}
+
 pub struct Puller {
-    client: Client,
+    default: Client,
+    /// Clients of registries that trust a CA of their own.
+    with_ca: HashMap<String, Client>,
+    mirrors: HashMap<String, Vec<String>>,
     limits: Limits,
 }
 
 impl Puller {
-    pub fn new(insecure_registries: &[String], limits: Limits) -> Self {
-        let config = ClientConfig {
-            protocol: ClientProtocol::HttpsExcept(insecure_registries.to_vec()),
+    pub fn new(registries: &HashMap<String, RegistryOptions>, limits: Limits) -> Self {
+        let insecure: Vec<String> = registries.iter().filter(|(_, o)| o.insecure).map(|(h, _)| h.clone()).collect();
+        let config = |extra_root_certificates: Vec<Certificate>| ClientConfig {
+            protocol: ClientProtocol::HttpsExcept(insecure.clone()),
             connect_timeout: Some(std::time::Duration::from_secs(10)),
             read_timeout: Some(std::time::Duration::from_secs(60)),
+            extra_root_certificates,
             ..ClientConfig::default()
         };
-        Self { client: Client::new(config), limits }
+        let with_ca = registries
+            .iter()
+            .filter_map(|(host, options)| {
+                let pem = options.ca_pem.clone()?;
+                let ca = Certificate { encoding: CertificateEncoding::Pem, data: pem };
+                Some((host.clone(), Client::new(config(vec![ca]))))
+            })
+            .collect();
+        let mirrors = registries
+            .iter()
+            .filter(|(_, options)| !options.mirrors.is_empty())
+            .map(|(host, options)| (host.clone(), options.mirrors.clone()))
+            .collect();
+        Self { default: Client::new(config(Vec::new())), with_ca, mirrors, limits }
+    }
+
+    fn client(&self, registry: &str) -> &Client {
+        self.with_ca.get(registry).unwrap_or(&self.default)
+    }
+
+    /// Fetches the image from the first of its registry's mirrors that has it,
+    /// or else from the registry itself.
+    pub async fn fetch(&self, store: &Store, reference: &Reference, credentials: &Credentials) -> Result<Fetched> {
+        let name = reference.whole();
+        for mirror in self.mirrors.get(reference.registry()).into_iter().flatten() {
+            let source = match (reference.tag(), reference.digest()) {
+                (Some(tag), Some(digest)) => Reference::with_tag_and_digest(
+                    mirror.clone(),
+                    reference.repository().to_owned(),
+                    tag.to_owned(),
+                    digest.to_owned(),
+                ),
+                (_, Some(digest)) => {
+                    Reference::with_digest(mirror.clone(), reference.repository().to_owned(), digest.to_owned())
+                }
+                (tag, None) => Reference::with_tag(
+                    mirror.clone(),
+                    reference.repository().to_owned(),
+                    tag.unwrap_or("latest").to_owned(),
+                ),
+            };
+            match self.fetch_from(self.client(mirror), store, &source, &name, credentials).await {
+                Ok(fetched) => return Ok(fetched),
+                Err(e) => tracing::warn!(image = %name, %mirror, error = %e, "mirror failed; trying the next source"),
+            }
+        }
+        self.fetch_from(self.client(reference.registry()), store, reference, &name, credentials).await
     }
 
     /// Fetches the manifest (resolving an index to its wasm entry), the config
     /// and the layers into `store`. Blobs already stored are not fetched again,
     /// so pulling an image that is present costs one manifest request.
-    pub async fn fetch(&self, store: &Store, reference: &Reference, credentials: &Credentials) -> Result<Fetched> {
-        let name = reference.whole();
-        let auth = credentials.registry_auth(&name)?;
-        let (mut manifest_bytes, mut manifest_digest) = self.fetch_manifest(reference, &auth, &name).await?;
-        let mut manifest = parse_manifest(&name, &manifest_bytes)?;
+    async fn fetch_from(
+        &self,
+        client: &Client,
+        store: &Store,
+        reference: &Reference,
+        name: &str,
+        credentials: &Credentials,
+    ) -> Result<Fetched> {
+        let auth = credentials.registry_auth(name)?;
+        let (mut manifest_bytes, mut manifest_digest) = self.fetch_manifest(client, reference, &auth, name).await?;
+        let mut manifest = parse_manifest(name, &manifest_bytes)?;
         if !manifest.manifests.is_empty() {
             let entry = format::pick_platform(&manifest.manifests).ok_or_else(|| {
                 Error::FailedPrecondition(format!(
@@ -152,20 +222,20 @@ impl Puller {
                 ))
             })?;
             let by_digest = reference.clone_with_digest(entry.digest.clone());
-            (manifest_bytes, manifest_digest) = self.fetch_manifest(&by_digest, &auth, &name).await?;
-            manifest = parse_manifest(&name, &manifest_bytes)?;
+            (manifest_bytes, manifest_digest) = self.fetch_manifest(client, &by_digest, &auth, name).await?;
+            manifest = parse_manifest(name, &manifest_bytes)?;
         }
         let config = manifest
             .config
             .clone()
             .ok_or_else(|| Error::InvalidArgument(format!("image {name}: the manifest has no config descriptor")))?;
 
-        self.fetch_blob(store, reference, &name, &config, |_| Ok(())).await?;
+        self.fetch_blob(client, store, reference, name, &config, |_| Ok(())).await?;
         let config_path = store.blob_path(&config.digest)?;
         let config_json = tokio::fs::read(&config_path)
             .await
             .map_err(|e| Error::internal(format!("reading config {} of {name}", config.digest), e))?;
-        let layout = format::detect(&name, &manifest, &config, &config_json)?;
+        let layout = format::detect(name, &manifest, &config, &config_json)?;
         match &layout {
             Layout::Artifact { layer, .. } => {
                 let not_wasm = || {
@@ -174,14 +244,14 @@ impl Puller {
                         layer.digest
                     ))
                 };
-                self.fetch_blob(store, reference, &name, layer, |header| {
+                self.fetch_blob(client, store, reference, name, layer, |header| {
                     WasmKind::detect(header).map(drop).ok_or_else(not_wasm)
                 })
                 .await?;
             }
             Layout::Compat { layers } => {
                 for layer in layers {
-                    self.fetch_blob(store, reference, &name, layer, |_| Ok(())).await?;
+                    self.fetch_blob(client, store, reference, name, layer, |_| Ok(())).await?;
                 }
             }
         }
@@ -200,13 +270,13 @@ impl Puller {
     /// Fetches a manifest and checks its size and digest.
     async fn fetch_manifest(
         &self,
+        client: &Client,
         reference: &Reference,
         auth: &RegistryAuth,
         name: &str,
     ) -> Result<(Vec<u8>, String)> {
         let accepted = [OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_MANIFEST_LIST];
-        let (bytes, digest) = self
-            .client
+        let (bytes, digest) = client
             .pull_manifest_raw(reference, auth, &accepted)
             .await
             .map_err(|e| registry_error(name, "fetch the manifest", e))?;
@@ -230,6 +300,7 @@ impl Puller {
     /// sees its first bytes before it is committed and can refuse it.
     async fn fetch_blob(
         &self,
+        client: &Client,
         store: &Store,
         reference: &Reference,
         name: &str,
@@ -251,7 +322,7 @@ impl Puller {
         }
         // No credentials here: oci-client reuses the token the manifest fetch obtained.
         let mut writer = store.blob_writer(&descriptor.digest, limit).await?;
-        let fetched = self.client.pull_blob(reference, descriptor.digest.as_str(), &mut writer).await;
+        let fetched = client.pull_blob(reference, descriptor.digest.as_str(), &mut writer).await;
         if let Err(e) = fetched {
             writer.discard().await;
             if writer.over_limit() {

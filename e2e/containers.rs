@@ -341,6 +341,10 @@ async fn compiled_modules_are_cached_in_memory_and_on_disk() {
     let dir = daemon.dir().to_path_buf();
     let exit = daemon.sigterm_and_wait();
     assert!(exit.success(), "wasmrun exited with {exit}");
+    // Code compiled under another engine configuration, as an upgrade leaves it.
+    let stale = daemon.root().join("cache/00000000deadbeef");
+    std::fs::create_dir_all(&stale).expect("create a stale cache");
+    std::fs::write(stale.join("old.cwasm"), b"old").expect("write stale code");
     drop(daemon);
 
     let daemon = Daemon::start_with(Some(dir), &[]).await;
@@ -349,4 +353,5 @@ async fn compiled_modules_are_cached_in_memory_and_on_disk() {
     let (third_id, status) = pod.run_to_exit(&daemon, &third).await;
     assert_eq!(status.exit_code, 0, "{status:#?}");
     assert_eq!(module_source(&mut daemon.runtime(), &third_id).await, "disk-cache");
+    assert!(!stale.exists(), "compiled code of another engine configuration is kept");
 }

@@ -63,8 +63,16 @@ impl Cache {
     pub fn new(engine: &wasmtime::Engine, root: &Path) -> Result<Self> {
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut hasher);
-        let dir = root.join(format!("{:016x}", hasher.finish()));
+        let fingerprint = format!("{:016x}", hasher.finish());
+        let dir = root.join(&fingerprint);
         std::fs::create_dir_all(&dir).map_err(|e| Error::internal(format!("creating {}", dir.display()), e))?;
+        // Code compiled by another engine configuration can never be loaded again.
+        for stale in std::fs::read_dir(root).into_iter().flatten().flatten() {
+            if stale.file_name() != fingerprint.as_str() && stale.path().is_dir() {
+                tracing::info!(dir = %stale.path().display(), "removing compiled code of another engine configuration");
+                let _ = std::fs::remove_dir_all(stale.path());
+            }
+        }
         Ok(Self { dir, loaded: Mutex::new(HashMap::new()) })
     }
 

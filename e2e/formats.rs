@@ -23,6 +23,31 @@ async fn push(repo: &str, parts: &ImageParts) -> String {
     format!("{host}/e2e/{repo}:v1")
 }
 
+/// Pushes `parts`, pulls them into `daemon`, and checks what ImageStatus and
+/// ListImages (crictl images, inspecti) say of them: tag, digest and size.
+async fn push_and_pull(daemon: &Daemon, repo: &str, parts: &ImageParts) -> String {
+    let host = registry().host();
+    let digest = push_image(&host, &format!("e2e/{repo}"), "v1", parts).await;
+    let name = format!("{host}/e2e/{repo}:v1");
+    let image_ref = pull(daemon, &name).await;
+    let status = image_status(&mut daemon.images(), &name).await.expect("pulled image");
+    assert_eq!(status.id, image_ref);
+    assert_eq!(status.id, sha256_digest(&parts.config), "the image id is the config digest");
+    assert_eq!(status.repo_tags, vec![name.clone()]);
+    assert_eq!(status.repo_digests, vec![format!("{host}/e2e/{repo}@{digest}")]);
+    let size = parts.config.len() + parts.layers.iter().map(|(_, bytes)| bytes.len()).sum::<usize>();
+    assert_eq!(status.size, size as u64, "size of config and layers");
+    let listed = daemon
+        .images()
+        .list_images(wasmrun::api::ListImagesRequest::default())
+        .await
+        .expect("ListImages")
+        .into_inner()
+        .images;
+    assert!(listed.contains(&status), "ListImages does not show {status:#?}");
+    name
+}
+
 /// A compat image: the given tar layer, an OCI config for wasip1/wasm.
 fn compat_image(layer: Vec<u8>, layer_media_type: &str, process: serde_json::Value) -> ImageParts {
     ImageParts {
@@ -60,12 +85,27 @@ async fn a_runwasi_image_runs() {
         layers: vec![("application/vnd.bytecodealliance.wasm.component.layer.v0+wasm".into(), fixture("hello"))],
         ..ImageParts::default()
     };
-    let image = push("formats-runwasi", &parts).await;
-    pull(&daemon, &image).await;
+    let image = push_and_pull(&daemon, "formats-runwasi", &parts).await;
     let (status, lines) = run(&daemon, &image, "runwasi", &[], &["x"], &[]).await;
     assert_eq!(status.exit_code, 0, "{status:#?}");
     assert!(has_line(&lines, "stdout", "arg[0]=formats-runwasi"), "{lines:#?}");
     assert!(has_line(&lines, "stdout", "arg[1]=x"), "{lines:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runwasi_component_runs() {
+    let daemon = Daemon::start().await;
+    let parts = ImageParts {
+        config_media_type: OCI_CONFIG.into(),
+        config: json(serde_json::json!({"architecture": "wasm", "os": "wasip2"})),
+        layers: vec![("application/vnd.bytecodealliance.wasm.component.layer.v0+wasm".into(), fixture_p2("hello-p2"))],
+        ..ImageParts::default()
+    };
+    let image = push_and_pull(&daemon, "formats-runwasi-component", &parts).await;
+    let (status, lines) = run(&daemon, &image, "runwasi-component", &[], &[], &[("K", "v")]).await;
+    assert_eq!(status.exit_code, 0, "{status:#?}");
+    assert!(has_line(&lines, "stdout", "hello from a component"), "{lines:#?}");
+    assert!(has_line(&lines, "stdout", "env:K=v"), "{lines:#?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -77,8 +117,7 @@ async fn an_older_wasm_to_oci_artifact_runs() {
         layers: vec![("application/vnd.wasm.content.layer.v1+wasm".into(), fixture("hello"))],
         ..ImageParts::default()
     };
-    let image = push("formats-wasm-to-oci", &parts).await;
-    pull(&daemon, &image).await;
+    let image = push_and_pull(&daemon, "formats-wasm-to-oci", &parts).await;
     let (status, lines) = run(&daemon, &image, "wasm-to-oci", &[], &[], &[]).await;
     assert_eq!(status.exit_code, 0, "{status:#?}");
     assert!(has_line(&lines, "stdout", "hello from wasm"), "{lines:#?}");
@@ -89,9 +128,8 @@ async fn a_compat_image_runs_with_its_filesystem_as_a_read_only_root() {
     let daemon = Daemon::start().await;
     let files = fixture("files");
     let layer = tar_layer(&[("files.wasm", &files, 0o755), ("data/in.txt", b"from the image", 0o644)], false);
-    let image =
-        push("formats-compat", &compat_image(layer, OCI_TAR, serde_json::json!({"Entrypoint": ["/files.wasm"]}))).await;
-    pull(&daemon, &image).await;
+    let parts = compat_image(layer, OCI_TAR, serde_json::json!({"Entrypoint": ["/files.wasm"]}));
+    let image = push_and_pull(&daemon, "formats-compat", &parts).await;
 
     let pod = Pod::run(&daemon, "compat").await;
     let out = scratch_dir("compat-out");
@@ -126,8 +164,7 @@ async fn a_docker_compat_image_with_a_gzip_layer_takes_its_entrypoint_cmd_and_en
     );
     parts.manifest_media_type = DOCKER_MANIFEST.into();
     parts.config_media_type = DOCKER_CONFIG.into();
-    let image = push("formats-docker-compat", &parts).await;
-    pull(&daemon, &image).await;
+    let image = push_and_pull(&daemon, "formats-docker-compat", &parts).await;
 
     let (status, lines) = run(&daemon, &image, "docker-compat", &[], &[], &[("OVERRIDDEN", "cri")]).await;
     assert_eq!(status.exit_code, 0, "{status:#?}");

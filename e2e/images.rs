@@ -93,7 +93,24 @@ async fn remove_image_is_idempotent() {
     assert_eq!(image_status(&mut images, &image.name).await, None);
     let left = list_images(&mut images, None).await;
     assert!(left.iter().all(|i| !i.repo_tags.contains(&image.name)), "removed image still listed: {left:?}");
+    // Its blobs and its compiled code are gone from disk: no other image used them.
+    let files = |dir: std::path::PathBuf| -> Vec<_> { walk(&dir).into_iter().filter(|p| p.is_file()).collect() };
+    assert_eq!(files(daemon.root().join("images/blobs")), Vec::<std::path::PathBuf>::new());
+    assert_eq!(files(daemon.root().join("cache")), Vec::<std::path::PathBuf>::new());
     remove_image(&mut images, &image.name).await;
+}
+
+/// Every path below `dir`.
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            found.extend(walk(&path));
+        }
+        found.push(path);
+    }
+    found
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,6 +10,7 @@ mod harness;
 
 mod auth;
 mod bad_input;
+mod bearer;
 mod containers;
 mod crash;
 mod daemon;

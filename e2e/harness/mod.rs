@@ -15,6 +15,7 @@ pub mod fixtures;
 pub mod logs;
 pub mod oci;
 pub mod registry;
+pub mod token;
 pub mod tools;
 
 use std::io::{Read, Write};
@@ -32,6 +33,7 @@ pub use fixtures::fixture;
 pub use logs::*;
 pub use oci::*;
 pub use registry::{auth_registry, registry, start_own_registry, tls_registry};
+pub use token::*;
 pub use tools::*;
 
 /// How long any single wait in the tests may last before the test fails.

@@ -51,6 +51,12 @@ pub fn start_own_registry(name: &str) -> Registry {
     start(name, "", 200)
 }
 
+/// A registry with `extra_config` appended to its YAML (top level, after the
+/// `http:` block), ready when `GET /v2/` answers `ready_status`.
+pub fn start_with_config(name: &str, extra_config: &str, ready_status: u16) -> Registry {
+    start(name, extra_config, ready_status)
+}
+
 /// A registry served over TLS, with a certificate from a CA of the test's own.
 pub struct TlsRegistry {
     pub registry: Registry,

@@ -135,41 +135,52 @@ pub struct RegistryOptions {
 }
 
 pub struct Puller {
-    default: Client,
-    /// Clients of registries that trust a CA of their own.
-    with_ca: HashMap<String, Client>,
+    insecure: Vec<String>,
+    /// PEM CA certificates of registries that trust a CA of their own.
+    ca_pem: HashMap<String, Vec<u8>>,
     mirrors: HashMap<String, Vec<String>>,
+    /// Clients for anonymous pulls, per registry, sharing their token caches.
+    anonymous: std::sync::Mutex<HashMap<String, Client>>,
     limits: Limits,
 }
 
 impl Puller {
     pub fn new(registries: &HashMap<String, RegistryOptions>, limits: Limits) -> Self {
-        let insecure: Vec<String> = registries.iter().filter(|(_, o)| o.insecure).map(|(h, _)| h.clone()).collect();
-        let config = |extra_root_certificates: Vec<Certificate>| ClientConfig {
-            protocol: ClientProtocol::HttpsExcept(insecure.clone()),
-            connect_timeout: Some(std::time::Duration::from_secs(10)),
-            read_timeout: Some(std::time::Duration::from_secs(60)),
-            extra_root_certificates,
-            ..ClientConfig::default()
-        };
-        let with_ca = registries
-            .iter()
-            .filter_map(|(host, options)| {
-                let pem = options.ca_pem.clone()?;
-                let ca = Certificate { encoding: CertificateEncoding::Pem, data: pem };
-                Some((host.clone(), Client::new(config(vec![ca]))))
-            })
-            .collect();
-        let mirrors = registries
-            .iter()
-            .filter(|(_, options)| !options.mirrors.is_empty())
-            .map(|(host, options)| (host.clone(), options.mirrors.clone()))
-            .collect();
-        Self { default: Client::new(config(Vec::new())), with_ca, mirrors, limits }
+        Self {
+            insecure: registries.iter().filter(|(_, o)| o.insecure).map(|(h, _)| h.clone()).collect(),
+            ca_pem: registries.iter().filter_map(|(h, o)| Some((h.clone(), o.ca_pem.clone()?))).collect(),
+            mirrors: registries
+                .iter()
+                .filter(|(_, options)| !options.mirrors.is_empty())
+                .map(|(host, options)| (host.clone(), options.mirrors.clone()))
+                .collect(),
+            anonymous: std::sync::Mutex::new(HashMap::new()),
+            limits,
+        }
     }
 
-    fn client(&self, registry: &str) -> &Client {
-        self.with_ca.get(registry).unwrap_or(&self.default)
+    /// A client for one pull from `registry`. An oci-client `Client` keeps the
+    /// first credentials it is given per registry and caches tokens, so a pull
+    /// with credentials gets a client of its own: one pod's pull secret must
+    /// never serve another pod's pull, nor a wrong password spoil the next.
+    fn client(&self, registry: &str, credentials: &Credentials) -> Client {
+        let new_client = || {
+            Client::new(ClientConfig {
+                protocol: ClientProtocol::HttpsExcept(self.insecure.clone()),
+                connect_timeout: Some(std::time::Duration::from_secs(10)),
+                read_timeout: Some(std::time::Duration::from_secs(60)),
+                extra_root_certificates: self
+                    .ca_pem
+                    .get(registry)
+                    .map(|pem| vec![Certificate { encoding: CertificateEncoding::Pem, data: pem.clone() }])
+                    .unwrap_or_default(),
+                ..ClientConfig::default()
+            })
+        };
+        if !credentials.is_empty() {
+            return new_client();
+        }
+        self.anonymous.lock().unwrap().entry(registry.to_owned()).or_insert_with(new_client).clone()
     }
 
     /// Fetches the image from the first of its registry's mirrors that has it,
@@ -193,12 +204,12 @@ impl Puller {
                     tag.unwrap_or("latest").to_owned(),
                 ),
             };
-            match self.fetch_from(self.client(mirror), store, &source, &name, credentials).await {
+            match self.fetch_from(&self.client(mirror, credentials), store, &source, &name, credentials).await {
                 Ok(fetched) => return Ok(fetched),
                 Err(e) => tracing::warn!(image = %name, %mirror, error = %e, "mirror failed; trying the next source"),
             }
         }
-        self.fetch_from(self.client(reference.registry()), store, reference, &name, credentials).await
+        self.fetch_from(&self.client(reference.registry(), credentials), store, reference, &name, credentials).await
     }
 
     /// Fetches the manifest (resolving an index to its wasm entry), the config

@@ -22,21 +22,31 @@ const LEAKY_ENV: &[&str] = &[
 ];
 
 /// The bytes of the fixture `name` (`hello`, `exit-code`, `longline`, `spin`,
-/// `sleeper`, `trap`, `files`, `memhog`).
+/// `sleeper`, `trap`, `files`, `memhog`): a WASI preview 1 module.
 pub fn fixture(name: &str) -> Vec<u8> {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    let dir = BUILT.get_or_init(build);
+    read(BUILT.get_or_init(|| build("e2e/fixtures", "wasm32-wasip1")), name)
+}
+
+/// The bytes of the fixture `name` of e2e/fixtures-p2 (`hello-p2`): a WASI 0.2 component.
+pub fn fixture_p2(name: &str) -> Vec<u8> {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    read(BUILT.get_or_init(|| build("e2e/fixtures-p2", "wasm32-wasip2")), name)
+}
+
+fn read(dir: &Path, name: &str) -> Vec<u8> {
     let path = dir.join(format!("{name}.wasm"));
     std::fs::read(&path).unwrap_or_else(|e| panic!("fixture {name}: cannot read {}: {e}", path.display()))
 }
 
-/// Builds every fixture; returns the directory holding the .wasm files.
-fn build() -> PathBuf {
+/// Builds every program of the fixture crate `crate_dir` for `target`;
+/// returns the directory holding the .wasm files.
+fn build(crate_dir: &str, target: &str) -> PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let target_dir = root.join("target").join("fixtures");
     let mut cmd = Command::new(env!("CARGO"));
-    cmd.args(["build", "--release", "--target", "wasm32-wasip1", "--manifest-path"])
-        .arg(root.join("e2e/fixtures/Cargo.toml"))
+    cmd.args(["build", "--release", "--target", target, "--manifest-path"])
+        .arg(root.join(crate_dir).join("Cargo.toml"))
         .arg("--target-dir")
         .arg(&target_dir);
     for var in LEAKY_ENV {
@@ -50,7 +60,12 @@ fn build() -> PathBuf {
     }
     let output = cmd.output().expect("run cargo to build the wasm fixtures");
     if !output.status.success() {
-        panic!("building the wasm fixtures failed ({}):\n{}", output.status, String::from_utf8_lossy(&output.stderr));
+        panic!(
+            "building the fixtures of {crate_dir} failed ({}); is the target installed \
+             (`rustup target add {target}`)?\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
     }
-    target_dir.join("wasm32-wasip1").join("release")
+    target_dir.join(target).join("release")
 }

@@ -29,7 +29,7 @@ use std::time::Duration;
 
 pub use cri::*;
 pub use daemon::Daemon;
-pub use fixtures::fixture;
+pub use fixtures::{fixture, fixture_p2};
 pub use logs::*;
 pub use oci::*;
 pub use registry::{auth_registry, registry, start_own_registry, tls_registry};

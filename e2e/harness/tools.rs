@@ -27,7 +27,6 @@ use super::{POLL_INTERVAL, WAIT_LIMIT, die_with_parent, registry, scratch_dir};
 pub const WKG_INSTALL: &str = "cargo install wkg --locked";
 pub const ORAS_INSTALL: &str = "pip install oras";
 pub const BUILDAH_INSTALL: &str = "apt-get install -y buildah";
-pub const WASIP2_INSTALL: &str = "rustup target add wasm32-wasip2";
 
 /// The first 8 bytes of a WebAssembly component (a core module has `01 00 00 00`
 /// as version and layer).
@@ -35,62 +34,6 @@ pub const COMPONENT_HEADER: &[u8] = b"\0asm\x0d\0\x01\0";
 
 /// Annotation that marks a compat image whose entrypoint is a wasm file.
 pub const COMPAT_VARIANT_ANNOTATION: &str = "module.wasm.image/variant";
-
-/// Environment variables of the outer `cargo test` that must not leak into
-/// the nested wasm build (the same list as in fixtures.rs).
-const LEAKY_ENV: &[&str] = &[
-    "CARGO_TARGET_DIR",
-    "CARGO_BUILD_TARGET",
-    "CARGO_BUILD_TARGET_DIR",
-    "CARGO_BUILD_RUSTFLAGS",
-    "CARGO_ENCODED_RUSTFLAGS",
-    "RUSTFLAGS",
-    "RUSTC_WRAPPER",
-    "RUSTC_WORKSPACE_WRAPPER",
-    "CARGO_MAKEFLAGS",
-    "CARGO_PRIMARY_PACKAGE",
-    "CARGO_MANIFEST_DIR",
-    "CARGO_MANIFEST_PATH",
-];
-
-/// The bytes of the WASI 0.2 component `name` of e2e/fixtures-p2 (`hello-p2`),
-/// built once per test process for wasm32-wasip2.
-pub fn fixture_p2(name: &str) -> Vec<u8> {
-    static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    let dir = BUILT.get_or_init(build_p2);
-    let path = dir.join(format!("{name}.wasm"));
-    std::fs::read(&path).unwrap_or_else(|e| panic!("fixture-p2 {name}: cannot read {}: {e}", path.display()))
-}
-
-/// Builds every program of e2e/fixtures-p2; returns the directory holding the .wasm files.
-fn build_p2() -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let target_dir = root.join("target").join("fixtures");
-    let mut cmd = Command::new(env!("CARGO"));
-    cmd.args(["build", "--release", "--target", "wasm32-wasip2", "--manifest-path"])
-        .arg(root.join("e2e/fixtures-p2/Cargo.toml"))
-        .arg("--target-dir")
-        .arg(&target_dir);
-    for var in LEAKY_ENV {
-        cmd.env_remove(var);
-    }
-    for (key, _) in std::env::vars_os() {
-        let key = key.to_string_lossy();
-        if key.starts_with("CARGO_TARGET_") && (key.ends_with("_RUSTFLAGS") || key.ends_with("_RUNNER")) {
-            cmd.env_remove(&*key);
-        }
-    }
-    let output = cmd.output().expect("run cargo to build the wasm32-wasip2 fixtures");
-    if !output.status.success() {
-        panic!(
-            "building the wasm32-wasip2 fixtures (e2e/fixtures-p2) failed ({}); \
-             is the target installed (`{WASIP2_INSTALL}`)?\n{}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-    target_dir.join("wasm32-wasip2").join("release")
-}
 
 /// The full path of `program` found in PATH, or else in `extra` directories.
 fn find_program(program: &str, extra: &[PathBuf]) -> Option<PathBuf> {

@@ -3,14 +3,17 @@
 //! like kubelet does, pulling wasm artifacts from a local registry shared by
 //! the whole test process.
 //!
-//! Requires /usr/bin/docker-registry and the wasm32-wasip1 Rust target (the
-//! guest programs in e2e/fixtures are built on first use).
+//! Requires what `.ci/run` installs: docker-registry, buildah, containerd,
+//! runc, gcc with a static libc, oras (Python), wkg, and the wasm32-wasip1 and
+//! wasm32-wasip2 Rust targets (the guest programs in e2e/fixtures and
+//! e2e/fixtures-p2 are built on first use).
 
 mod harness;
 
 mod auth;
 mod bad_input;
 mod bearer;
+mod containerd;
 mod containers;
 mod crash;
 mod daemon;

@@ -9,6 +9,7 @@
 // Not every test module uses every helper.
 #![allow(dead_code)]
 
+pub mod containerd;
 pub mod cri;
 pub mod daemon;
 pub mod fixtures;
@@ -27,6 +28,7 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+pub use containerd::*;
 pub use cri::*;
 pub use daemon::Daemon;
 pub use fixtures::{fixture, fixture_p2};

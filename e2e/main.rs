@@ -18,6 +18,7 @@ mod containers;
 mod crash;
 mod daemon;
 mod formats;
+mod forwarding;
 mod harness_checks;
 mod images;
 mod interop;

@@ -187,27 +187,26 @@ async fn run_pod_sandbox_with_the_same_metadata_already_exists() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_runtime_handler_runs_a_wasm_pod_without_a_backing_runtime() {
+async fn without_a_backing_runtime_only_wasm_handlers_and_no_handler_run() {
     let daemon = Daemon::start().await;
     let mut rt = daemon.runtime();
-    for handler in ["", "wasmrun", "runc"] {
+    let run = |handler: &str| RunPodSandboxRequest {
+        config: Some(pod_config(&format!("handler-{handler}"), &new_uid())),
+        runtime_handler: handler.into(),
+    };
+    // crictl runp names no handler: that is a wasm pod while nothing else can run it.
+    for handler in ["", "wasmrun"] {
         let id = rt
-            .run_pod_sandbox(wasmrun::api::RunPodSandboxRequest {
-                config: Some(pod_config(&format!("handler-{handler}"), &new_uid())),
-                runtime_handler: handler.into(),
-            })
+            .run_pod_sandbox(run(handler))
             .await
             .unwrap_or_else(|s| panic!("RunPodSandbox with handler {handler:?}: {s:?}"))
             .into_inner()
             .pod_sandbox_id;
-        let status = rt
-            .pod_sandbox_status(wasmrun::api::PodSandboxStatusRequest { pod_sandbox_id: id, verbose: false })
-            .await
-            .expect("PodSandboxStatus")
-            .into_inner()
-            .status
-            .expect("status");
+        let status = pod_status(&mut rt, &id).await;
         assert_eq!(status.runtime_handler, handler);
-        assert_eq!(status.state(), wasmrun::api::PodSandboxState::SandboxReady);
+        assert_eq!(status.state(), PodSandboxState::SandboxReady);
     }
+    let status = expect_code(rt.run_pod_sandbox(run("runc")).await, Code::FailedPrecondition, "handler runc");
+    assert!(status.message().contains("runc") && status.message().contains("backing"), "{status:?}");
+    assert_serving(&daemon).await;
 }

@@ -52,6 +52,13 @@ pub struct Config {
     pub auth_file: Option<PathBuf>,
     /// Settings of one registry, by `host[:port]`: `[registries."host:port"]`.
     pub registries: BTreeMap<String, RegistryConfig>,
+    /// The CRI socket of the runtime that serves every pod that is not wasm
+    /// (`unix:///run/containerd/containerd.sock`); none by default.
+    pub backing_endpoint: Option<String>,
+    /// How long connecting to the backing runtime may take, in seconds.
+    pub backing_connect_timeout_secs: u64,
+    /// Runtime handlers that mean a wasm pod.
+    pub wasm_handlers: Vec<String>,
 }
 
 /// How to reach one registry.
@@ -80,6 +87,9 @@ impl Default for Config {
             max_blob_bytes: 2 << 30,
             auth_file: None,
             registries: BTreeMap::new(),
+            backing_endpoint: None,
+            backing_connect_timeout_secs: 5,
+            wasm_handlers: vec!["wasmrun".into()],
         }
     }
 }
@@ -112,6 +122,9 @@ pub struct Flags {
     /// A docker config.json with default registry credentials.
     #[arg(long, value_name = "FILE")]
     pub auth_file: Option<PathBuf>,
+    /// CRI socket of the runtime for pods that are not wasm (unix:///run/containerd/containerd.sock).
+    #[arg(long, value_name = "ENDPOINT")]
+    pub backing_endpoint: Option<String>,
     /// Cgroup driver reported to kubelet [default: systemd].
     #[arg(long, value_enum)]
     pub cgroup_driver: Option<CgroupDriver>,
@@ -149,6 +162,9 @@ impl Config {
         }
         if let Some(format) = flags.log_format {
             self.log_format = format;
+        }
+        if let Some(endpoint) = flags.backing_endpoint {
+            self.backing_endpoint = Some(endpoint);
         }
         if let Some(file) = flags.auth_file {
             self.auth_file = Some(file);
@@ -192,6 +208,19 @@ impl Config {
             && !file.is_file()
         {
             bail!("config: `auth_file` {} is not a readable file", file.display());
+        }
+        if let Some(endpoint) = &self.backing_endpoint
+            && !Path::new(endpoint.strip_prefix("unix://").unwrap_or(endpoint)).is_absolute()
+        {
+            bail!("config: `backing_endpoint` {endpoint:?} must be unix:///absolute/path or /absolute/path");
+        }
+        if self.backing_connect_timeout_secs == 0 {
+            bail!("config: `backing_connect_timeout_secs` must be above 0");
+        }
+        if self.wasm_handlers.iter().any(String::is_empty) {
+            bail!(
+                "config: `wasm_handlers` must not contain an empty name (an empty handler is the backing runtime's default)"
+            );
         }
         if self.max_manifest_bytes == 0 || self.max_blob_bytes == 0 {
             bail!("config: `max_manifest_bytes` and `max_blob_bytes` must be above 0");

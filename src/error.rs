@@ -17,6 +17,9 @@ pub enum Error {
     /// apply to this kind of object (a shell in a wasm guest).
     #[error("{0}")]
     FailedPrecondition(String),
+    /// The image is not a wasm image: the backing runtime's, if there is one.
+    #[error("{0}")]
+    NotWasm(String),
     /// The registry refused our credentials.
     #[error("{0}")]
     Unauthenticated(String),

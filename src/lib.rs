@@ -9,6 +9,7 @@ pub mod api {
     tonic::include_proto!("runtime.v1");
 }
 
+pub mod backing;
 pub mod config;
 pub mod cri;
 pub mod durable;
@@ -16,5 +17,6 @@ pub mod error;
 pub mod images;
 pub mod logs;
 pub mod pods;
+pub mod route;
 pub mod server;
 pub mod wasm;

@@ -14,14 +14,16 @@ use tonic::codegen::http;
 
 use crate::api::image_service_server::ImageServiceServer;
 use crate::api::runtime_service_server::RuntimeServiceServer;
+use crate::backing::Backing;
 use crate::config::Config;
 use crate::cri::{ImageHandler, Parts, RuntimeHandler};
 use crate::images::{Images, Limits, PullOptions, RegistryOptions};
 use crate::pods::Pods;
+use crate::route::Router;
 use crate::wasm::Engine;
 
 /// kubelet allows CRI messages of up to 16 MiB (a ListContainers of a busy node).
-const MAX_MESSAGE: usize = 16 * 1024 * 1024;
+pub const MAX_MESSAGE: usize = 16 * 1024 * 1024;
 
 /// Serves the CRI until SIGTERM or SIGINT, then finishes in-flight calls and
 /// removes the socket.
@@ -40,7 +42,13 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     };
     let images = Arc::new(Images::open(&config.root, options, engine.clone()).await?);
     let pods = Arc::new(Pods::new(images.clone(), engine));
-    let parts = Parts { config: Arc::new(config.clone()), pods, images };
+    let backing = config
+        .backing_endpoint
+        .as_deref()
+        .map(|endpoint| Backing::new(endpoint, std::time::Duration::from_secs(config.backing_connect_timeout_secs)))
+        .transpose()?;
+    let router = Router { wasm_handlers: config.wasm_handlers.clone(), has_backing: backing.is_some() };
+    let parts = Parts { config: Arc::new(config.clone()), pods, images, router, backing };
 
     let listener = bind(&config.socket)?;
     tracing::info!(socket = %config.socket.display(), root = %config.root.display(), version = env!("CARGO_PKG_VERSION"), "wasmrun serving the CRI");

@@ -22,10 +22,12 @@ use std::sync::Arc;
 pub use images::ImageHandler;
 pub use runtime::RuntimeHandler;
 
+use crate::backing::Backing;
 use crate::config::Config;
 use crate::error::Error;
 use crate::images::Images;
 use crate::pods::Pods;
+use crate::route::Router;
 
 /// The parts the façade calls into; built once by the server.
 #[derive(Clone)]
@@ -33,6 +35,40 @@ pub struct Parts {
     pub config: Arc<Config>,
     pub pods: Arc<Pods>,
     pub images: Arc<Images>,
+    pub router: Router,
+    /// The runtime for everything that is not wasm, when configured.
+    pub backing: Option<Backing>,
+}
+
+impl Parts {
+    /// The backing runtime, or the error for a call only it could answer.
+    fn backing_for(&self, what: &str) -> Result<&Backing, tonic::Status> {
+        self.backing.as_ref().ok_or_else(|| {
+            tonic::Status::failed_precondition(format!(
+                "{what}: this is not a wasm object, and no backing runtime is configured (backing_endpoint)"
+            ))
+        })
+    }
+
+    /// What the backing runtime lists, or nothing (with a warning) when it
+    /// cannot answer: a backing runtime that is down must not stop wasm calls.
+    async fn backing_list<T, F, Fut>(&self, what: &str, call: F) -> Vec<T>
+    where
+        F: FnOnce(Backing) -> Fut,
+        Fut: std::future::Future<Output = Result<Vec<T>, tonic::Status>>,
+    {
+        let Some(backing) = self.backing.clone() else {
+            return Vec::new();
+        };
+        let endpoint = backing.endpoint.clone();
+        match call(backing).await {
+            Ok(items) => items,
+            Err(status) => {
+                tracing::warn!(%endpoint, code = ?status.code(), error = %status.message(), "{what}: the backing runtime did not answer; listing wasm objects only");
+                Vec::new()
+            }
+        }
+    }
 }
 
 /// The one place where errors become gRPC statuses.
@@ -43,7 +79,7 @@ impl From<Error> for tonic::Status {
             Error::InvalidArgument(_) => tonic::Status::invalid_argument(message),
             Error::NotFound(_) => tonic::Status::not_found(message),
             Error::AlreadyExists(_) => tonic::Status::already_exists(message),
-            Error::FailedPrecondition(_) => tonic::Status::failed_precondition(message),
+            Error::FailedPrecondition(_) | Error::NotWasm(_) => tonic::Status::failed_precondition(message),
             Error::Unauthenticated(_) => tonic::Status::unauthenticated(message),
             Error::Unavailable(_) => tonic::Status::unavailable(message),
             Error::ResourceExhausted(_) => tonic::Status::resource_exhausted(message),

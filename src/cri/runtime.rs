@@ -10,6 +10,16 @@ use crate::api;
 use crate::api::runtime_service_server::RuntimeService;
 use crate::config::CgroupDriver;
 
+/// How long Status waits for the backing runtime's, so that a slow backing
+/// runtime cannot hold up kubelet's health checks.
+const BACKING_STATUS_LIMIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+fn backing_down(runtime_ready: &mut api::RuntimeCondition, endpoint: &str, why: &str) {
+    runtime_ready.status = false;
+    runtime_ready.reason = "BackingRuntimeUnavailable".into();
+    runtime_ready.message = format!("backing runtime {endpoint}: {why}; wasm pods are not affected");
+}
+
 pub struct RuntimeHandler {
     parts: Parts,
 }
@@ -46,10 +56,33 @@ impl RuntimeService for RuntimeHandler {
         if request.get_ref().verbose {
             info.insert("config".to_owned(), verbose_json(&*self.parts.config));
         }
+        // The runtime is ready once it serves. Wasm pods share the host's
+        // network and need no CNI, so the network is ready too: as far as
+        // wasmrun goes. The backing runtime's own conditions are reported as they are.
+        let mut conditions = vec![condition("RuntimeReady"), condition("NetworkReady")];
+        if let Some(backing) = &self.parts.backing {
+            let asked = tokio::time::timeout(
+                BACKING_STATUS_LIMIT,
+                backing.runtime().status(api::StatusRequest { verbose: false }),
+            )
+            .await;
+            match asked {
+                Ok(Ok(answer)) => {
+                    let theirs = answer.into_inner().status.map(|s| s.conditions).unwrap_or_default();
+                    for ours in &mut conditions {
+                        if let Some(their) = theirs.iter().find(|c| c.r#type == ours.r#type && !c.status) {
+                            ours.status = false;
+                            ours.reason = their.reason.clone();
+                            ours.message = format!("backing runtime {}: {}", backing.endpoint, their.message);
+                        }
+                    }
+                }
+                Ok(Err(status)) => backing_down(&mut conditions[0], &backing.endpoint, status.message()),
+                Err(_) => backing_down(&mut conditions[0], &backing.endpoint, "no answer to Status in time"),
+            }
+        }
         Ok(Response::new(api::StatusResponse {
-            // The runtime is ready once it serves. Wasm pods share the host's
-            // network and need no CNI, so the network is ready too.
-            status: Some(api::RuntimeStatus { conditions: vec![condition("RuntimeReady"), condition("NetworkReady")] }),
+            status: Some(api::RuntimeStatus { conditions }),
             info,
             runtime_handlers: vec![api::RuntimeHandler {
                 name: String::new(),
@@ -62,7 +95,11 @@ impl RuntimeService for RuntimeHandler {
         }))
     }
 
-    async fn runtime_config(&self, _request: Request<api::RuntimeConfigRequest>) -> Reply<api::RuntimeConfigResponse> {
+    async fn runtime_config(&self, request: Request<api::RuntimeConfigRequest>) -> Reply<api::RuntimeConfigResponse> {
+        // The cgroup driver is the backing runtime's: its pods have cgroups, ours do not.
+        if let Some(backing) = &self.parts.backing {
+            return backing.runtime().runtime_config(request.into_inner()).await.map_err(|s| backing.status(s));
+        }
         let cgroup_driver = match self.parts.config.cgroup_driver {
             CgroupDriver::Systemd => api::CgroupDriver::Systemd,
             CgroupDriver::Cgroupfs => api::CgroupDriver::Cgroupfs,
@@ -76,6 +113,9 @@ impl RuntimeService for RuntimeHandler {
         &self,
         request: Request<api::UpdateRuntimeConfigRequest>,
     ) -> Reply<api::UpdateRuntimeConfigResponse> {
+        if let Some(backing) = &self.parts.backing {
+            return backing.runtime().update_runtime_config(request.into_inner()).await.map_err(|s| backing.status(s));
+        }
         // kubelet sends the node's pod CIDR here for CNI; wasm pods use the host network.
         let cidr = request.into_inner().runtime_config.and_then(|c| c.network_config).map(|n| n.pod_cidr);
         tracing::debug!(pod_cidr = ?cidr, "runtime config update: nothing to apply for wasm pods");

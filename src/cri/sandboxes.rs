@@ -7,21 +7,33 @@ use tonic::Status;
 use super::{Parts, verbose_json};
 use crate::api;
 use crate::pods::{PodFilter, Sandbox, SandboxState};
+use crate::route::Side;
 
 pub(super) async fn run_pod_sandbox(
     parts: &Parts,
     request: api::RunPodSandboxRequest,
 ) -> Result<api::RunPodSandboxResponse, Status> {
-    let config = request.config.ok_or_else(|| Status::invalid_argument("RunPodSandbox: config is required"))?;
-    // Without a backing runtime every pod is a wasm pod, whatever its handler.
-    let sandbox = parts.pods.run_pod(config, &request.runtime_handler)?;
-    Ok(api::RunPodSandboxResponse { pod_sandbox_id: sandbox.id.clone() })
+    let config =
+        request.config.as_ref().ok_or_else(|| Status::invalid_argument("RunPodSandbox: config is required"))?;
+    match parts.router.pod(&request.runtime_handler, &config.annotations)? {
+        Side::Wasm => {
+            let sandbox = parts.pods.run_pod(config.clone(), &request.runtime_handler)?;
+            Ok(api::RunPodSandboxResponse { pod_sandbox_id: sandbox.id.clone() })
+        }
+        Side::Backing => {
+            let backing = parts.backing_for("RunPodSandbox")?;
+            Ok(backing.runtime().run_pod_sandbox(request).await.map_err(|s| backing.status(s))?.into_inner())
+        }
+    }
 }
 
 pub(super) async fn stop_pod_sandbox(
     parts: &Parts,
     request: api::StopPodSandboxRequest,
 ) -> Result<api::StopPodSandboxResponse, Status> {
+    if let Some(backing) = backing_pod(parts, &request.pod_sandbox_id) {
+        return Ok(backing.runtime().stop_pod_sandbox(request).await.map_err(|s| backing.status(s))?.into_inner());
+    }
     parts.pods.stop_pod(&request.pod_sandbox_id).await?;
     Ok(api::StopPodSandboxResponse {})
 }
@@ -30,6 +42,9 @@ pub(super) async fn remove_pod_sandbox(
     parts: &Parts,
     request: api::RemovePodSandboxRequest,
 ) -> Result<api::RemovePodSandboxResponse, Status> {
+    if let Some(backing) = backing_pod(parts, &request.pod_sandbox_id) {
+        return Ok(backing.runtime().remove_pod_sandbox(request).await.map_err(|s| backing.status(s))?.into_inner());
+    }
     parts.pods.remove_pod(&request.pod_sandbox_id).await?;
     Ok(api::RemovePodSandboxResponse {})
 }
@@ -38,6 +53,9 @@ pub(super) async fn pod_sandbox_status(
     parts: &Parts,
     request: api::PodSandboxStatusRequest,
 ) -> Result<api::PodSandboxStatusResponse, Status> {
+    if let Some(backing) = backing_pod(parts, &request.pod_sandbox_id) {
+        return Ok(backing.runtime().pod_sandbox_status(request).await.map_err(|s| backing.status(s))?.into_inner());
+    }
     let sandbox = parts.pods.pod(&request.pod_sandbox_id)?;
     let mut info = HashMap::new();
     if request.verbose {
@@ -63,8 +81,9 @@ pub(super) async fn list_pod_sandbox(
     parts: &Parts,
     request: api::ListPodSandboxRequest,
 ) -> Result<api::ListPodSandboxResponse, Status> {
+    let forwarded = request.clone();
     let filter = request.filter.map(pod_filter).unwrap_or_default();
-    let items = parts
+    let mut items: Vec<api::PodSandbox> = parts
         .pods
         .pods(&filter)
         .iter()
@@ -78,7 +97,19 @@ pub(super) async fn list_pod_sandbox(
             runtime_handler: sandbox.runtime_handler.clone(),
         })
         .collect();
+    items.extend(
+        parts
+            .backing_list("ListPodSandbox", |backing| async move {
+                backing.runtime().list_pod_sandbox(forwarded).await.map(|r| r.into_inner().items)
+            })
+            .await,
+    );
     Ok(api::ListPodSandboxResponse { items })
+}
+
+/// The backing runtime, when it (not wasmrun) owns pod `id`.
+pub(super) fn backing_pod<'a>(parts: &'a Parts, id: &str) -> Option<&'a crate::backing::Backing> {
+    parts.backing.as_ref().filter(|_| parts.pods.pod(id).is_err())
 }
 
 fn pod_filter(filter: api::PodSandboxFilter) -> PodFilter {

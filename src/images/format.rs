@@ -88,7 +88,7 @@ pub(super) fn detect(name: &str, manifest: &Manifest, config: &Descriptor, confi
     if wasi_platform || compat_variant(&manifest.annotations) || compat_variant(&image_config.config.labels) {
         return Ok(Layout::Compat { layers: manifest.layers.clone() });
     }
-    Err(Error::FailedPrecondition(format!(
+    Err(Error::NotWasm(format!(
         "image {name} is not a wasm image (platform {}/{}, config media type {:?}), and no backing runtime is configured to run it",
         image_config.os, image_config.architecture, config.media_type
     )))
@@ -182,7 +182,7 @@ mod tests {
                 "layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"sha256:l"}]}"#,
             r#"{"architecture":"amd64","os":"linux"}"#,
         );
-        assert!(matches!(&linux, Err(Error::FailedPrecondition(m)) if m.contains("not a wasm image")), "{linux:?}");
+        assert!(matches!(&linux, Err(Error::NotWasm(m)) if m.contains("not a wasm image")), "{linux:?}");
 
         let two = detect_json(
             r#"{"config":{"mediaType":"application/vnd.wasm.config.v0+json","digest":"sha256:c"},

@@ -228,7 +228,7 @@ impl Puller {
         let mut manifest = parse_manifest(name, &manifest_bytes)?;
         if !manifest.manifests.is_empty() {
             let entry = format::pick_platform(&manifest.manifests).ok_or_else(|| {
-                Error::FailedPrecondition(format!(
+                Error::NotWasm(format!(
                     "image {name} is not a wasm image: its index has no wasm platform entry (wasip1, wasip2 or wasi)"
                 ))
             })?;

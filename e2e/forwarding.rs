@@ -27,6 +27,13 @@ async fn run_pod(daemon: &Daemon, config: &wasmrun::api::PodSandboxConfig, handl
         .pod_sandbox_id
 }
 
+/// The RuntimeReady condition of Status.
+async fn runtime_ready(rt: &mut Runtime) -> wasmrun::api::RuntimeCondition {
+    let status = rt.status(wasmrun::api::StatusRequest { verbose: false }).await.expect("Status").into_inner();
+    let conditions = status.status.expect("Status without status").conditions;
+    conditions.into_iter().find(|c| c.r#type == "RuntimeReady").expect("no RuntimeReady condition")
+}
+
 /// Waits (bounded) until `path` holds a log line ending in `line`.
 async fn wait_for_line(path: &std::path::Path, line: &str) {
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
@@ -98,6 +105,19 @@ async fn a_linux_pod_and_a_wasm_pod_share_one_node() {
         .status
         .expect("status");
     assert_eq!(status.state(), wasmrun::api::ContainerState::ContainerRunning);
+    // Exec in a forwarded container is containerd's, answered unchanged.
+    let exec = rt
+        .exec_sync(wasmrun::api::ExecSyncRequest {
+            container_id: linux_id.clone(),
+            cmd: vec!["/hello".into(), "--exit".into(), "0".into()],
+            timeout: 30,
+        })
+        .await
+        .expect("ExecSync in the Linux container")
+        .into_inner();
+    assert_eq!(exec.exit_code, 0, "{exec:?}");
+    assert!(String::from_utf8_lossy(&exec.stdout).contains(LINUX_HELLO_LINE), "{exec:?}");
+    assert!(runtime_ready(&mut rt).await.status, "RuntimeReady with containerd up");
 
     // containerd dies: the wasm pod is untouched and wasm calls go on;
     // forwarded calls say the backing runtime is unavailable.
@@ -119,6 +139,11 @@ async fn a_linux_pod_and_a_wasm_pod_share_one_node() {
     assert_eq!(done.exit_code, 0, "a wasm container while containerd is down: {done:#?}");
     let listed = rt.list_pod_sandbox(ListPodSandboxRequest::default()).await.expect("ListPodSandbox").into_inner();
     assert!(listed.items.iter().any(|p| p.id == wasm_pod.id), "the wasm pod is listed while containerd is down");
+    let ready = runtime_ready(&mut rt).await;
+    assert!(
+        !ready.status && ready.message.contains("backing runtime"),
+        "RuntimeReady while containerd is down: {ready:?}"
+    );
 
     // containerd comes back: forwarding resumes by itself.
     containerd.restart().await;
@@ -132,6 +157,7 @@ async fn a_linux_pod_and_a_wasm_pod_share_one_node() {
         assert!(std::time::Instant::now() < deadline, "forwarding did not resume: {status:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    assert!(runtime_ready(&mut rt).await.status, "RuntimeReady once containerd is back");
 
     // Stop and remove both, each through wasmrun.
     for id in [&linux_id, &wasm_id] {

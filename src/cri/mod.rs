@@ -29,6 +29,10 @@ use crate::images::Images;
 use crate::pods::Pods;
 use crate::route::Router;
 
+/// How long a merged list waits for the backing runtime's part: a slow
+/// backing runtime must not slow the listing of wasm objects much.
+const BACKING_LIST_LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The parts the façade calls into; built once by the server.
 #[derive(Clone)]
 pub struct Parts {
@@ -61,7 +65,10 @@ impl Parts {
             return Vec::new();
         };
         let endpoint = backing.endpoint.clone();
-        match call(backing).await {
+        let answer = tokio::time::timeout(BACKING_LIST_LIMIT, call(backing))
+            .await
+            .unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("no answer in time")));
+        match answer {
             Ok(items) => items,
             Err(status) => {
                 tracing::warn!(%endpoint, code = ?status.code(), error = %status.message(), "{what}: the backing runtime did not answer; listing wasm objects only");

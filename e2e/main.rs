@@ -17,6 +17,7 @@ mod containerd;
 mod containers;
 mod crash;
 mod daemon;
+mod events;
 mod formats;
 mod forwarding;
 mod harness_checks;

@@ -104,8 +104,13 @@ pub(super) async fn container_status(
     if request.verbose {
         info.insert("info".to_owned(), verbose_json(&verbose_info(&container, &view)));
     }
+    Ok(api::ContainerStatusResponse { status: Some(status_of(&container, &view)), info })
+}
+
+/// A container's CRI status, from one snapshot of its state.
+pub(super) fn status_of(container: &Container, view: &ContainerView) -> api::ContainerStatus {
     let exit = view.exit.as_ref();
-    let status = api::ContainerStatus {
+    api::ContainerStatus {
         id: container.id.clone(),
         metadata: container.config.metadata.clone(),
         state: state(view.state) as i32,
@@ -113,8 +118,8 @@ pub(super) async fn container_status(
         started_at: view.started_at,
         finished_at: exit.map_or(0, |exit| exit.finished_at),
         exit_code: exit.map_or(0, |exit| exit.code),
-        image: Some(image_spec(&container)),
-        image_ref: image_ref(&container),
+        image: Some(image_spec(container)),
+        image_ref: image_ref(container),
         reason: exit.map(|exit| exit.reason.as_str().to_owned()).unwrap_or_default(),
         message: exit.map(|exit| exit.message.clone()).unwrap_or_default(),
         labels: container.config.labels.clone(),
@@ -124,8 +129,7 @@ pub(super) async fn container_status(
         resources: view.resources.clone().map(|linux| api::ContainerResources { linux: Some(linux), windows: None }),
         image_id: container.image.id.clone(),
         user: None,
-    };
-    Ok(api::ContainerStatusResponse { status: Some(status), info })
+    }
 }
 
 pub(super) async fn update_container_resources(

@@ -7,10 +7,12 @@
 //! | RunPodSandbox … ListPodSandbox | `sandboxes.rs` |
 //! | CreateContainer … ReopenContainerLog, UpdateContainerResources | `containers.rs` |
 //! | ContainerStats … ListPodSandboxStats | `stats.rs` |
-//! | Exec, ExecSync, Attach, PortForward, Checkpoint, events, metrics | `unsupported.rs` |
+//! | GetContainerEvents | `events.rs` |
+//! | Exec, ExecSync, Attach, PortForward, Checkpoint, metrics | `unsupported.rs` |
 //! | PullImage, ListImages, ImageStatus, RemoveImage, ImageFsInfo | `images.rs` |
 
 mod containers;
+mod events;
 mod images;
 mod runtime;
 mod sandboxes;

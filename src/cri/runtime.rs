@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use tonic::{Request, Response, Status};
 
-use super::{Parts, containers, sandboxes, stats, unsupported, verbose_json};
+use super::{Parts, containers, events, sandboxes, stats, unsupported, verbose_json};
 use crate::api;
 use crate::api::runtime_service_server::RuntimeService;
 use crate::config::CgroupDriver;
@@ -258,13 +258,13 @@ impl RuntimeService for RuntimeHandler {
         delegate!(self, unsupported::checkpoint_container, request)
     }
 
-    type GetContainerEventsStream = unsupported::EventStream;
+    type GetContainerEventsStream = events::EventStream;
 
     async fn get_container_events(
         &self,
         request: Request<api::GetEventsRequest>,
     ) -> Reply<Self::GetContainerEventsStream> {
-        delegate!(self, unsupported::get_container_events, request)
+        delegate!(self, events::get_container_events, request)
     }
 
     async fn list_metric_descriptors(

@@ -2,14 +2,10 @@
 //! to attach, no network namespace to forward into. Each says so clearly
 //! (after checking the object exists), and never hangs.
 
-use std::pin::Pin;
-
 use tonic::Status;
 
 use super::Parts;
 use crate::api;
-
-pub type EventStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<api::ContainerEventResponse, Status>> + Send>>;
 
 fn no_processes(parts: &Parts, container_id: &str, what: &str) -> Status {
     match parts.pods.container(container_id) {
@@ -67,15 +63,6 @@ pub(super) async fn checkpoint_container(
         "checkpointing WebAssembly containers is not supported (container {})",
         container.id
     )))
-}
-
-pub(super) async fn get_container_events(
-    _parts: &Parts,
-    _request: api::GetEventsRequest,
-) -> Result<EventStream, Status> {
-    Err(Status::unimplemented(
-        "wasmrun does not stream container events yet: keep kubelet's generic PLEG (the default)",
-    ))
 }
 
 pub(super) async fn list_metric_descriptors(

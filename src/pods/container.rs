@@ -11,7 +11,7 @@ use crate::api;
 use crate::error::{Error, Result};
 use crate::images::Image;
 use crate::logs::{ContainerLog, OpenedLog};
-use crate::wasm::{Compiled, Engine, Exit, ExitReason, Guest, GuestSpec, ModuleSource, Mount};
+use crate::wasm::{Compiled, Engine, Exit, ExitReason, ExitWaiter, Guest, GuestSpec, ModuleSource, Mount};
 
 /// How long a stop waits for a killed guest to be gone. A guest yields every
 /// epoch tick, so this is only reached if something is badly wrong.
@@ -205,6 +205,14 @@ impl Container {
                 format!("stopping container {}", self.id),
                 anyhow::anyhow!("the guest did not end within {STOP_GRACE:?} of being killed"),
             )),
+        }
+    }
+
+    /// Something to wait on for the guest's end, once it has started.
+    pub(super) fn exit_waiter(&self) -> Option<ExitWaiter> {
+        match &*self.phase.lock().unwrap() {
+            Phase::Started { guest, .. } => Some(guest.waiter()),
+            _ => None,
         }
     }
 

@@ -6,6 +6,7 @@
 //! reserved until the object is removed, so a retried create is refused.
 
 mod container;
+mod events;
 mod filter;
 mod sandbox;
 
@@ -13,6 +14,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 pub use container::{Container, ContainerState, ContainerView};
+pub use events::{ContainerEvent, EventKind};
 pub use filter::{ContainerFilter, PodFilter};
 pub use sandbox::{Sandbox, SandboxState};
 
@@ -25,6 +27,7 @@ pub struct Pods {
     images: Arc<Images>,
     engine: Arc<Engine>,
     registry: Mutex<Registry>,
+    events: events::Events,
 }
 
 #[derive(Default)]
@@ -57,7 +60,12 @@ fn new_id() -> String {
 
 impl Pods {
     pub fn new(images: Arc<Images>, engine: Arc<Engine>) -> Self {
-        Self { images, engine, registry: Mutex::new(Registry::default()) }
+        Self { images, engine, registry: Mutex::new(Registry::default()), events: events::Events::new() }
+    }
+
+    /// Every container event from now on.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<ContainerEvent> {
+        self.events.subscribe()
     }
 
     pub fn run_pod(&self, config: api::PodSandboxConfig, runtime_handler: &str) -> Result<Arc<Sandbox>> {
@@ -198,6 +206,7 @@ impl Pods {
             module_source,
         }));
         self.registry.lock().unwrap().containers.insert(container.id.clone(), container.clone());
+        self.events.send(&container.id, &sandbox.id, EventKind::Created);
         tracing::info!(container = %container.id, pod = %sandbox.id, source = ?module_source, "container created");
         Ok(container)
     }
@@ -225,9 +234,22 @@ impl Pods {
                 sandbox.id, container.id
             )));
         }
-        container.start(&self.engine).await?;
-        tracing::info!(container = %container.id, "container started");
-        Ok(())
+        let started = container.start(&self.engine).await;
+        let events = self.events.clone();
+        let (id, pod_id) = (container.id.clone(), container.pod_id.clone());
+        match (&started, container.exit_waiter()) {
+            (Ok(()), Some(waiter)) => {
+                events.send(&id, &pod_id, EventKind::Started);
+                tracing::info!(container = %id, "container started");
+                tokio::spawn(async move {
+                    waiter.wait().await;
+                    events.send(&id, &pod_id, EventKind::Stopped);
+                });
+            }
+            // It never ran: it is exited at once.
+            _ => events.send(&id, &pod_id, EventKind::Stopped),
+        }
+        started
     }
 
     /// Ends a running container's guest. WASI preview 1 has no signals, so there
@@ -248,6 +270,7 @@ impl Pods {
         let mut registry = self.registry.lock().unwrap();
         if registry.containers.remove(&container.id).is_some() {
             registry.names.remove(&container.reserved_name);
+            self.events.send(&container.id, &container.pod_id, EventKind::Deleted);
             tracing::info!(container = %container.id, "container removed");
         }
         Ok(())

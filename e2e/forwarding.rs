@@ -118,6 +118,25 @@ async fn a_linux_pod_and_a_wasm_pod_share_one_node() {
     assert_eq!(exec.exit_code, 0, "{exec:?}");
     assert!(String::from_utf8_lossy(&exec.stdout).contains(LINUX_HELLO_LINE), "{exec:?}");
     assert!(runtime_ready(&mut rt).await.status, "RuntimeReady with containerd up");
+    let stats = rt
+        .list_container_stats(wasmrun::api::ListContainerStatsRequest::default())
+        .await
+        .expect("ListContainerStats")
+        .into_inner()
+        .stats;
+    let ids: Vec<&String> = stats.iter().filter_map(|s| s.attributes.as_ref()).map(|a| &a.id).collect();
+    assert!(ids.contains(&&linux_id) && ids.contains(&&wasm_id), "ListContainerStats: {ids:?}");
+
+    // containerd hangs (SIGSTOP): wasm calls still answer, and lists give the
+    // wasm side once the wait for containerd's part runs out.
+    let pid = containerd.pid().expect("containerd runs") as libc::pid_t;
+    // SAFETY: signals to our own child process.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let still = container_status(&mut rt, &wasm_id, false).await.status.expect("status");
+    assert_eq!(still.state(), wasmrun::api::ContainerState::ContainerRunning);
+    let listed = rt.list_pod_sandbox(ListPodSandboxRequest::default()).await.expect("ListPodSandbox").into_inner();
+    assert!(listed.items.iter().any(|p| p.id == wasm_pod.id), "the wasm pod is listed while containerd hangs");
+    unsafe { libc::kill(pid, libc::SIGCONT) };
 
     // containerd dies: the wasm pod is untouched and wasm calls go on;
     // forwarded calls say the backing runtime is unavailable.

@@ -40,6 +40,15 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
+    /// Says which image a request failure belongs to, unless the message names it already.
+    pub fn about_image(self, name: &str) -> Self {
+        match self {
+            Error::InvalidArgument(m) if !m.contains(name) => Error::InvalidArgument(format!("image {name}: {m}")),
+            Error::ResourceExhausted(m) if !m.contains(name) => Error::ResourceExhausted(format!("image {name}: {m}")),
+            other => other,
+        }
+    }
+
     pub fn internal(context: impl std::fmt::Display, cause: impl Into<anyhow::Error>) -> Self {
         Error::Internal(cause.into().context(context.to_string()))
     }

@@ -179,7 +179,7 @@ impl Images {
         self.engine
             .prepare(&image.module_digest, image.module_kind, WasmSource::File(path))
             .await
-            .map_err(|e| with_image(&name, e))?;
+            .map_err(|e| e.about_image(&name))?;
 
         self.store.insert(image).await
     }
@@ -197,7 +197,7 @@ impl Images {
                 digest: layer.digest.clone(),
                 path: self.store.blob_path(&layer.digest)?,
                 compression: unpack::Compression::from_media_type(&layer.media_type)
-                    .map_err(|e| with_image(name, e))?,
+                    .map_err(|e| e.about_image(name))?,
             });
         }
         let staging = self.store.rootfs_staging();
@@ -217,7 +217,7 @@ impl Images {
         if unpacked.is_err() {
             let _ = tokio::fs::remove_dir_all(&staging).await;
         }
-        unpacked.map_err(|e| with_image(name, e))
+        unpacked.map_err(|e| e.about_image(name))
     }
 
     /// Reads the program `argv0` names inside a compat image's filesystem,
@@ -323,15 +323,6 @@ impl Images {
         .await
         .map_err(|e| Error::internal("measuring the image store", e))??;
         Ok(FsUsage { mountpoint: dir, used_bytes, inodes_used, timestamp: crate::durable::now_nanos() })
-    }
-}
-
-/// Says which image a failure belongs to, keeping its kind.
-fn with_image(name: &str, error: Error) -> Error {
-    match error {
-        Error::InvalidArgument(m) if !m.contains(name) => Error::InvalidArgument(format!("image {name}: {m}")),
-        Error::ResourceExhausted(m) if !m.contains(name) => Error::ResourceExhausted(format!("image {name}: {m}")),
-        other => other,
     }
 }
 

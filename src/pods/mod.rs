@@ -187,10 +187,7 @@ impl Pods {
             Ok(prepared) => prepared,
             Err(e) => {
                 self.registry.lock().unwrap().names.remove(&name);
-                return Err(match e {
-                    Error::InvalidArgument(message) => Error::InvalidArgument(format!("image {image_name}: {message}")),
-                    other => other,
-                });
+                return Err(e.about_image(image_name));
             }
         };
         let container = Arc::new(Container::new(container::NewContainer {

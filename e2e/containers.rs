@@ -158,6 +158,7 @@ async fn check_stop_interrupts(fixture_name: &str, first_line: &str) {
     let status = container_status(&mut rt, &id, false).await.status.expect("status");
     assert_eq!(status.state(), ContainerState::ContainerExited, "{status:#?}");
     assert_eq!(status.exit_code, 137, "{status:#?}");
+    assert_eq!(status.reason, "Error", "{status:#?}");
     assert!(status.finished_at > 0, "{status:#?}");
     assert!(status.started_at > 0 && status.finished_at >= status.started_at, "{status:#?}");
 }

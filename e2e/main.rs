@@ -6,13 +6,15 @@
 //! Requires what `.ci/run` installs: docker-registry, buildah, containerd,
 //! runc, gcc with a static libc, oras (Python), wkg, and the wasm32-wasip1 and
 //! wasm32-wasip2 Rust targets (the guest programs in e2e/fixtures and
-//! e2e/fixtures-p2 are built on first use).
+//! e2e/fixtures-p2 are built on first use; the hand-written ones in
+//! e2e/fixtures-wat are compiled from text by the tests).
 
 mod harness;
 
 mod auth;
 mod bad_input;
 mod bearer;
+mod components;
 mod containerd;
 mod containers;
 mod crash;
@@ -23,7 +25,9 @@ mod forwarding;
 mod harness_checks;
 mod images;
 mod interop;
+mod limits;
 mod pods;
 mod registries;
 mod resources;
 mod streaming;
+mod termination;

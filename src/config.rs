@@ -47,6 +47,9 @@ pub struct Config {
     pub max_manifest_bytes: u64,
     /// The largest blob (config, layer, module) a pull may bring in.
     pub max_blob_bytes: u64,
+    /// Memory limit (linear memories and tables) of a guest whose container
+    /// sets none; 0 means no limit.
+    pub default_memory_limit_bytes: u64,
     /// A docker `config.json` whose `auths` give default registry credentials,
     /// for pulls that bring none (no imagePullSecrets).
     pub auth_file: Option<PathBuf>,
@@ -85,6 +88,7 @@ impl Default for Config {
             cgroup_driver: CgroupDriver::Systemd,
             max_manifest_bytes: 4 << 20,
             max_blob_bytes: 2 << 30,
+            default_memory_limit_bytes: 1 << 30,
             auth_file: None,
             registries: BTreeMap::new(),
             backing_endpoint: None,
@@ -125,6 +129,9 @@ pub struct Flags {
     /// CRI socket of the runtime for pods that are not wasm (unix:///run/containerd/containerd.sock).
     #[arg(long, value_name = "ENDPOINT")]
     pub backing_endpoint: Option<String>,
+    /// Memory limit of a guest whose container sets none; 0 means none [default: 1 GiB].
+    #[arg(long, value_name = "BYTES")]
+    pub default_memory_limit_bytes: Option<u64>,
     /// Cgroup driver reported to kubelet [default: systemd].
     #[arg(long, value_enum)]
     pub cgroup_driver: Option<CgroupDriver>,
@@ -168,6 +175,9 @@ impl Config {
         }
         if let Some(file) = flags.auth_file {
             self.auth_file = Some(file);
+        }
+        if let Some(bytes) = flags.default_memory_limit_bytes {
+            self.default_memory_limit_bytes = bytes;
         }
         if let Some(driver) = flags.cgroup_driver {
             self.cgroup_driver = driver;

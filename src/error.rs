@@ -44,6 +44,9 @@ impl Error {
     pub fn about_image(self, name: &str) -> Self {
         match self {
             Error::InvalidArgument(m) if !m.contains(name) => Error::InvalidArgument(format!("image {name}: {m}")),
+            Error::FailedPrecondition(m) if !m.contains(name) => {
+                Error::FailedPrecondition(format!("image {name}: {m}"))
+            }
             Error::ResourceExhausted(m) if !m.contains(name) => Error::ResourceExhausted(format!("image {name}: {m}")),
             other => other,
         }

@@ -25,6 +25,25 @@ use crate::wasm::Engine;
 /// kubelet allows CRI messages of up to 16 MiB (a ListContainers of a busy node).
 pub const MAX_MESSAGE: usize = 16 * 1024 * 1024;
 
+/// Raises the soft limit on open files to the hard limit, as containerd does:
+/// every running container holds its log file open, and the default soft
+/// limit (often 1024) would cap a node at about a thousand guests.
+fn raise_open_files_limit() {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit and setrlimit read and write the rlimit we own.
+    let raised = unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0
+        }
+    };
+    if raised {
+        tracing::debug!(open_files = limit.rlim_cur, "raised the open-files limit");
+    } else {
+        tracing::warn!(error = %std::io::Error::last_os_error(), "cannot raise the open-files limit");
+    }
+}
+
 /// Serves the CRI until SIGTERM or SIGINT, then finishes in-flight calls and
 /// removes the socket.
 pub async fn serve(config: Config) -> anyhow::Result<()> {
@@ -33,15 +52,16 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     }
     refuse_if_served(&config.socket).await?;
     let _root_lock = lock_root(&config.root)?;
+    raise_open_files_limit();
 
-    let engine = Engine::new(&config.root.join("cache"))?;
+    let engine = Engine::new(&config.root.join("cache"), config.default_memory_limit_bytes)?;
     let options = PullOptions {
         registries: registry_options(&config)?,
         limits: Limits { max_manifest_bytes: config.max_manifest_bytes, max_blob_bytes: config.max_blob_bytes },
         auth_file: config.auth_file.clone(),
     };
     let images = Arc::new(Images::open(&config.root, options, engine.clone()).await?);
-    let pods = Arc::new(Pods::new(images.clone(), engine));
+    let pods = Arc::new(Pods::new(images.clone(), engine, &config.state));
     let backing = config
         .backing_endpoint
         .as_deref()

@@ -55,6 +55,8 @@ impl Daemon {
     /// The command line of a daemon using `dir` for root and state and
     /// listening on `socket`, without stdout/stderr redirection.
     pub fn command(dir: &Path, socket: &Path, extra_args: &[&str]) -> Command {
+        // A `--log-level` among `extra_args` replaces the default (clap refuses a flag given twice).
+        let log_level: &[&str] = if extra_args.contains(&"--log-level") { &[] } else { &["--log-level", "debug"] };
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_wasmrun"));
         cmd.arg("--socket")
             .arg(socket)
@@ -62,7 +64,8 @@ impl Daemon {
             .arg(dir.join("root"))
             .arg("--state")
             .arg(dir.join("state"))
-            .args(["--log-level", "debug", "--insecure-registry"])
+            .args(log_level)
+            .arg("--insecure-registry")
             .arg(registry().host())
             .args(extra_args)
             .stdin(Stdio::null());
@@ -94,6 +97,11 @@ impl Daemon {
             }
             tokio::time::sleep(POLL_INTERVAL).await;
         }
+    }
+
+    /// The daemon's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// The daemon's directory (root, state, socket and log live in it).

@@ -22,7 +22,7 @@ const LEAKY_ENV: &[&str] = &[
 ];
 
 /// The bytes of the fixture `name` (`hello`, `exit-code`, `longline`, `spin`,
-/// `sleeper`, `trap`, `files`, `memhog`): a WASI preview 1 module.
+/// `sleeper`, `trap`, `files`, `memhog`, `termination`): a WASI preview 1 module.
 pub fn fixture(name: &str) -> Vec<u8> {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     read(BUILT.get_or_init(|| build("e2e/fixtures", "wasm32-wasip1")), name)
@@ -32,6 +32,12 @@ pub fn fixture(name: &str) -> Vec<u8> {
 pub fn fixture_p2(name: &str) -> Vec<u8> {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     read(BUILT.get_or_init(|| build("e2e/fixtures-p2", "wasm32-wasip2")), name)
+}
+
+/// The hand-written fixture `file` of e2e/fixtures-wat, compiled from text.
+pub fn wat_fixture(file: &str) -> Vec<u8> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("e2e/fixtures-wat").join(file);
+    wat::parse_file(&path).unwrap_or_else(|e| panic!("compiling {}: {e}", path.display()))
 }
 
 fn read(dir: &Path, name: &str) -> Vec<u8> {

@@ -221,7 +221,6 @@ fn verbose_info(container: &Container, view: &ContainerView) -> serde_json::Valu
         "mounts": container.mounts.iter().map(|m| serde_json::json!({
             "host_path": m.host_path, "guest_path": m.guest_path, "readonly": m.readonly,
         })).collect::<Vec<_>>(),
-        "cpu_nanos": view.cpu_nanos,
-        "memory_bytes": view.memory_bytes,
+        "usage": view.usage,
     })
 }

@@ -93,7 +93,7 @@ fn usage(timestamp: i64, cpu_nanos: u64, memory_bytes: u64) -> (api::CpuUsage, a
 
 fn container_stats_of(container: &Container) -> api::ContainerStats {
     let view = container.view();
-    let (cpu, memory) = usage(crate::durable::now_nanos(), view.cpu_nanos, view.memory_bytes);
+    let (cpu, memory) = usage(crate::durable::now_nanos(), view.usage.cpu_nanos, view.usage.memory_bytes);
     api::ContainerStats {
         attributes: Some(api::ContainerAttributes {
             id: container.id.clone(),

@@ -2,7 +2,6 @@
 //! machine Created → Running → Exited.
 
 use std::path::{Component, Path, PathBuf};
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -11,7 +10,10 @@ use crate::api;
 use crate::error::{Error, Result};
 use crate::images::Image;
 use crate::logs::{ContainerLog, OpenedLog};
-use crate::wasm::{Compiled, Engine, Exit, ExitReason, ExitWaiter, Guest, GuestSpec, ModuleSource, Mount};
+use crate::wasm::{
+    Compiled, CpuBandwidth, Engine, Exit, ExitReason, ExitWaiter, Guest, GuestSpec, Limits, ModuleSource, Mount,
+    UsageSnapshot,
+};
 
 /// How long a stop waits for a killed guest to be gone. A guest yields every
 /// epoch tick, so this is only reached if something is badly wrong.
@@ -51,6 +53,8 @@ pub struct Container {
     pub process: Process,
     pub log_path: Option<PathBuf>,
     pub mounts: Vec<Mount>,
+    /// `<state>/containers/<id>`: host files of the container's own, removed with it.
+    pub scratch_dir: PathBuf,
     pub created_at: i64,
     pub module_source: ModuleSource,
     compiled: Arc<Compiled>,
@@ -67,6 +71,7 @@ pub(super) struct NewContainer {
     pub process: Process,
     pub log_path: Option<PathBuf>,
     pub mounts: Vec<Mount>,
+    pub scratch_dir: PathBuf,
     pub compiled: Arc<Compiled>,
     pub module_source: ModuleSource,
 }
@@ -78,9 +83,8 @@ pub struct ContainerView {
     pub started_at: i64,
     pub exit: Option<Exit>,
     pub resources: Option<api::LinuxContainerResources>,
-    /// CPU nanoseconds and linear-memory bytes of the guest, once started.
-    pub cpu_nanos: u64,
-    pub memory_bytes: u64,
+    /// The guest's counters, once started.
+    pub usage: UsageSnapshot,
 }
 
 impl Container {
@@ -95,6 +99,7 @@ impl Container {
             process: new.process,
             log_path: new.log_path,
             mounts: new.mounts,
+            scratch_dir: new.scratch_dir,
             created_at: crate::durable::now_nanos(),
             module_source: new.module_source,
             compiled: new.compiled,
@@ -110,34 +115,28 @@ impl Container {
     pub fn view(&self) -> ContainerView {
         let resources = self.resources.lock().unwrap().clone();
         let phase = self.phase.lock().unwrap();
-        let (state, started_at, exit, cpu_nanos, memory_bytes) = match &*phase {
-            Phase::Created | Phase::Starting => (ContainerState::Created, 0, None, 0, 0),
-            Phase::StartFailed { exit } => (ContainerState::Exited, 0, Some(exit.clone()), 0, 0),
+        let (state, started_at, exit, usage) = match &*phase {
+            Phase::Created | Phase::Starting => (ContainerState::Created, 0, None, UsageSnapshot::default()),
+            Phase::StartFailed { exit } => (ContainerState::Exited, 0, Some(exit.clone()), UsageSnapshot::default()),
             Phase::Started { guest, started_at, .. } => {
                 let exit = guest.exit();
                 let state = if exit.is_some() { ContainerState::Exited } else { ContainerState::Running };
-                let cpu = guest.usage.cpu_nanos.load(Ordering::Relaxed);
-                let memory = guest.usage.memory_bytes.load(Ordering::Relaxed);
-                (state, *started_at, exit, cpu, memory)
+                (state, *started_at, exit, guest.usage.snapshot())
             }
         };
-        ContainerView { state, started_at, exit, resources, cpu_nanos, memory_bytes }
+        ContainerView { state, started_at, exit, resources, usage }
     }
 
-    /// The guest's view: argv, env, working dir, mounts and memory limit.
+    /// The guest's view: argv, env, working dir, mounts and limits.
     fn guest_spec(&self) -> GuestSpec {
-        let memory_limit = self
-            .resources
-            .lock()
-            .unwrap()
-            .as_ref()
-            .map_or(0, |resources| resources.memory_limit_in_bytes.max(0) as u64);
+        let limits = self.resources.lock().unwrap().as_ref().map(limits_of).unwrap_or_default();
         GuestSpec {
             argv: self.process.argv.clone(),
             env: self.process.env.clone(),
             working_dir: Some(self.process.working_dir.clone()).filter(|dir| !dir.is_empty()),
             mounts: self.mounts.clone(),
-            memory_limit,
+            limits,
+            scratch_dir: Some(self.scratch_dir.clone()),
         }
     }
 
@@ -234,7 +233,8 @@ impl Container {
     }
 
     /// Records new resources. The memory limit applies to the running guest at
-    /// its next memory growth; the other fields are kept and reported.
+    /// its next memory growth, the CPU quota at its next yield; the other
+    /// fields are kept and reported.
     pub fn update_resources(&self, resources: api::LinuxContainerResources) -> Result<()> {
         if resources.memory_limit_in_bytes < 0 {
             return Err(Error::InvalidArgument(format!(
@@ -242,12 +242,20 @@ impl Container {
                 self.id, resources.memory_limit_in_bytes
             )));
         }
-        let limit = resources.memory_limit_in_bytes as u64;
         if let Phase::Started { guest, .. } = &*self.phase.lock().unwrap() {
-            guest.usage.memory_limit.store(limit, Ordering::Relaxed);
+            guest.set_limits(limits_of(&resources));
         }
         *self.resources.lock().unwrap() = Some(resources);
         Ok(())
+    }
+}
+
+/// What the guest is held to, from the CRI resources: memory_limit_in_bytes
+/// (0: the engine's default) and the CFS quota and period.
+fn limits_of(resources: &api::LinuxContainerResources) -> Limits {
+    Limits {
+        memory_bytes: resources.memory_limit_in_bytes.max(0) as u64,
+        cpu: CpuBandwidth::from_cri(resources.cpu_quota, resources.cpu_period),
     }
 }
 

@@ -11,6 +11,7 @@ mod filter;
 mod sandbox;
 
 use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 pub use container::{Container, ContainerState, ContainerView};
@@ -26,6 +27,8 @@ use crate::wasm::{self, Engine};
 pub struct Pods {
     images: Arc<Images>,
     engine: Arc<Engine>,
+    /// `<state>/containers`: each container's scratch directory is in it, named by its id.
+    containers_dir: PathBuf,
     registry: Mutex<Registry>,
     events: events::Events,
 }
@@ -59,8 +62,23 @@ fn new_id() -> String {
 }
 
 impl Pods {
-    pub fn new(images: Arc<Images>, engine: Arc<Engine>) -> Self {
-        Self { images, engine, registry: Mutex::new(Registry::default()), events: events::Events::new() }
+    /// Pods and containers, with the containers' scratch directories under `state_dir`.
+    pub fn new(images: Arc<Images>, engine: Arc<Engine>, state_dir: &Path) -> Self {
+        let containers_dir = state_dir.join("containers");
+        // Containers live in memory only: whatever an earlier daemon left here
+        // belongs to no container any more.
+        if let Err(e) = std::fs::remove_dir_all(&containers_dir)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(dir = %containers_dir.display(), error = %e, "cannot remove the scratch directories of an earlier run");
+        }
+        Self {
+            images,
+            engine,
+            containers_dir,
+            registry: Mutex::new(Registry::default()),
+            events: events::Events::new(),
+        }
     }
 
     /// Every container event from now on.
@@ -190,8 +208,10 @@ impl Pods {
                 return Err(e.about_image(image_name));
             }
         };
+        let id = new_id();
         let container = Arc::new(Container::new(container::NewContainer {
-            id: new_id(),
+            scratch_dir: self.containers_dir.join(&id),
+            id,
             pod_id: sandbox.id.clone(),
             reserved_name: name,
             config,
@@ -264,9 +284,24 @@ impl Pods {
             return Ok(());
         };
         container.stop().await?;
-        let mut registry = self.registry.lock().unwrap();
-        if registry.containers.remove(&container.id).is_some() {
-            registry.names.remove(&container.reserved_name);
+        let removed = {
+            let mut registry = self.registry.lock().unwrap();
+            let removed = registry.containers.remove(&container.id).is_some();
+            if removed {
+                registry.names.remove(&container.reserved_name);
+            }
+            removed
+        };
+        if removed {
+            // Stopped, so its file mounts are copied back and nothing uses the
+            // directory. A leftover is harmless (the next daemon start clears
+            // it), so it does not fail a removal that has happened.
+            match tokio::fs::remove_dir_all(&container.scratch_dir).await {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    tracing::warn!(container = %container.id, dir = %container.scratch_dir.display(), error = %e, "cannot remove the container's scratch directory");
+                }
+                _ => {}
+            }
             self.events.send(&container.id, &container.pod_id, EventKind::Deleted);
             tracing::info!(container = %container.id, "container removed");
         }

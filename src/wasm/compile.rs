@@ -91,14 +91,24 @@ impl Cache {
         let (loaded, from) = tokio::task::spawn_blocking({
             let engine = engine.clone();
             let digest = digest.to_owned();
+            let cached = cached.clone();
             move || load_or_compile(&engine, &digest, kind, source, &cached)
         })
         .await
         .map_err(|e| Error::internal(format!("compiling {digest}"), e))??;
 
-        let program = match loaded {
-            Loaded::Module(module) => Program::Module(link_module(linkers, digest, &module)?),
-            Loaded::Component(component) => Program::Component(link_component(linkers, digest, &component)?),
+        let linked = match loaded {
+            Loaded::Module(module) => link_module(linkers, digest, &module).map(Program::Module),
+            Loaded::Component(component) => link_component(linkers, digest, &component).map(Program::Component),
+        };
+        let program = match linked {
+            Ok(program) => program,
+            Err(e) => {
+                // Linking depends on the binary alone: no image can ever run
+                // it, so its compiled code must not outlive the refusal.
+                let _ = tokio::fs::remove_file(&cached).await;
+                return Err(e);
+            }
         };
         let compiled = Arc::new(Compiled { digest: digest.to_owned(), program });
         let compiled = self.loaded.lock().unwrap().entry(digest.to_owned()).or_insert(compiled).clone();
@@ -135,10 +145,47 @@ fn link_module(
         }
     }
     linkers.module.instantiate_pre(module).map_err(|e| {
-        Error::InvalidArgument(format!(
-            "module {digest} cannot be linked: {e:#} (wasmrun provides WASI preview 1, `wasi_snapshot_preview1`)"
+        let missing = missing_module_imports(&linkers.module, module);
+        if missing.is_empty() {
+            return Error::InvalidArgument(format!(
+                "module {digest} cannot be linked: {e:#} (wasmrun provides WASI preview 1, `wasi_snapshot_preview1`)"
+            ));
+        }
+        Error::FailedPrecondition(format!(
+            "module {digest} imports {}, which wasmrun does not provide (a module can import WASI preview 1 only: \
+             `wasi_snapshot_preview1`)",
+            missing.join(", ")
         ))
     })
+}
+
+/// Every import of `module` that `linker` lacks, named like `function `env::f``;
+/// empty when linking fails for another reason (an import of the wrong type).
+fn missing_module_imports(linker: &wasmtime::Linker<GuestState>, module: &wasmtime::Module) -> Vec<String> {
+    // wasmtime reports one unknown import at a time: stand in for each on a
+    // copy of the linker, to find the next.
+    let mut linker = linker.clone();
+    let mut missing = Vec::new();
+    for _ in 0..module.imports().len() {
+        let Err(e) = linker.instantiate_pre(module) else { break };
+        let Some(unknown) = e.downcast_ref::<wasmtime::UnknownImportError>() else { break };
+        let ty = unknown.ty();
+        let kind = match &ty {
+            wasmtime::ExternType::Func(_) => "function",
+            wasmtime::ExternType::Global(_) => "global",
+            wasmtime::ExternType::Table(_) => "table",
+            wasmtime::ExternType::Memory(_) => "memory",
+            wasmtime::ExternType::Tag(_) => "tag",
+        };
+        missing.push(format!("{kind} `{}::{}`", unknown.module(), unknown.name()));
+        // Only a function can be stood in for without a store.
+        let wasmtime::ExternType::Func(ty) = ty else { break };
+        let (module_name, name) = (unknown.module().to_owned(), unknown.name().to_owned());
+        if linker.func_new(&module_name, &name, ty, |_, _, _| wasmtime::bail!("not provided")).is_err() {
+            break;
+        }
+    }
+    missing
 }
 
 fn link_component(
@@ -147,8 +194,16 @@ fn link_component(
     component: &wasmtime::component::Component,
 ) -> Result<wasmtime_wasi::p2::bindings::CommandPre<GuestState>> {
     let pre = linkers.component.instantiate_pre(component).map_err(|e| {
-        Error::InvalidArgument(format!(
-            "component {digest} cannot be linked: {e:#} (wasmrun provides the WASI 0.2 interfaces)"
+        let missing = missing_component_imports(&linkers.component, component);
+        if missing.is_empty() {
+            return Error::InvalidArgument(format!(
+                "component {digest} cannot be linked: {e:#} (wasmrun provides the WASI 0.2 interfaces)"
+            ));
+        }
+        Error::FailedPrecondition(format!(
+            "component {digest} imports {}, which wasmrun does not provide (a component can import the WASI 0.2 \
+             interfaces only: wasi:cli, wasi:clocks, wasi:filesystem, wasi:io, wasi:random, wasi:sockets)",
+            missing.join(", ")
         ))
     })?;
     wasmtime_wasi::p2::bindings::CommandPre::new(pre).map_err(|e| {
@@ -156,6 +211,81 @@ fn link_component(
             "component {digest} does not export `wasi:cli/run`: {e:#} (only WASI command components can run)"
         ))
     })
+}
+
+/// Every import of `component` that `linker` has nothing under, named like
+/// `interface `example:missing/greeter@1.0.0``; empty when linking fails for
+/// another reason (an import that wasmrun provides, of another type).
+fn missing_component_imports(
+    linker: &wasmtime::component::Linker<GuestState>,
+    component: &wasmtime::component::Component,
+) -> Vec<String> {
+    let engine = component.engine();
+    let ty = component.component_type();
+    let imports: Vec<(&str, wasmtime::component::types::ComponentItem)> =
+        ty.imports(engine).map(|(name, import)| (name, import.ty)).collect();
+    // wasmtime stops at the first import it cannot satisfy and names it (in
+    // backquotes) in its outermost message: stand in for each on a copy of the
+    // linker, to find the next.
+    let mut linker = linker.clone();
+    let mut missing = Vec::new();
+    for _ in 0..imports.len() {
+        let Err(e) = linker.instantiate_pre(component) else { break };
+        let failed = e.to_string();
+        let Some((name, item)) = imports.iter().find(|(name, _)| failed.contains(&format!("`{name}`"))) else {
+            break;
+        };
+        // An import that wasmrun provides, but of another type, is not missing:
+        // then wasmtime ends on a type mismatch, not on a missing implementation.
+        if !e.root_cause().to_string().ends_with("implementation is missing") {
+            break;
+        }
+        if stand_in(&mut linker.root(), engine, name, item).is_err() {
+            break;
+        }
+        missing.push(format!("{} `{name}`", component_item_kind(item)));
+    }
+    missing
+}
+
+/// Defines `name` in `linker` as something of `item`'s type that does nothing.
+fn stand_in(
+    linker: &mut wasmtime::component::LinkerInstance<'_, GuestState>,
+    engine: &wasmtime::Engine,
+    name: &str,
+    item: &wasmtime::component::types::ComponentItem,
+) -> wasmtime::Result<()> {
+    use wasmtime::component::types::ComponentItem;
+    match item {
+        ComponentItem::ComponentFunc(_) => linker.func_new(name, |_, _, _, _| wasmtime::bail!("not provided")),
+        ComponentItem::Resource(_) => {
+            linker.resource(name, wasmtime::component::ResourceType::host::<()>(), |_, _| Ok(()))
+        }
+        ComponentItem::ComponentInstance(instance) => {
+            let mut inner = linker.instance(name)?;
+            for (export, item) in instance.exports(engine) {
+                stand_in(&mut inner, engine, export, &item.ty)?;
+            }
+            Ok(())
+        }
+        ComponentItem::Type(_) => Ok(()),
+        ComponentItem::CoreFunc(_) | ComponentItem::Module(_) | ComponentItem::Component(_) => {
+            wasmtime::bail!("cannot stand in for a {}", component_item_kind(item))
+        }
+    }
+}
+
+fn component_item_kind(item: &wasmtime::component::types::ComponentItem) -> &'static str {
+    use wasmtime::component::types::ComponentItem;
+    match item {
+        ComponentItem::ComponentFunc(_) => "function",
+        ComponentItem::CoreFunc(_) => "core function",
+        ComponentItem::Module(_) => "module",
+        ComponentItem::Component(_) => "component",
+        ComponentItem::ComponentInstance(_) => "interface",
+        ComponentItem::Type(_) => "type",
+        ComponentItem::Resource(_) => "resource",
+    }
 }
 
 fn load_or_compile(
@@ -212,4 +342,119 @@ fn load_or_compile(
         Err(e) => tracing::warn!(%digest, error = %format!("{e:#}"), "could not serialize compiled code"),
     }
     Ok((loaded, ModuleSource::Compiled))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn linkers() -> (wasmtime::Engine, Linkers) {
+        let engine = wasmtime::Engine::default();
+        let mut module = wasmtime::Linker::new(&engine);
+        wasmtime_wasi::p1::add_to_linker_async(&mut module, |state: &mut GuestState| &mut state.wasi).unwrap();
+        let mut component = wasmtime::component::Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut component).unwrap();
+        (engine, Linkers { module, component })
+    }
+
+    fn module(engine: &wasmtime::Engine, wat: &str) -> wasmtime::Module {
+        wasmtime::Module::new(engine, wat::parse_str(wat).unwrap()).unwrap()
+    }
+
+    fn component(engine: &wasmtime::Engine, wat: &str) -> wasmtime::component::Component {
+        wasmtime::component::Component::new(engine, wat::parse_str(wat).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn every_missing_module_import_is_named() {
+        let (engine, linkers) = linkers();
+        let module = module(
+            &engine,
+            r#"(module
+                (import "wasi_snapshot_preview1" "proc_exit" (func (param i32)))
+                (import "env" "first" (func))
+                (import "other" "second" (func (param i64) (result f32)))
+                (import "env" "memory" (memory 1))
+                (func (export "_start")))"#,
+        );
+        assert_eq!(
+            missing_module_imports(&linkers.module, &module),
+            ["function `env::first`", "function `other::second`", "memory `env::memory`"]
+        );
+        let Err(Error::FailedPrecondition(message)) = link_module(&linkers, "sha256:m", &module) else {
+            panic!("a module with missing imports must be refused as FailedPrecondition");
+        };
+        assert_eq!(
+            message,
+            "module sha256:m imports function `env::first`, function `other::second`, memory `env::memory`, which \
+             wasmrun does not provide (a module can import WASI preview 1 only: `wasi_snapshot_preview1`)"
+        );
+    }
+
+    #[test]
+    fn a_wasi_import_of_the_wrong_type_is_not_a_missing_one() {
+        let (engine, linkers) = linkers();
+        let module = module(
+            &engine,
+            r#"(module
+                (import "wasi_snapshot_preview1" "proc_exit" (func (param i64)))
+                (func (export "_start")))"#,
+        );
+        assert!(missing_module_imports(&linkers.module, &module).is_empty());
+        let Err(Error::InvalidArgument(message)) = link_module(&linkers, "sha256:m", &module) else {
+            panic!("a module importing WASI with the wrong type is invalid");
+        };
+        assert!(message.starts_with("module sha256:m cannot be linked: "), "{message}");
+        assert!(message.contains("proc_exit"), "{message}");
+    }
+
+    #[test]
+    fn every_missing_component_import_is_named() {
+        let (engine, linkers) = linkers();
+        let component = component(
+            &engine,
+            r#"(component
+                (import "wasi:random/random@0.2.0" (instance (export "get-random-u64" (func (result u64)))))
+                (import "example:missing/greeter@1.0.0" (instance
+                    (export "greeting" (type (sub resource)))
+                    (export "greet" (func (param "times" u32) (result u32)))))
+                (import "example:missing/other@0.1.0" (instance (export "f" (func))))
+                (import "top-level" (func)))"#,
+        );
+        assert_eq!(
+            missing_component_imports(&linkers.component, &component),
+            [
+                "interface `example:missing/greeter@1.0.0`",
+                "interface `example:missing/other@0.1.0`",
+                "function `top-level`"
+            ]
+        );
+        let Err(Error::FailedPrecondition(message)) = link_component(&linkers, "sha256:c", &component) else {
+            panic!("a component with missing imports must be refused as FailedPrecondition");
+        };
+        assert!(
+            message.starts_with(
+                "component sha256:c imports interface `example:missing/greeter@1.0.0`, interface \
+                 `example:missing/other@0.1.0`, function `top-level`, which wasmrun does not provide"
+            ),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn a_wasi_interface_of_the_wrong_type_is_not_a_missing_one() {
+        let (engine, linkers) = linkers();
+        // wasmrun provides `wasi:random/random@0.2.x`, whose function returns a u64.
+        let component = component(
+            &engine,
+            r#"(component
+                (import "wasi:random/random@0.2.0" (instance (export "get-random-u64" (func (result u32))))))"#,
+        );
+        assert!(missing_component_imports(&linkers.component, &component).is_empty());
+        let Err(Error::InvalidArgument(message)) = link_component(&linkers, "sha256:c", &component) else {
+            panic!("a component importing WASI with the wrong type is invalid");
+        };
+        assert!(message.starts_with("component sha256:c cannot be linked: "), "{message}");
+        assert!(message.contains("wasi:random/random@0.2.0"), "{message}");
+    }
 }

@@ -1,10 +1,8 @@
 //! One running guest: its WASI context, its limits, its usage, and how it ends.
 
-use std::future::Future;
-use std::pin::Pin;
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::task::{Context, Poll};
+use std::sync::atomic::Ordering;
 
 use tokio::sync::{oneshot, watch};
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
@@ -12,8 +10,10 @@ use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder};
 
 use super::compile::{Compiled, Program};
+use super::file_mounts;
+use super::limits::{CpuMeter, Limits, MemoryLimiter, Usage};
 use crate::error::{Error, Result};
-use crate::logs::{LogDone, LogWriter};
+use crate::logs::{GuestOutput, LogWriter};
 
 /// Exit code of a guest ended by a stop, as if killed by SIGKILL.
 pub const EXIT_KILLED: i32 = 128 + 9;
@@ -27,8 +27,10 @@ pub struct GuestSpec {
     pub env: Vec<(String, String)>,
     pub working_dir: Option<String>,
     pub mounts: Vec<Mount>,
-    /// Bytes of linear memory the guest may hold; 0 means no limit.
-    pub memory_limit: u64,
+    pub limits: Limits,
+    /// A host directory of the container's own, for the copies that stand in
+    /// for its file mounts; created only when there are some.
+    pub scratch_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,24 +67,12 @@ pub struct Exit {
     pub finished_at: i64,
 }
 
-/// Live counters of a guest, read by stats calls without stopping it.
-#[derive(Debug, Default)]
-pub struct Usage {
-    /// CPU time spent running the guest (and its host calls), in nanoseconds.
-    pub cpu_nanos: AtomicU64,
-    /// Bytes of linear memory the guest holds now.
-    pub memory_bytes: AtomicU64,
-    /// Limit on `memory_bytes`; 0 means none. Can change while the guest runs.
-    pub memory_limit: AtomicU64,
-    /// Set when a memory growth was refused for the limit.
-    pub hit_memory_limit: AtomicBool,
-}
-
 /// The host's side of a running guest.
 pub struct Guest {
     stop: Option<oneshot::Sender<()>>,
     exit: watch::Receiver<Option<Exit>>,
     pub usage: Arc<Usage>,
+    default_memory_limit: u64,
 }
 
 impl Guest {
@@ -96,6 +86,12 @@ impl Guest {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
+    }
+
+    /// Changes the limits of the running guest: memory at its next growth,
+    /// CPU at its next yield.
+    pub fn set_limits(&self, limits: Limits) {
+        self.usage.set_limits(limits, self.default_memory_limit);
     }
 
     /// Something to wait on for the guest's end, usable without holding the guest.
@@ -136,21 +132,25 @@ impl wasmtime_wasi::WasiView for GuestState {
 pub(super) async fn start(
     engine: &wasmtime::Engine,
     executor: &tokio::runtime::Handle,
+    default_memory_limit: u64,
     compiled: Arc<Compiled>,
     spec: GuestSpec,
-    stdout: LogWriter,
-    stderr: LogWriter,
-    log_done: LogDone,
+    output: GuestOutput,
 ) -> Result<Guest> {
-    let usage = Arc::new(Usage::default());
-    usage.memory_limit.store(spec.memory_limit, Ordering::Relaxed);
+    let GuestOutput { stdout, stderr, done: log_done } = output;
+    let usage = Arc::new(Usage::new(spec.limits, default_memory_limit));
     let (ready_tx, ready_rx) = oneshot::channel::<Result<()>>();
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let (exit_tx, exit_rx) = watch::channel(None);
     let engine = engine.clone();
     let task_usage = usage.clone();
     executor.spawn(async move {
-        let store = match build_store(&engine, &spec, stdout, stderr, task_usage.clone()) {
+        let prepared = file_mounts::prepare(spec.mounts.clone(), spec.scratch_dir.clone()).await;
+        let store = prepared.and_then(|prepared| {
+            let store = build_store(&engine, &spec, &prepared.preopens, stdout, stderr, task_usage.clone())?;
+            Ok((store, prepared.files))
+        });
+        let (store, files) = match store {
             Ok(store) => store,
             Err(e) => {
                 let _ = ready_tx.send(Err(e));
@@ -159,20 +159,22 @@ pub(super) async fn start(
         };
         let _ = ready_tx.send(Ok(()));
         let exit = run_until_stopped(store, compiled, stop_rx, &task_usage).await;
-        // Report the exit only once the output is on disk: kubelet reads the
-        // log of an exited container and expects all of it.
-        log_done.wait().await;
+        // Report the exit only once the output is on disk and the file mounts
+        // are copied back: kubelet reads the log and the termination message
+        // of an exited container and expects all of them.
+        tokio::join!(files.copy_back(), log_done.wait());
         let _ = exit_tx.send(Some(exit));
     });
     ready_rx.await.map_err(|_| {
         Error::internal("starting a guest", anyhow::anyhow!("the guest task ended before it was ready"))
     })??;
-    Ok(Guest { stop: Some(stop_tx), exit: exit_rx, usage })
+    Ok(Guest { stop: Some(stop_tx), exit: exit_rx, usage, default_memory_limit })
 }
 
 fn build_store(
     engine: &wasmtime::Engine,
     spec: &GuestSpec,
+    preopens: &[Mount],
     stdout: LogWriter,
     stderr: LogWriter,
     usage: Arc<Usage>,
@@ -180,13 +182,7 @@ fn build_store(
     let mut wasi = WasiCtxBuilder::new();
     wasi.args(&spec.argv).envs(&spec.env);
     wasi.stdout(OutputStream::new(stdout)).stderr(OutputStream::new(stderr));
-    for mount in &spec.mounts {
-        // WASI preview 1 can only preopen directories; kubelet's file mounts
-        // (/etc/hosts, the termination-message path) cannot be given.
-        if std::fs::metadata(&mount.host_path).is_ok_and(|meta| !meta.is_dir()) {
-            tracing::warn!(host_path = %mount.host_path, guest_path = %mount.guest_path, "skipping a file mount: WASI preview 1 preopens only directories");
-            continue;
-        }
+    for mount in preopens {
         let perms = if mount.readonly { FsPerms::ReadOnly } else { FsPerms::ReadWrite };
         wasi.preopened_dir(&mount.host_path, &mount.guest_path, perms).map_err(|e| {
             Error::InvalidArgument(format!(
@@ -218,7 +214,7 @@ async fn run_until_stopped(
     stop: oneshot::Receiver<()>,
     usage: &Usage,
 ) -> Exit {
-    let run = CpuMeter { inner: run_start(&mut store, &compiled), usage };
+    let run = CpuMeter::new(run_start(&mut store, &compiled), usage);
     let exit = tokio::select! {
         biased;
         _ = stop => Exit {
@@ -266,7 +262,7 @@ fn classify(result: wasmtime::Result<()>, usage: &Usage) -> Exit {
         return Exit { code: *code, reason, message: String::new(), finished_at };
     }
     if usage.hit_memory_limit.load(Ordering::Relaxed) {
-        let limit = usage.memory_limit.load(Ordering::Relaxed);
+        let limit = usage.memory_limit();
         return Exit {
             code: EXIT_KILLED,
             reason: ExitReason::OomKilled,
@@ -286,59 +282,6 @@ fn truncate_at_char(text: &mut String, max: usize) {
             end -= 1;
         }
         text.truncate(end);
-    }
-}
-
-/// Counts the CPU time of every poll of the guest: the guest's own CPU usage,
-/// since a guest runs only inside those polls.
-struct CpuMeter<'a, F> {
-    inner: F,
-    usage: &'a Usage,
-}
-
-impl<F: Future> Future for CpuMeter<'_, F> {
-    type Output = F::Output;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        // SAFETY: `inner` is never moved out of the pinned `self`.
-        let this = unsafe { self.get_unchecked_mut() };
-        let before = thread_cpu_nanos();
-        let inner = unsafe { Pin::new_unchecked(&mut this.inner) };
-        let poll = inner.poll(cx);
-        this.usage.cpu_nanos.fetch_add(thread_cpu_nanos().saturating_sub(before), Ordering::Relaxed);
-        poll
-    }
-}
-
-fn thread_cpu_nanos() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: clock_gettime writes into the timespec we own.
-    if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) } != 0 {
-        return 0;
-    }
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
-/// Tracks linear memory and refuses growth past the container's limit.
-struct MemoryLimiter {
-    usage: Arc<Usage>,
-}
-
-impl wasmtime::ResourceLimiter for MemoryLimiter {
-    fn memory_growing(&mut self, current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
-        let held = self.usage.memory_bytes.load(Ordering::Relaxed);
-        let after = held.saturating_sub(current as u64) + desired as u64;
-        let limit = self.usage.memory_limit.load(Ordering::Relaxed);
-        if limit > 0 && after > limit {
-            self.usage.hit_memory_limit.store(true, Ordering::Relaxed);
-            return Ok(false);
-        }
-        self.usage.memory_bytes.store(after, Ordering::Relaxed);
-        Ok(true)
-    }
-
-    fn table_growing(&mut self, _current: usize, _desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
-        Ok(true)
     }
 }
 

@@ -7,14 +7,17 @@
 //! the next yield, even in an infinite loop.
 
 mod compile;
+mod file_mounts;
 mod guest;
+mod limits;
 
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 pub use compile::{Compiled, ModuleSource, WasmSource};
-pub use guest::{Exit, ExitReason, ExitWaiter, Guest, GuestSpec, Mount, Usage};
+pub use guest::{Exit, ExitReason, ExitWaiter, Guest, GuestSpec, Mount};
+pub use limits::{CpuBandwidth, Limits, Usage, UsageSnapshot};
 
 use crate::error::{Error, Result};
 
@@ -53,12 +56,14 @@ pub struct Engine {
     linkers: Linkers,
     cache: compile::Cache,
     guests: tokio::runtime::Handle,
+    default_memory_limit: u64,
 }
 
 impl Engine {
     /// Creates the engine, its compiled-code cache under `cache_dir`, the epoch
-    /// ticker and the guest executor.
-    pub fn new(cache_dir: &Path) -> Result<Arc<Self>> {
+    /// ticker and the guest executor. Guests whose container sets no memory
+    /// limit get `default_memory_limit` bytes (0: none).
+    pub fn new(cache_dir: &Path, default_memory_limit: u64) -> Result<Arc<Self>> {
         let wasm_error = |what: &str, e: wasmtime::Error| Error::internal(what.to_owned(), anyhow::anyhow!("{e:#}"));
         let mut config = wasmtime::Config::new();
         config.epoch_interruption(true);
@@ -73,7 +78,7 @@ impl Engine {
         let cache = compile::Cache::new(&engine, cache_dir)?;
         spawn_epoch_ticker(&engine)?;
         let guests = spawn_guest_executor()?;
-        Ok(Arc::new(Self { engine, linkers: Linkers { module, component }, cache, guests }))
+        Ok(Arc::new(Self { engine, linkers: Linkers { module, component }, cache, guests, default_memory_limit }))
     }
 
     /// The compiled form of the binary with `digest`, from memory, from the
@@ -102,7 +107,7 @@ impl Engine {
         spec: GuestSpec,
         output: crate::logs::GuestOutput,
     ) -> Result<Guest> {
-        guest::start(&self.engine, &self.guests, compiled, spec, output.stdout, output.stderr, output.done).await
+        guest::start(&self.engine, &self.guests, self.default_memory_limit, compiled, spec, output).await
     }
 }
 
@@ -122,10 +127,17 @@ fn spawn_epoch_ticker(engine: &wasmtime::Engine) -> Result<()> {
         .map_err(|e| Error::internal("starting the epoch ticker", e))
 }
 
+/// Niceness of the guest executor's threads. Guests that spin on every core
+/// must not slow down the threads that serve kubelet, write logs and tick
+/// the epoch (all at nice 0). It only weighs guests against the daemon's own
+/// threads: containers of the backing runtime are in cgroups of their own.
+const GUEST_NICE: libc::c_int = 10;
+
 /// A multi-threaded tokio runtime for guests, kept apart from the CRI server's.
 fn spawn_guest_executor() -> Result<tokio::runtime::Handle> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .thread_name("wasm-guest")
+        .on_thread_start(lower_thread_priority)
         .enable_all()
         .build()
         .map_err(|e| Error::internal("starting the guest executor", e))?;
@@ -137,6 +149,18 @@ fn spawn_guest_executor() -> Result<tokio::runtime::Handle> {
         .spawn(move || runtime.block_on(std::future::pending::<()>()))
         .map_err(|e| Error::internal("starting the guest executor", e))?;
     Ok(handle)
+}
+
+/// Sets [`GUEST_NICE`] on the calling thread (on Linux, niceness is per thread).
+fn lower_thread_priority() {
+    // SAFETY: gettid and setpriority take no pointers.
+    let result = unsafe {
+        let tid = libc::gettid();
+        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, GUEST_NICE)
+    };
+    if result != 0 {
+        tracing::warn!(error = %std::io::Error::last_os_error(), "cannot lower the priority of a guest thread");
+    }
 }
 
 #[cfg(test)]

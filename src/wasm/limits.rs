@@ -1,0 +1,309 @@
+//! What a guest may use and what it has used: its memory limit, its CPU
+//! bandwidth, and the live counters stats calls read.
+//!
+//! A peer runtime gets all of this from the guest's cgroup. Guests here share
+//! one process, so wasmrun does the accounting itself: CPU is the thread CPU
+//! time of every poll of the guest's future (a guest runs only inside those
+//! polls), and memory is what the resource limiter has let the guest grow to.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::time::{Instant, Sleep};
+
+/// Host bytes charged per table element: one pointer-sized slot.
+const TABLE_ELEMENT_BYTES: u64 = 8;
+
+/// The limits a container asks for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Limits {
+    /// Bytes of linear memory and tables the guest may hold; 0 means the
+    /// engine's default limit.
+    pub memory_bytes: u64,
+    /// CPU time per period; `None` means unlimited.
+    pub cpu: Option<CpuBandwidth>,
+}
+
+/// What [`Usage`] held at one moment; all zero for a guest not started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct UsageSnapshot {
+    pub cpu_nanos: u64,
+    pub memory_bytes: u64,
+    /// The limit in force: the container's, or the default; 0 means none.
+    pub memory_limit_bytes: u64,
+    pub throttled_periods: u64,
+    pub throttled_nanos: u64,
+}
+
+/// A CFS-style CPU limit: at most `quota` of CPU time in every `period`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CpuBandwidth {
+    pub quota: Duration,
+    pub period: Duration,
+}
+
+impl CpuBandwidth {
+    /// The CRI's `cpu_quota` and `cpu_period`, in microseconds as for the CFS.
+    /// A quota of 0 or less means no limit; a period of 0 means the CFS default of 100 ms.
+    pub fn from_cri(quota_micros: i64, period_micros: i64) -> Option<Self> {
+        if quota_micros <= 0 {
+            return None;
+        }
+        let period = if period_micros > 0 { period_micros as u64 } else { 100_000 };
+        Some(Self { quota: Duration::from_micros(quota_micros as u64), period: Duration::from_micros(period) })
+    }
+}
+
+/// Live counters and limits of a guest, read by stats calls and changed by
+/// UpdateContainerResources without stopping it.
+#[derive(Debug, Default)]
+pub struct Usage {
+    /// CPU time spent running the guest (and its host calls), in nanoseconds.
+    pub cpu_nanos: AtomicU64,
+    /// Bytes of linear memory and tables the guest holds now.
+    pub memory_bytes: AtomicU64,
+    /// Limit on `memory_bytes`; 0 means none.
+    memory_limit: AtomicU64,
+    /// Set when a memory or table growth was refused for the limit.
+    pub hit_memory_limit: AtomicBool,
+    /// CPU bandwidth in nanoseconds; a quota of 0 means unlimited.
+    cpu_quota_nanos: AtomicU64,
+    cpu_period_nanos: AtomicU64,
+    /// How often, and for how long in all, the guest was held back for its CPU quota.
+    pub throttled_periods: AtomicU64,
+    pub throttled_nanos: AtomicU64,
+}
+
+impl Usage {
+    pub(super) fn new(limits: Limits, default_memory_limit: u64) -> Self {
+        let usage = Self::default();
+        usage.set_limits(limits, default_memory_limit);
+        usage
+    }
+
+    pub(super) fn set_limits(&self, limits: Limits, default_memory_limit: u64) {
+        let memory = if limits.memory_bytes > 0 { limits.memory_bytes } else { default_memory_limit };
+        self.memory_limit.store(memory, Ordering::Relaxed);
+        let (quota, period) =
+            limits.cpu.map_or((0, 0), |cpu| (cpu.quota.as_nanos() as u64, cpu.period.as_nanos() as u64));
+        // Period first: a reader that sees the new quota must not pair it with an old period of 0.
+        self.cpu_period_nanos.store(period, Ordering::Relaxed);
+        self.cpu_quota_nanos.store(quota, Ordering::Relaxed);
+    }
+
+    /// The counters as they are now.
+    pub fn snapshot(&self) -> UsageSnapshot {
+        UsageSnapshot {
+            cpu_nanos: self.cpu_nanos.load(Ordering::Relaxed),
+            memory_bytes: self.memory_bytes.load(Ordering::Relaxed),
+            memory_limit_bytes: self.memory_limit(),
+            throttled_periods: self.throttled_periods.load(Ordering::Relaxed),
+            throttled_nanos: self.throttled_nanos.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The memory limit in force (the container's, or the default); 0 means none.
+    pub fn memory_limit(&self) -> u64 {
+        self.memory_limit.load(Ordering::Relaxed)
+    }
+
+    fn bandwidth(&self) -> Option<(u64, u64)> {
+        let quota = self.cpu_quota_nanos.load(Ordering::Relaxed);
+        let period = self.cpu_period_nanos.load(Ordering::Relaxed);
+        (quota > 0 && period > 0).then_some((quota, period))
+    }
+
+    /// Accepts a growth of what the guest holds from `current` to `desired`
+    /// bytes, unless it would pass the limit.
+    fn grow(&self, current: u64, desired: u64) -> bool {
+        let held = self.memory_bytes.load(Ordering::Relaxed);
+        let after = held.saturating_sub(current) + desired;
+        let limit = self.memory_limit();
+        if limit > 0 && after > limit {
+            self.hit_memory_limit.store(true, Ordering::Relaxed);
+            return false;
+        }
+        self.memory_bytes.store(after, Ordering::Relaxed);
+        true
+    }
+}
+
+/// Refuses memory and table growth past the guest's limit. wasmtime calls it
+/// for every growth, including the initial allocation at instantiation.
+pub(super) struct MemoryLimiter {
+    pub usage: Arc<Usage>,
+}
+
+impl wasmtime::ResourceLimiter for MemoryLimiter {
+    fn memory_growing(&mut self, current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        Ok(self.usage.grow(current as u64, desired as u64))
+    }
+
+    fn table_growing(&mut self, current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        Ok(self.usage.grow(current as u64 * TABLE_ELEMENT_BYTES, desired as u64 * TABLE_ELEMENT_BYTES))
+    }
+}
+
+/// Runs a guest's future: counts the CPU time of each poll and, when the guest
+/// has a CPU limit, holds it back once it has used its quota for the period.
+///
+/// A guest yields at every epoch tick, so it can overrun its quota by up to a
+/// tick; the overrun is carried into the next periods as debt, which keeps
+/// the long-run share at quota / period (as the CFS does with its slices).
+pub(super) struct CpuMeter<'a, F> {
+    inner: F,
+    usage: &'a Usage,
+    budget: Budget,
+    throttle: Option<Pin<Box<Sleep>>>,
+}
+
+impl<'a, F> CpuMeter<'a, F> {
+    pub fn new(inner: F, usage: &'a Usage) -> Self {
+        Self { inner, usage, budget: Budget::new(Instant::now()), throttle: None }
+    }
+}
+
+impl<F: Future> Future for CpuMeter<'_, F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        // SAFETY: `inner` is never moved out of the pinned `self`; the other
+        // fields are Unpin.
+        let this = unsafe { self.get_unchecked_mut() };
+        if let Some(throttle) = &mut this.throttle {
+            if throttle.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            this.throttle = None;
+        }
+        let before = thread_cpu_nanos();
+        let inner = unsafe { Pin::new_unchecked(&mut this.inner) };
+        let poll = inner.poll(cx);
+        let spent = thread_cpu_nanos().saturating_sub(before);
+        this.usage.cpu_nanos.fetch_add(spent, Ordering::Relaxed);
+        if poll.is_pending()
+            && let Some((quota, period)) = this.usage.bandwidth()
+            && let Some(until) = this.budget.charge(spent, Instant::now(), quota, period)
+        {
+            let now = Instant::now();
+            this.usage.throttled_periods.fetch_add(1, Ordering::Relaxed);
+            this.usage
+                .throttled_nanos
+                .fetch_add(until.saturating_duration_since(now).as_nanos() as u64, Ordering::Relaxed);
+            let mut throttle = Box::pin(tokio::time::sleep_until(until));
+            // Registers the wake-up; the guest is not polled again before it.
+            let _ = throttle.as_mut().poll(cx);
+            this.throttle = Some(throttle);
+        }
+        poll
+    }
+}
+
+/// CPU time used in the current period, CFS-style: each period that passes
+/// refills one quota; time used beyond the quota is debt the next periods repay.
+#[derive(Debug)]
+struct Budget {
+    period_start: Instant,
+    used: u64,
+}
+
+impl Budget {
+    fn new(now: Instant) -> Self {
+        Self { period_start: now, used: 0 }
+    }
+
+    /// Charges `spent` nanoseconds at `now`. Returns when the guest may run
+    /// again if it has used up its quota.
+    fn charge(&mut self, spent: u64, now: Instant, quota: u64, period: u64) -> Option<Instant> {
+        let elapsed = now.saturating_duration_since(self.period_start).as_nanos() as u64;
+        if elapsed >= period {
+            let periods = elapsed / period;
+            // Unused quota is not banked: an idle guest gets no burst later.
+            self.used = self.used.saturating_sub(periods.saturating_mul(quota));
+            self.period_start += Duration::from_nanos(periods * period);
+        }
+        self.used += spent;
+        if self.used < quota {
+            return None;
+        }
+        // After k more refills the debt is below one quota again.
+        let periods_to_wait = self.used / quota;
+        Some(self.period_start + Duration::from_nanos(periods_to_wait.saturating_mul(period)))
+    }
+}
+
+fn thread_cpu_nanos() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes into the timespec we own.
+    if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) } != 0 {
+        return 0;
+    }
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: u64 = 1_000_000;
+
+    #[test]
+    fn cri_quota_of_zero_or_less_is_no_limit() {
+        assert_eq!(CpuBandwidth::from_cri(0, 100_000), None);
+        assert_eq!(CpuBandwidth::from_cri(-1, 100_000), None);
+        let half = CpuBandwidth::from_cri(50_000, 0).unwrap();
+        assert_eq!((half.quota, half.period), (Duration::from_millis(50), Duration::from_millis(100)));
+    }
+
+    #[test]
+    fn budget_holds_back_at_the_quota_until_the_next_period() {
+        let start = Instant::now();
+        let mut budget = Budget::new(start);
+        assert_eq!(budget.charge(30 * MS, start, 50 * MS, 100 * MS), None);
+        let until = budget.charge(30 * MS, start + Duration::from_millis(40), 50 * MS, 100 * MS);
+        assert_eq!(until, Some(start + Duration::from_millis(100)));
+        // At the next period the 10 ms overrun is carried: 40 ms are left.
+        let next = start + Duration::from_millis(100);
+        assert_eq!(budget.charge(39 * MS, next, 50 * MS, 100 * MS), None);
+        assert_eq!(budget.charge(2 * MS, next, 50 * MS, 100 * MS), Some(start + Duration::from_millis(200)));
+    }
+
+    #[test]
+    fn budget_repays_a_long_overrun_over_several_periods() {
+        let start = Instant::now();
+        let mut budget = Budget::new(start);
+        // 25 ms used against a 10 ms quota: two more periods repay it.
+        assert_eq!(budget.charge(25 * MS, start, 10 * MS, 100 * MS), Some(start + Duration::from_millis(200)));
+        assert_eq!(budget.charge(0, start + Duration::from_millis(200), 10 * MS, 100 * MS), None);
+    }
+
+    #[test]
+    fn an_idle_guest_banks_no_quota() {
+        let start = Instant::now();
+        let mut budget = Budget::new(start);
+        let later = start + Duration::from_secs(10);
+        assert_eq!(budget.charge(49 * MS, later, 50 * MS, 100 * MS), None);
+        assert!(budget.charge(2 * MS, later, 50 * MS, 100 * MS).is_some());
+    }
+
+    #[test]
+    fn memory_limit_counts_tables_and_memories_together() {
+        let usage = Usage::new(Limits { memory_bytes: 1000, cpu: None }, 0);
+        assert!(usage.grow(0, 800));
+        assert!(usage.grow(0, 100));
+        assert!(!usage.grow(800, 1000), "growth past the limit must be refused");
+        assert!(usage.hit_memory_limit.load(Ordering::Relaxed));
+        assert_eq!(usage.memory_bytes.load(Ordering::Relaxed), 900);
+    }
+
+    #[test]
+    fn no_container_limit_means_the_default() {
+        assert_eq!(Usage::new(Limits::default(), 4096).memory_limit(), 4096);
+        assert_eq!(Usage::new(Limits { memory_bytes: 10, cpu: None }, 4096).memory_limit(), 10);
+        assert_eq!(Usage::new(Limits::default(), 0).memory_limit(), 0);
+    }
+}

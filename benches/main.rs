@@ -1,0 +1,68 @@
+//! wasmrun's benchmarks: `cargo bench` builds the release daemon and the wasm
+//! fixtures, starts the test registry and the daemon (as the end-to-end tests
+//! do, through the same harness) and prints one plain-text table per section
+//! on stdout; progress goes to stderr. See BENCHMARKS.md.
+//!
+//! `cargo bench` runs every section with its defaults; `cargo bench --
+//! SECTION… [OPTIONS]` runs the named sections only, e.g. `cargo bench --
+//! density --counts 1000,5000`; `cargo bench -- --help` lists them all.
+//!
+//! A section is a module with a `clap::Args` struct of its own options
+//! (flattened into [`Cli`] under a heading of its own: option names must be
+//! unique across sections) and an async `run` that prints its report.
+
+// The end-to-end tests' harness; the benchmarks use a part of what it exports.
+#[path = "../e2e/harness/mod.rs"]
+#[allow(unused_imports)]
+mod harness;
+
+mod cpu;
+mod density;
+mod support;
+
+use clap::{Parser, ValueEnum};
+
+/// wasmrun's benchmarks. With no SECTION, every section runs with its defaults.
+#[derive(Parser, Debug)]
+#[command(name = "wasmrun-bench", bin_name = "cargo bench --", disable_version_flag = true)]
+struct Cli {
+    /// Sections to run, in this order (every section when none is named).
+    #[arg(value_enum)]
+    sections: Vec<Section>,
+
+    #[command(flatten)]
+    density: density::Args,
+
+    #[command(flatten)]
+    cpu: cpu::Args,
+
+    /// Given by `cargo bench` itself to every bench target; ignored.
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Section {
+    /// Many sleeping containers in one daemon: memory, call latency, idle CPU.
+    Density,
+    /// Spinning guests: CPU share under a quota, CRI latency while every core spins.
+    Cpu,
+}
+
+#[tokio::main]
+async fn main() {
+    let cli = Cli::parse();
+    let mut sections = cli.sections.clone();
+    if sections.is_empty() {
+        sections = Section::value_variants().to_vec();
+    }
+    sections.dedup();
+
+    println!("{}", support::header());
+    for section in sections {
+        match section {
+            Section::Density => density::run(&cli.density).await,
+            Section::Cpu => cpu::run(&cli.cpu).await,
+        }
+    }
+}

@@ -356,3 +356,30 @@ async fn compiled_modules_are_cached_in_memory_and_on_disk() {
     assert_eq!(module_source(&mut daemon.runtime(), &third_id).await, "disk-cache");
     assert!(!stale.exists(), "compiled code of another engine configuration is kept");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_that_cannot_be_instantiated_ends_with_start_error() {
+    let daemon = Daemon::start().await;
+    let image = push_bytes("containers-bad-segment", &wat_fixture("bad-segment.module.wat")).await;
+    pull(&daemon, &image.name).await;
+    let pod = Pod::run(&daemon, "bad-segment").await;
+
+    let (_, status) = pod.run_to_exit(&daemon, &container_config("bad-segment", &image.name, &[], &[], &[])).await;
+    assert_eq!((status.exit_code, status.reason.as_str()), (128, "StartError"), "{status:#?}");
+    assert!(status.message.contains("cannot instantiate the guest"), "{status:#?}");
+    assert!(status.message.contains("out of bounds"), "{status:#?}");
+    assert!(!status.message.contains("stack backtrace"), "the daemon's own backtrace leaked: {status:#?}");
+    assert_serving(&daemon).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_whose_initial_memory_is_over_its_limit_is_oom_killed() {
+    let daemon = Daemon::start_with(None, &["--default-memory-limit-bytes", "33554432"]).await;
+    let image = push_bytes("containers-big-memory", &wat_fixture("big-memory.module.wat")).await;
+    pull(&daemon, &image.name).await;
+    let pod = Pod::run(&daemon, "big-memory").await;
+
+    let (_, status) = pod.run_to_exit(&daemon, &container_config("big-memory", &image.name, &[], &[], &[])).await;
+    assert_eq!((status.exit_code, status.reason.as_str()), (137, "OOMKilled"), "{status:#?}");
+    assert!(status.message.contains("memory limit of 33554432 bytes"), "{status:#?}");
+}

@@ -11,8 +11,8 @@ use crate::error::{Error, Result};
 use crate::images::Image;
 use crate::logs::{ContainerLog, OpenedLog};
 use crate::wasm::{
-    Compiled, CpuBandwidth, Engine, Exit, ExitReason, ExitWaiter, Guest, GuestSpec, Limits, ModuleSource, Mount,
-    UsageSnapshot,
+    Compiled, CpuBandwidth, EXIT_NOT_STARTED, Engine, Exit, ExitReason, ExitWaiter, Guest, GuestSpec, Limits,
+    ModuleSource, Mount, UsageSnapshot,
 };
 
 /// How long a stop waits for a killed guest to be gone. A guest yields every
@@ -172,9 +172,9 @@ impl Container {
             Err(e) => {
                 *phase = Phase::StartFailed {
                     exit: Exit {
-                        code: 128,
-                        reason: ExitReason::Error,
-                        message: format!("StartError: {e}"),
+                        code: EXIT_NOT_STARTED,
+                        reason: ExitReason::StartError,
+                        message: e.to_string(),
                         finished_at: crate::durable::now_nanos(),
                     },
                 };

@@ -19,6 +19,8 @@ use crate::logs::{GuestOutput, LogWriter};
 pub const EXIT_KILLED: i32 = 128 + 9;
 /// Exit code of a guest that trapped, as the wasmtime CLI reports it (128 + SIGABRT).
 pub const EXIT_TRAPPED: i32 = 128 + 6;
+/// Exit code of a container that could not be started, as containerd reports it.
+pub const EXIT_NOT_STARTED: i32 = 128;
 
 /// What a guest is given: the process-like view of its container.
 #[derive(Debug, Clone, Default)]
@@ -46,6 +48,8 @@ pub enum ExitReason {
     Error,
     #[serde(rename = "OOMKilled")]
     OomKilled,
+    /// The guest never ran: its context or its instance could not be made.
+    StartError,
 }
 
 impl ExitReason {
@@ -54,6 +58,7 @@ impl ExitReason {
             ExitReason::Completed => "Completed",
             ExitReason::Error => "Error",
             ExitReason::OomKilled => "OOMKilled",
+            ExitReason::StartError => "StartError",
         }
     }
 }
@@ -226,20 +231,32 @@ async fn run_until_stopped(
         result = run => classify(result, usage),
     };
     // Dropping the store closes the guest's stdout and stderr; the log writer
-    // then writes what is left and ends.
+    // then writes what is left and ends. The guest's memory is gone with it.
     drop(store);
+    usage.memory_bytes.store(0, Ordering::Relaxed);
     exit
+}
+
+/// Marks an error that ended the guest before its code ran: it could not be
+/// instantiated (the host refused memory, or its initial memory is over its limit).
+#[derive(Debug)]
+struct NotInstantiated;
+
+impl std::fmt::Display for NotInstantiated {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("cannot instantiate the guest")
+    }
 }
 
 async fn run_start(store: &mut wasmtime::Store<GuestState>, compiled: &Compiled) -> wasmtime::Result<()> {
     match &compiled.program {
         Program::Module(pre) => {
-            let instance = pre.instantiate_async(&mut *store).await?;
+            let instance = pre.instantiate_async(&mut *store).await.map_err(|e| e.context(NotInstantiated))?;
             let start = instance.get_typed_func::<(), ()>(&mut *store, "_start")?;
             start.call_async(&mut *store, ()).await
         }
         Program::Component(pre) => {
-            let command = pre.instantiate_async(&mut *store).await?;
+            let command = pre.instantiate_async(&mut *store).await.map_err(|e| e.context(NotInstantiated))?;
             match command.wasi_cli_run().call_run(&mut *store).await? {
                 Ok(()) => Ok(()),
                 // `wasi:cli/run` returning an error is a failed program, exit status 1.
@@ -270,7 +287,23 @@ fn classify(result: wasmtime::Result<()>, usage: &Usage) -> Exit {
             finished_at,
         };
     }
-    let mut message = format!("{error:?}");
+    // `{:#}` gives the error and its causes, with the wasm backtrace wasmtime
+    // attaches to a trap, and never the daemon's own Rust backtrace.
+    let mut message = format!("{error:#}");
+    if error.downcast_ref::<NotInstantiated>().is_some() {
+        // wasmtime maps each instance's memory, tables and stack: ENOMEM here
+        // is most often the per-process limit on mappings, not a lack of RAM.
+        if message.contains("os error 12") {
+            message.push_str(&format!(
+                " (the host refused a memory mapping: the daemon may be at vm.max_map_count, {}, which each \
+                 running guest takes about 7 of, or at its address-space limit)",
+                std::fs::read_to_string("/proc/sys/vm/max_map_count").map_or("unknown".into(), |s| s.trim().to_owned())
+            ));
+        }
+        tracing::warn!(error = %message, "a guest could not be instantiated");
+        truncate_at_char(&mut message, 4096);
+        return Exit { code: EXIT_NOT_STARTED, reason: ExitReason::StartError, message, finished_at };
+    }
     truncate_at_char(&mut message, 4096);
     Exit { code: EXIT_TRAPPED, reason: ExitReason::Error, message, finished_at }
 }

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use compile::{Compiled, ModuleSource, WasmSource};
-pub use guest::{Exit, ExitReason, ExitWaiter, Guest, GuestSpec, Mount};
+pub use guest::{EXIT_NOT_STARTED, Exit, ExitReason, ExitWaiter, Guest, GuestSpec, Mount};
 pub use limits::{CpuBandwidth, Limits, Usage, UsageSnapshot};
 
 use crate::error::{Error, Result};

@@ -34,6 +34,8 @@ const MAX_MESSAGE: usize = 16 << 20;
 /// without any new one doing so.
 const SLEEPING_LIMIT: Duration = Duration::from_secs(120);
 const SLEEPING_STALL: Duration = Duration::from_secs(15);
+/// Guests (the newest) whose instantiation time is read at each count.
+const INSTANTIATE_SAMPLES: usize = 200;
 /// Pause after a batch (or after the pull) before measuring: the threads tokio
 /// started for blocking file work (log files) end after 10 s idle.
 const SETTLE: Duration = Duration::from_secs(12);
@@ -98,6 +100,8 @@ struct Point {
     idle_cpu: f64,
     status: Latencies,
     list: Latencies,
+    /// How long instantiating the guest took, inside the daemon, for a sample of the guests.
+    instantiate: Latencies,
     /// Encoded size of a ListContainers response.
     list_bytes: usize,
     /// Calls that failed while measuring.
@@ -211,6 +215,7 @@ pub async fn run(args: &Args) {
         "idle CPU %",
         "Status p50/p99 ms",
         "List p50/p99 ms",
+        "instantiate p50/p99 ms",
     ]);
     for point in std::iter::once(&baseline).chain(&points) {
         table.row(row(point, &baseline));
@@ -276,7 +281,8 @@ the host-side cost of a guest beyond its linear memory (<0: RSS grew less than t
 i.e. most of the guests' linear memory is not resident);
 maps: lines of /proc/PID/maps (limited by vm.max_map_count); fds: open descriptors; \
 idle CPU: the daemon's user+system CPU while nobody calls, in % of one core;
-Status / List: latency of ContainerStatus on random containers and of ListContainers (all), one call at a time.
+Status / List: latency of ContainerStatus on random containers and of ListContainers (all), one call at a time;
+instantiate: the daemon's own measure of a guest's instantiation (verbose ContainerStatus `usage.instantiate_nanos`), for the newest 200 guests.
 ";
 
 fn row(p: &Point, base: &Point) -> Vec<String> {
@@ -296,6 +302,7 @@ fn row(p: &Point, base: &Point) -> Vec<String> {
         format!("{:.1}", p.idle_cpu),
         if p.running > 0 { p.status.p50_p99() } else { "-".into() },
         p.list.p50_p99(),
+        p.instantiate.p50_p99(),
     ]
 }
 
@@ -438,6 +445,7 @@ async fn measure(
         idle_cpu,
         status: Latencies::default(),
         list: Latencies::default(),
+        instantiate: Latencies::default(),
         list_bytes: 0,
         errors: Vec::new(),
         not_running: None,
@@ -482,6 +490,21 @@ async fn measure(
                 point.errors.push(format!("ListContainers: {status:?}"));
                 break;
             }
+        }
+    }
+
+    // The daemon's own measure of instantiation (verbose ContainerStatus), untimed here.
+    for guest in guests.iter().rev().take(INSTANTIATE_SAMPLES) {
+        let request = ContainerStatusRequest { container_id: guest.container_id.clone(), verbose: true };
+        let Ok(response) = rt.container_status(request).await else { continue };
+        let nanos = response
+            .into_inner()
+            .info
+            .get("info")
+            .and_then(|info| serde_json::from_str::<serde_json::Value>(info).ok())
+            .and_then(|info| info["usage"]["instantiate_nanos"].as_u64());
+        if let Some(nanos) = nanos {
+            point.instantiate.push(Duration::from_nanos(nanos));
         }
     }
 

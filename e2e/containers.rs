@@ -97,6 +97,9 @@ async fn hello_runs_to_completion() {
     assert!(!lines.iter().any(|(_, l)| l.starts_with("arg[3]")), "extra arguments: {lines:#?}");
 
     module_source(&mut rt, &id).await;
+    let verbose = container_status(&mut rt, &id, true).await;
+    let info: serde_json::Value = serde_json::from_str(&verbose.info["info"]).expect("verbose info is JSON");
+    assert!(info["usage"]["instantiate_nanos"].as_u64() > Some(0), "no instantiation time in {info:#}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

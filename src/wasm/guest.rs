@@ -219,7 +219,7 @@ async fn run_until_stopped(
     stop: oneshot::Receiver<()>,
     usage: &Usage,
 ) -> Exit {
-    let run = CpuMeter::new(run_start(&mut store, &compiled), usage);
+    let run = CpuMeter::new(run_start(&mut store, &compiled, usage), usage);
     let exit = tokio::select! {
         biased;
         _ = stop => Exit {
@@ -248,15 +248,23 @@ impl std::fmt::Display for NotInstantiated {
     }
 }
 
-async fn run_start(store: &mut wasmtime::Store<GuestState>, compiled: &Compiled) -> wasmtime::Result<()> {
+async fn run_start(
+    store: &mut wasmtime::Store<GuestState>,
+    compiled: &Compiled,
+    usage: &Usage,
+) -> wasmtime::Result<()> {
+    let instantiating = std::time::Instant::now();
+    let instantiated = || usage.instantiate_nanos.store(instantiating.elapsed().as_nanos() as u64, Ordering::Relaxed);
     match &compiled.program {
         Program::Module(pre) => {
             let instance = pre.instantiate_async(&mut *store).await.map_err(|e| e.context(NotInstantiated))?;
+            instantiated();
             let start = instance.get_typed_func::<(), ()>(&mut *store, "_start")?;
             start.call_async(&mut *store, ()).await
         }
         Program::Component(pre) => {
             let command = pre.instantiate_async(&mut *store).await.map_err(|e| e.context(NotInstantiated))?;
+            instantiated();
             match command.wasi_cli_run().call_run(&mut *store).await? {
                 Ok(()) => Ok(()),
                 // `wasi:cli/run` returning an error is a failed program, exit status 1.

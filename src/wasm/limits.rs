@@ -37,6 +37,7 @@ pub struct UsageSnapshot {
     pub memory_limit_bytes: u64,
     pub throttled_periods: u64,
     pub throttled_nanos: u64,
+    pub instantiate_nanos: u64,
 }
 
 /// A CFS-style CPU limit: at most `quota` of CPU time in every `period`.
@@ -76,6 +77,8 @@ pub struct Usage {
     /// How often, and for how long in all, the guest was held back for its CPU quota.
     pub throttled_periods: AtomicU64,
     pub throttled_nanos: AtomicU64,
+    /// Wall time its instantiation took (memory, tables, data, WASI imports).
+    pub instantiate_nanos: AtomicU64,
 }
 
 impl Usage {
@@ -103,6 +106,7 @@ impl Usage {
             memory_limit_bytes: self.memory_limit(),
             throttled_periods: self.throttled_periods.load(Ordering::Relaxed),
             throttled_nanos: self.throttled_nanos.load(Ordering::Relaxed),
+            instantiate_nanos: self.instantiate_nanos.load(Ordering::Relaxed),
         }
     }
 

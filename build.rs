@@ -4,6 +4,11 @@
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto/api.proto");
     let descriptors = protox::compile(["api.proto"], ["proto"])?;
-    tonic_prost_build::configure().build_server(true).build_client(true).compile_fds(descriptors)?;
+    tonic_prost_build::configure()
+        .build_server(true)
+        .build_client(true)
+        // Encoded by hand from per-container cached entries (src/cri/wire.rs).
+        .extern_path(".runtime.v1.ListContainersResponse", "crate::cri::wire::ListContainersResponse")
+        .compile_fds(descriptors)?;
     Ok(())
 }

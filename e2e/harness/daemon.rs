@@ -214,7 +214,11 @@ pub fn wait_bounded(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
 /// A gRPC channel to a CRI server on a unix socket.
 pub async fn connect(socket: &Path) -> Result<Channel, tonic::transport::Error> {
     let socket = socket.to_path_buf();
+    // kubelet's gRPC client (grpc-go) sizes its HTTP/2 flow-control window
+    // from the measured bandwidth-delay product; so does this one. With the
+    // fixed 64 KiB default, a large list needs a window update per 64 KiB.
     Endpoint::from_static("http://[::]:50051")
+        .http2_adaptive_window(true)
         .connect_timeout(Duration::from_secs(5))
         .timeout(RPC_LIMIT)
         .connect_with_connector(tower::service_fn(move |_: Uri| {

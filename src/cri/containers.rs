@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use tonic::Status;
 
-use super::{Parts, verbose_json};
+use super::{Parts, verbose_json, wire};
 use crate::api;
 use crate::pods::{Container, ContainerFilter, ContainerState, ContainerView};
 
@@ -61,34 +61,39 @@ pub(super) async fn list_containers(
 ) -> Result<api::ListContainersResponse, Status> {
     let forwarded = request.clone();
     let filter = request.filter.map(container_filter).unwrap_or_default();
-    let mut containers: Vec<api::Container> = parts
+    let entries = parts
         .pods
         .containers(&filter)
         .iter()
         .map(|container| {
-            let view = container.view();
-            api::Container {
-                id: container.id.clone(),
-                pod_sandbox_id: container.pod_id.clone(),
-                metadata: container.config.metadata.clone(),
-                image: Some(image_spec(container)),
-                image_ref: image_ref(container),
-                state: state(view.state) as i32,
-                created_at: container.created_at,
-                labels: container.config.labels.clone(),
-                annotations: container.config.annotations.clone(),
-                image_id: container.image.id.clone(),
-            }
+            let current = container.state();
+            container.list_entry(current, || wire::encode_entry(&list_entry_of(container, current)))
         })
         .collect();
-    containers.extend(
+    let mut response = wire::ListContainersResponse::from_encoded(entries);
+    response.containers.extend(
         parts
             .backing_list("ListContainers", |backing| async move {
                 backing.runtime().list_containers(forwarded).await.map(|r| r.into_inner().containers)
             })
             .await,
     );
-    Ok(api::ListContainersResponse { containers })
+    Ok(response)
+}
+
+fn list_entry_of(container: &Container, current: ContainerState) -> api::Container {
+    api::Container {
+        id: container.id.clone(),
+        pod_sandbox_id: container.pod_id.clone(),
+        metadata: container.config.metadata.clone(),
+        image: Some(image_spec(container)),
+        image_ref: image_ref(container),
+        state: state(current) as i32,
+        created_at: container.created_at,
+        labels: container.config.labels.clone(),
+        annotations: container.config.annotations.clone(),
+        image_id: container.image.id.clone(),
+    }
 }
 
 pub(super) async fn container_status(

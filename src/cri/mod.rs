@@ -18,6 +18,7 @@ mod runtime;
 mod sandboxes;
 mod stats;
 mod unsupported;
+pub mod wire;
 
 use std::sync::Arc;
 

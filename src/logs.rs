@@ -98,11 +98,20 @@ impl ContainerLog {
     }
 }
 
+/// Creates the parent directories and opens the file, in one trip to a
+/// blocking thread (a container's start waits for it).
 async fn open_log_file(path: &Path) -> io::Result<tokio::fs::File> {
-    if let Some(parent) = path.parent() {
-        tokio::fs::create_dir_all(parent).await?;
-    }
-    tokio::fs::OpenOptions::new().create(true).append(true).mode(0o640).open(path).await
+    let path = path.to_owned();
+    let file = tokio::task::spawn_blocking(move || {
+        use std::os::unix::fs::OpenOptionsExt;
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::OpenOptions::new().create(true).append(true).mode(0o640).open(&path)
+    })
+    .await
+    .map_err(io::Error::other)??;
+    Ok(tokio::fs::File::from_std(file))
 }
 
 /// The writer task: frames bytes into records and appends them in batches.
@@ -151,10 +160,10 @@ async fn write_records(
     let now = timestamp();
     stdout.finish(|tag, line| format_record(&mut batch, &now, Stream::Stdout, tag, line));
     stderr.finish(|tag, line| format_record(&mut batch, &now, Stream::Stderr, tag, line));
+    // Written, not synced: kubelet reads the file through the page cache, and
+    // an fsync per exit would cost more than the container's whole start (as
+    // containerd, which does not sync container logs either).
     flush(&mut file, &mut batch, path.as_deref()).await;
-    if let Some(file) = &mut file {
-        let _ = file.sync_data().await;
-    }
 }
 
 async fn flush(file: &mut Option<tokio::fs::File>, batch: &mut Vec<u8>, path: Option<&Path>) {

@@ -49,10 +49,9 @@ struct Writable {
 /// Sorts `mounts` into directories and files, and gives each guest directory
 /// holding file mounts a private directory under `scratch_dir`, created only
 /// when there are file mounts.
-pub(super) async fn prepare(mounts: Vec<Mount>, scratch_dir: Option<PathBuf>) -> Result<Prepared> {
-    tokio::task::spawn_blocking(move || prepare_blocking(mounts, scratch_dir.as_deref()))
-        .await
-        .map_err(|e| Error::internal("preparing the guest's mounts", e))?
+/// Reads the host's filesystem: call it off the async workers.
+pub(super) fn prepare(mounts: Vec<Mount>, scratch_dir: Option<PathBuf>) -> Result<Prepared> {
+    prepare_blocking(mounts, scratch_dir.as_deref())
 }
 
 struct FileMount {
@@ -326,7 +325,7 @@ mod tests {
             mount(&host.join("config"), "/etc/./config.txt/", true),
         ];
 
-        let prepared = prepare(mounts, Some(scratch.clone())).await.unwrap();
+        let prepared = prepare(mounts, Some(scratch.clone())).unwrap();
         assert_eq!(prepared.preopens.len(), 3, "{:?}", prepared.preopens);
         assert_eq!(prepared.preopens[0], mount(&data, "/data", true));
         let dev = preopen_at(&prepared, "/dev");
@@ -347,7 +346,7 @@ mod tests {
         std::fs::write(host.join("a"), "a").unwrap();
         std::fs::write(host.join("b"), "b").unwrap();
         let mounts = vec![mount(&host.join("a"), "/etc/a", true), mount(&host.join("b"), "/etc/b", false)];
-        let prepared = prepare(mounts, Some(host.join("scratch"))).await.unwrap();
+        let prepared = prepare(mounts, Some(host.join("scratch"))).unwrap();
         assert!(!preopen_at(&prepared, "/etc").readonly);
         assert_eq!(prepared.files.writable.len(), 1);
         assert_eq!(prepared.files.writable[0].guest_path, "/etc/b");
@@ -365,7 +364,7 @@ mod tests {
             mount(&host.join("unchanged"), "/out/unchanged", false),
             mount(&host.join("readonly"), "/out/readonly", true),
         ];
-        let prepared = prepare(mounts, Some(host.join("scratch"))).await.unwrap();
+        let prepared = prepare(mounts, Some(host.join("scratch"))).unwrap();
         let private = PathBuf::from(&preopen_at(&prepared, "/out").host_path);
         // What the guest does:
         std::fs::write(private.join("changed"), "written by the guest").unwrap();
@@ -384,8 +383,7 @@ mod tests {
     async fn a_copy_the_guest_removed_leaves_the_host_file_alone() {
         let host = temp_dir("removed");
         std::fs::write(host.join("log"), "before").unwrap();
-        let prepared =
-            prepare(vec![mount(&host.join("log"), "/dev/log", false)], Some(host.join("scratch"))).await.unwrap();
+        let prepared = prepare(vec![mount(&host.join("log"), "/dev/log", false)], Some(host.join("scratch"))).unwrap();
         std::fs::remove_file(Path::new(&preopen_at(&prepared, "/dev").host_path).join("log")).unwrap();
         prepared.files.copy_back().await;
         assert_eq!(std::fs::read_to_string(host.join("log")).unwrap(), "before");
@@ -397,8 +395,7 @@ mod tests {
         let host = temp_dir("link");
         std::fs::write(host.join("log"), "before").unwrap();
         std::fs::write(host.join("secret"), "a host file the guest must not read").unwrap();
-        let prepared =
-            prepare(vec![mount(&host.join("log"), "/dev/log", false)], Some(host.join("scratch"))).await.unwrap();
+        let prepared = prepare(vec![mount(&host.join("log"), "/dev/log", false)], Some(host.join("scratch"))).unwrap();
         let copy = Path::new(&preopen_at(&prepared, "/dev").host_path).join("log");
         std::fs::remove_file(&copy).unwrap();
         std::os::unix::fs::symlink(host.join("secret"), &copy).unwrap();
@@ -413,7 +410,7 @@ mod tests {
         std::fs::write(host.join("hosts"), "hosts").unwrap();
         let scratch = host.join("scratch");
         let mounts = vec![mount(&host, "/etc/", false), mount(&host.join("hosts"), "/etc/hosts", true)];
-        let prepared = prepare(mounts, Some(scratch.clone())).await.unwrap();
+        let prepared = prepare(mounts, Some(scratch.clone())).unwrap();
         assert_eq!(prepared.preopens, vec![mount(&host, "/etc/", false)]);
         assert!(prepared.files.writable.is_empty());
         assert!(!scratch.exists(), "the scratch directory is created only for file mounts");
@@ -424,7 +421,7 @@ mod tests {
     async fn directory_mounts_alone_create_nothing() {
         let host = temp_dir("dirs-only");
         let scratch = host.join("scratch");
-        let prepared = prepare(vec![mount(&host, "/data", false)], Some(scratch.clone())).await.unwrap();
+        let prepared = prepare(vec![mount(&host, "/data", false)], Some(scratch.clone())).unwrap();
         assert_eq!(prepared.preopens, vec![mount(&host, "/data", false)]);
         assert!(!scratch.exists());
         std::fs::remove_dir_all(&host).unwrap();
@@ -447,7 +444,7 @@ mod tests {
         ];
         for (mounts, expected) in cases {
             let paths = (mounts[0].host_path.clone(), mounts.last().unwrap().guest_path.clone());
-            match prepare(mounts, Some(scratch.clone())).await {
+            match prepare(mounts, Some(scratch.clone())) {
                 Err(Error::InvalidArgument(message)) => {
                     assert!(message.contains(expected), "{message}");
                     assert!(message.contains(&paths.0) && message.contains(&paths.1), "{message}");

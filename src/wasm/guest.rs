@@ -144,35 +144,34 @@ pub(super) async fn start(
 ) -> Result<Guest> {
     let GuestOutput { stdout, stderr, done: log_done } = output;
     let usage = Arc::new(Usage::new(spec.limits, default_memory_limit));
-    let (ready_tx, ready_rx) = oneshot::channel::<Result<()>>();
+    let has_mounts = !spec.mounts.is_empty();
+    let prepare = {
+        let (engine, usage) = (engine.clone(), usage.clone());
+        move || {
+            let prepared = file_mounts::prepare(spec.mounts.clone(), spec.scratch_dir.clone())?;
+            let store = build_store(&engine, &spec, &prepared.preopens, stdout, stderr, usage)?;
+            Ok::<_, Error>((store, prepared.files))
+        }
+    };
+    // Mounts are opened (and file mounts copied) from the host's filesystem,
+    // which is blocking I/O; a guest without mounts needs none, and skips the
+    // hop to a blocking thread that would be most of its start.
+    let (store, files) = if has_mounts {
+        executor.spawn_blocking(prepare).await.map_err(|e| Error::internal("preparing a guest's mounts", e))??
+    } else {
+        prepare()?
+    };
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let (exit_tx, exit_rx) = watch::channel(None);
-    let engine = engine.clone();
     let task_usage = usage.clone();
     executor.spawn(async move {
-        let prepared = file_mounts::prepare(spec.mounts.clone(), spec.scratch_dir.clone()).await;
-        let store = prepared.and_then(|prepared| {
-            let store = build_store(&engine, &spec, &prepared.preopens, stdout, stderr, task_usage.clone())?;
-            Ok((store, prepared.files))
-        });
-        let (store, files) = match store {
-            Ok(store) => store,
-            Err(e) => {
-                let _ = ready_tx.send(Err(e));
-                return;
-            }
-        };
-        let _ = ready_tx.send(Ok(()));
         let exit = run_until_stopped(store, compiled, stop_rx, &task_usage).await;
-        // Report the exit only once the output is on disk and the file mounts
+        // Report the exit only once the output is written and the file mounts
         // are copied back: kubelet reads the log and the termination message
         // of an exited container and expects all of them.
         tokio::join!(files.copy_back(), log_done.wait());
         let _ = exit_tx.send(Some(exit));
     });
-    ready_rx.await.map_err(|_| {
-        Error::internal("starting a guest", anyhow::anyhow!("the guest task ended before it was ready"))
-    })??;
     Ok(Guest { stop: Some(stop_tx), exit: exit_rx, usage, default_memory_limit })
 }
 

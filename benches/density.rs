@@ -1,6 +1,6 @@
 //! Section `density`: how many sleeping guests one daemon holds, and what each
 //! one costs. One daemon (release build, log level info) pulls the `sleeper`
-//! fixture (prints "sleeping", then sleeps forever in 1 s WASI sleeps) and is
+//! fixture (prints "sleeping", then sleeps forever in WASI sleeps of `--sleep-secs`, 1 s by default) and is
 //! grown to each count of running containers, each in a pod of its own as
 //! kubelet makes them (RunPodSandbox, CreateContainer with a log path,
 //! StartContainer), `--concurrency` pods at a time. At zero containers and at
@@ -56,6 +56,9 @@ pub struct Args {
     /// ListContainers calls at each count (one after another).
     #[arg(long, value_name = "N", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     pub list_calls: u64,
+    /// Seconds each sleeping guest sleeps between wake-ups (the CPU a sleeping guest costs is its wake-ups).
+    #[arg(long, value_name = "SECS", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub sleep_secs: u64,
     /// Seconds over which the daemon's idle CPU use is measured at each count.
     #[arg(long, value_name = "SECS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=600))]
     pub idle_secs: u64,
@@ -150,7 +153,7 @@ pub async fn run(args: &Args) {
         eprintln!("density: growing from {} to {target} containers", guests.len());
         let before = guests.len();
         let started_at = Instant::now();
-        let failed = grow(&rt, &image.name, target, concurrency, &mut guests, &mut stray_pods).await;
+        let failed = grow(&rt, &image.name, target, concurrency, &mut guests, &mut stray_pods, args.sleep_secs).await;
         let batch = (guests.len() - before, started_at.elapsed());
         // The limits' gauges at a failure, before anything is released.
         let failure = failed.map(|f| (f, process.maps(), process.fds()));
@@ -307,7 +310,7 @@ fn row(p: &Point, base: &Point) -> Vec<String> {
 }
 
 /// Starts pod `n` with a sleeper in it, as kubelet does.
-async fn start_one(mut rt: Runtime, image: String, n: usize) -> Result<Guest, Failure> {
+async fn start_one(mut rt: Runtime, image: String, n: usize, sleep_secs: u64) -> Result<Guest, Failure> {
     let fail = |stage, status, pod_id| Failure { n, stage, status, pod_id };
     let pod = harness::pod_config(&format!("sleeper-{n}"), &harness::new_uid());
     let pod_id = rt
@@ -316,7 +319,7 @@ async fn start_one(mut rt: Runtime, image: String, n: usize) -> Result<Guest, Fa
         .map_err(|s| fail("RunPodSandbox", s, None))?
         .into_inner()
         .pod_sandbox_id;
-    let container = harness::container_config("sleeper", &image, &[], &[], &[]);
+    let container = harness::container_config("sleeper", &image, &[], &[&sleep_secs.to_string()], &[]);
     let log = PathBuf::from(&pod.log_directory).join(&container.log_path);
     std::fs::create_dir_all(log.parent().expect("a log path has a directory"))
         .expect("create the container log directory");
@@ -345,6 +348,7 @@ async fn grow(
     concurrency: usize,
     guests: &mut Vec<Guest>,
     stray_pods: &mut Vec<String>,
+    sleep_secs: u64,
 ) -> Option<Failure> {
     let from = guests.len();
     let step = ((target - from) / 10).max(1);
@@ -355,7 +359,7 @@ async fn grow(
     let mut failed = 0;
     loop {
         while failure.is_none() && next < target && tasks.len() < concurrency {
-            tasks.spawn(start_one(rt.clone(), image.to_owned(), next));
+            tasks.spawn(start_one(rt.clone(), image.to_owned(), next, sleep_secs));
             next += 1;
         }
         let Some(joined) = tasks.join_next().await else {

@@ -18,7 +18,10 @@ mod harness;
 
 mod cpu;
 mod density;
+mod pull;
+mod start;
 mod support;
+mod throughput;
 
 use clap::{Parser, ValueEnum};
 
@@ -36,6 +39,15 @@ struct Cli {
     #[command(flatten)]
     cpu: cpu::Args,
 
+    #[command(flatten)]
+    pull: pull::Args,
+
+    #[command(flatten)]
+    start: start::Args,
+
+    #[command(flatten)]
+    throughput: throughput::Args,
+
     /// Given by `cargo bench` itself to every bench target; ignored.
     #[arg(long, hide = true)]
     bench: bool,
@@ -47,6 +59,12 @@ enum Section {
     Density,
     /// Spinning guests: CPU share under a quota, CRI latency while every core spins.
     Cpu,
+    /// Pull + compile of a large module against curl + compile; re-pull of a present image.
+    Pull,
+    /// Start latency to the first log line, against in-process wasmtime and containerd + runc.
+    Start,
+    /// Short-lived guests started and finished per second.
+    Throughput,
 }
 
 #[tokio::main]
@@ -63,6 +81,9 @@ async fn main() {
         match section {
             Section::Density => density::run(&cli.density).await,
             Section::Cpu => cpu::run(&cli.cpu).await,
+            Section::Pull => pull::run(&cli.pull).await,
+            Section::Start => start::run(&cli.start).await,
+            Section::Throughput => throughput::run(&cli.throughput).await,
         }
     }
 }

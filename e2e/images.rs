@@ -7,6 +7,7 @@ use wasmrun::api::{
     RemoveImageRequest,
 };
 
+use crate::harness::registry::Request;
 use crate::harness::*;
 
 fn spec(image: &str) -> ImageSpec {
@@ -168,4 +169,54 @@ async fn image_id_works_wherever_kubelet_uses_it() {
 
     remove_image(&mut images, &image_id).await;
     assert_eq!(image_status(&mut images, &image.name).await, None);
+}
+
+/// Pulling an image that is present again asks the registry for one manifest
+/// and no blob: the manifest's digest names what the store holds already. The
+/// only other request is the `GET /v2/` that oci-client sends before each
+/// request to a registry that asks for no authentication.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pulling_a_present_image_again_costs_one_manifest_request() {
+    const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+    let own = start_own_registry("repull");
+    let host = own.host();
+    push_wasm_artifact(&host, "e2e/repull", "v1", &fixture("hello")).await;
+    // Another module behind an index, whose wasm entry is a manifest of its own.
+    let entry = push_wasm_artifact(&host, "e2e/repull", "wasm", &fixture("exit-code")).await;
+    let (code, entry_bytes) =
+        http_get(&host, &format!("/v2/e2e/repull/manifests/{entry}"), Some(MANIFEST_MEDIA_TYPE)).expect("GET manifest");
+    assert_eq!(code, 200);
+    let index = serde_json::json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [{
+        "mediaType": MANIFEST_MEDIA_TYPE, "digest": entry, "size": entry_bytes.len(),
+        "platform": {"os": "wasip1", "architecture": "wasm"}}]});
+    push_manifest_json(&format!("{host}/e2e/repull:index"), OCI_INDEX, &index).await;
+    let daemon = Daemon::start_with(None, &["--insecure-registry", &host]).await;
+
+    for (tag, manifests) in [("v1", 1), ("index", 2)] {
+        let image = format!("{host}/e2e/repull:{tag}");
+        let before = own.log_len();
+        let id = pull(&daemon, &image).await;
+        let first = own.requests_since(before);
+        let count = |requests: &[Request], what: fn(&Request) -> bool| requests.iter().filter(|r| what(r)).count();
+        assert_eq!(count(&first, Request::is_manifest), manifests, "the first pull of {tag}: {first:#?}");
+        assert_eq!(count(&first, Request::is_blob), 2, "the first pull of {tag} fetches config and module: {first:#?}");
+
+        for _ in 0..2 {
+            let before = own.log_len();
+            assert_eq!(pull(&daemon, &image).await, id);
+            let again = own.requests_since(before);
+            let manifests: Vec<&Request> = again.iter().filter(|r| r.is_manifest()).collect();
+            assert_eq!(manifests.len(), 1, "a re-pull of {tag} asks for one manifest: {again:#?}");
+            assert_eq!(
+                (manifests[0].method.as_str(), manifests[0].uri.as_str()),
+                ("GET", format!("/v2/e2e/repull/manifests/{tag}").as_str()),
+                "{again:#?}"
+            );
+            assert_eq!(count(&again, Request::is_blob), 0, "a re-pull of {tag} fetches no blob: {again:#?}");
+            assert!(
+                again.len() <= 2 && again.iter().all(|r| r.is_manifest() || r.is_ping()),
+                "a re-pull of {tag} makes the manifest request and at most a GET /v2/: {again:#?}"
+            );
+        }
+    }
 }

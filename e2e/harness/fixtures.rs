@@ -45,9 +45,10 @@ fn read(dir: &Path, name: &str) -> Vec<u8> {
     std::fs::read(&path).unwrap_or_else(|e| panic!("fixture {name}: cannot read {}: {e}", path.display()))
 }
 
-/// Builds every program of the fixture crate `crate_dir` for `target`;
-/// returns the directory holding the .wasm files.
-fn build(crate_dir: &str, target: &str) -> PathBuf {
+/// Builds every program of the fixture crate `crate_dir` (relative to the
+/// repository) for `target`; returns the directory holding the .wasm files.
+/// The benchmarks build their own fixture crates with it.
+pub fn build(crate_dir: &str, target: &str) -> PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let target_dir = root.join("target").join("fixtures");
     let mut cmd = Command::new(env!("CARGO"));

@@ -38,6 +38,69 @@ impl Registry {
     pub fn storage(&self) -> PathBuf {
         self.dir.join("storage")
     }
+
+    /// The length of the registry's log now: pass it to [`Registry::requests_since`].
+    pub fn log_len(&self) -> u64 {
+        std::fs::metadata(&self.log).map_or(0, |m| m.len())
+    }
+
+    /// The requests the registry served after its log was `offset` bytes long,
+    /// from its access log, once nothing more has been logged for 100 ms (a
+    /// request's line is written just after its response).
+    pub fn requests_since(&self, offset: u64) -> Vec<Request> {
+        let mut len = self.log_len();
+        loop {
+            std::thread::sleep(Duration::from_millis(100));
+            let now = self.log_len();
+            if now == len {
+                break;
+            }
+            len = now;
+        }
+        let log = std::fs::read(&self.log).unwrap_or_default();
+        let since = log.get(offset as usize..).unwrap_or_default();
+        String::from_utf8_lossy(since).lines().filter_map(Request::parse).collect()
+    }
+}
+
+/// One request of a registry's access log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    pub method: String,
+    /// The path and query, e.g. `/v2/e2e/x/manifests/v1`.
+    pub uri: String,
+    pub status: u16,
+}
+
+impl Request {
+    /// A line of the access log (combined log format):
+    /// `127.0.0.1 - - [date] "GET /v2/ HTTP/1.1" 200 2 "" "agent"`.
+    fn parse(line: &str) -> Option<Request> {
+        let (_, rest) = line.split_once("] \"")?;
+        let (request, rest) = rest.split_once('"')?;
+        let mut words = request.split(' ');
+        let (method, uri) = (words.next()?, words.next()?);
+        if !words.next()?.starts_with("HTTP/") {
+            return None;
+        }
+        let status = rest.split_whitespace().next()?.parse().ok()?;
+        Some(Request { method: method.to_owned(), uri: uri.to_owned(), status })
+    }
+
+    /// `GET /v2/`: the version check a client makes to learn how to authenticate.
+    pub fn is_ping(&self) -> bool {
+        self.uri == "/v2/"
+    }
+
+    /// A request for a manifest or an index, by tag or digest.
+    pub fn is_manifest(&self) -> bool {
+        self.uri.contains("/manifests/")
+    }
+
+    /// A request for a blob (config or layer), not an upload.
+    pub fn is_blob(&self) -> bool {
+        self.uri.contains("/blobs/") && !self.uri.contains("/blobs/uploads/")
+    }
 }
 
 /// The registry of this test process, started on first use.

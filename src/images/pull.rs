@@ -214,7 +214,9 @@ impl Puller {
 
     /// Fetches the manifest (resolving an index to its wasm entry), the config
     /// and the layers into `store`. Blobs already stored are not fetched again,
-    /// so pulling an image that is present costs one manifest request.
+    /// so pulling an image that is present costs one manifest request. (oci-client
+    /// adds a `GET /v2/` before each request to a registry that asks for no
+    /// authentication: it caches tokens, not their absence.)
     async fn fetch_from(
         &self,
         client: &Client,
@@ -232,8 +234,14 @@ impl Puller {
                     "image {name} is not a wasm image: its index has no wasm platform entry (wasip1, wasip2 or wasi)"
                 ))
             })?;
-            let by_digest = reference.clone_with_digest(entry.digest.clone());
-            (manifest_bytes, manifest_digest) = self.fetch_manifest(client, &by_digest, &auth, name).await?;
+            // The entry names its manifest by digest: one stored (verified) already is not fetched again.
+            (manifest_bytes, manifest_digest) = match stored_blob(store, &entry.digest).await {
+                Some(bytes) => (bytes, entry.digest.clone()),
+                None => {
+                    let by_digest = reference.clone_with_digest(entry.digest.clone());
+                    self.fetch_manifest(client, &by_digest, &auth, name).await?
+                }
+            };
             manifest = parse_manifest(name, &manifest_bytes)?;
         }
         let config = manifest
@@ -266,7 +274,10 @@ impl Puller {
                 }
             }
         }
-        store.put_blob(&manifest_digest, &manifest_bytes).await?;
+        // A stored blob is whole and verified: a re-pull does not write the manifest again.
+        if !store.has_blob(&manifest_digest).await {
+            store.put_blob(&manifest_digest, &manifest_bytes).await?;
+        }
         let size = config.size + manifest.layers.iter().map(|layer| layer.size).sum::<u64>();
         Ok(Fetched {
             manifest_media_type: manifest.media_type.unwrap_or_else(|| OCI_MANIFEST.to_owned()),
@@ -347,6 +358,14 @@ impl Puller {
         }
         writer.commit().await
     }
+}
+
+/// The content of the blob `digest` when the store holds it.
+async fn stored_blob(store: &Store, digest: &str) -> Option<Vec<u8>> {
+    if !store.has_blob(digest).await {
+        return None;
+    }
+    tokio::fs::read(store.blob_path(digest).ok()?).await.ok()
 }
 
 pub(super) async fn read_header(path: &std::path::Path) -> Result<Vec<u8>> {

@@ -44,7 +44,7 @@ const SETTLE: Duration = Duration::from_secs(12);
 #[command(next_help_heading = "Section density")]
 pub struct Args {
     /// Numbers of running containers to measure at, reached in increasing order.
-    #[arg(long, value_name = "N,…", value_delimiter = ',', default_values_t = [1000, 5000],
+    #[arg(long, value_name = "N,…", value_delimiter = ',', default_values_t = [1000, 5000, 10000],
           value_parser = clap::value_parser!(u64).range(1..=100_000))]
     pub counts: Vec<u64>,
     /// Pods started at the same time while growing.

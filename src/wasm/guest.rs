@@ -303,7 +303,7 @@ fn classify(result: wasmtime::Result<()>, usage: &Usage) -> Exit {
         if message.contains("os error 12") {
             message.push_str(&format!(
                 " (the host refused a memory mapping: the daemon may be at vm.max_map_count, {}, which each \
-                 running guest takes about 7 of, or at its address-space limit)",
+                 running guest takes about 6 of, or at its address-space limit)",
                 std::fs::read_to_string("/proc/sys/vm/max_map_count").map_or("unknown".into(), |s| s.trim().to_owned())
             ));
         }

@@ -21,7 +21,8 @@ use tokio::task::JoinSet;
 use tonic::Status;
 use wasmrun::api::{
     ContainerState, ContainerStatusRequest, CreateContainerRequest, ListContainerStatsRequest, ListContainersRequest,
-    ListPodSandboxRequest, RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest, StopPodSandboxRequest,
+    ListContainersResponse, ListPodSandboxRequest, RemovePodSandboxRequest, RunPodSandboxRequest,
+    StartContainerRequest, StopPodSandboxRequest,
 };
 
 use crate::harness::{self, Daemon, Runtime};
@@ -34,6 +35,8 @@ const MAX_MESSAGE: usize = 16 << 20;
 /// without any new one doing so.
 const SLEEPING_LIMIT: Duration = Duration::from_secs(120);
 const SLEEPING_STALL: Duration = Duration::from_secs(15);
+/// Times one ListContainers response is decoded again, to time the client's share.
+const LIST_DECODES: usize = 10;
 /// Guests (the newest) whose instantiation time is read at each count.
 const INSTANTIATE_SAMPLES: usize = 200;
 /// Pause after a batch (or after the pull) before measuring: the threads tokio
@@ -107,6 +110,8 @@ struct Point {
     instantiate: Latencies,
     /// Encoded size of a ListContainers response.
     list_bytes: usize,
+    /// Decoding one ListContainers response in this client: the client's part of `list`.
+    list_decode: Latencies,
     /// Calls that failed while measuring.
     errors: Vec<String>,
     /// Containers listed but not RUNNING (guests that ended at once after
@@ -218,6 +223,7 @@ pub async fn run(args: &Args) {
         "idle CPU %",
         "Status p50/p99 ms",
         "List p50/p99 ms",
+        "List decode p50/p99 ms",
         "instantiate p50/p99 ms",
     ]);
     for point in std::iter::once(&baseline).chain(&points) {
@@ -285,6 +291,7 @@ i.e. most of the guests' linear memory is not resident);
 maps: lines of /proc/PID/maps (limited by vm.max_map_count); fds: open descriptors; \
 idle CPU: the daemon's user+system CPU while nobody calls, in % of one core;
 Status / List: latency of ContainerStatus on random containers and of ListContainers (all), one call at a time;
+List decode: decoding one ListContainers response in this client (prost), 10 times: the client's part of List;
 instantiate: the daemon's own measure of a guest's instantiation (verbose ContainerStatus `usage.instantiate_nanos`), for the newest 200 guests.
 ";
 
@@ -305,6 +312,7 @@ fn row(p: &Point, base: &Point) -> Vec<String> {
         format!("{:.1}", p.idle_cpu),
         if p.running > 0 { p.status.p50_p99() } else { "-".into() },
         p.list.p50_p99(),
+        p.list_decode.p50_p99(),
         p.instantiate.p50_p99(),
     ]
 }
@@ -451,6 +459,7 @@ async fn measure(
         list: Latencies::default(),
         instantiate: Latencies::default(),
         list_bytes: 0,
+        list_decode: Latencies::default(),
         errors: Vec::new(),
         not_running: None,
     };
@@ -461,6 +470,14 @@ async fn measure(
         Ok(response) => {
             let response = response.into_inner();
             point.list_bytes = response.encoded_len();
+            let bytes = response.encode_to_vec();
+            for _ in 0..LIST_DECODES {
+                let started = Instant::now();
+                let decoded =
+                    ListContainersResponse::decode(bytes.as_slice()).expect("decode a ListContainers response");
+                point.list_decode.push(started.elapsed());
+                drop(decoded);
+            }
             let (up, others): (Vec<_>, Vec<_>) =
                 response.containers.iter().partition(|c| c.state() == ContainerState::ContainerRunning);
             running = up.iter().map(|c| c.id.clone()).collect();

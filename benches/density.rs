@@ -132,7 +132,7 @@ pub async fn run(args: &Args) {
     );
 
     eprintln!("density: building the fixtures, starting the registry and the daemon");
-    let mut daemon = Daemon::start_with(None, &["--log-level", "info"]).await;
+    let daemon = Daemon::start_with(None, &["--log-level", "info"]).await;
     let process = Process(daemon.pid().expect("the daemon runs"));
     let mut rt: Runtime = daemon.runtime().max_decoding_message_size(MAX_MESSAGE);
     let image = harness::push_fixture("sleeper", "bench-sleeper").await;
@@ -271,14 +271,7 @@ pub async fn run(args: &Args) {
         let pods: Vec<String> = guests.iter().map(|g| g.pod_id.clone()).chain(stray_pods).collect();
         notes.push(teardown(&mut rt, pods, concurrency, process, baseline.rss).await);
     }
-    let exit = daemon.sigterm_and_wait();
-    notes.push(format!("daemon exit after SIGTERM: {exit}; its log: {}", daemon.log_path().display()));
-    // The pods' log directories (one per pod), not needed any more.
-    let _ = std::fs::remove_dir_all(harness::scratch_root().join("pods"));
-    for note in notes {
-        println!("- {note}");
-    }
-    println!();
+    support::finish(daemon, notes);
 }
 
 const LEGEND: &str = "\

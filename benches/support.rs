@@ -240,3 +240,15 @@ impl Table {
         out
     }
 }
+
+/// Ends a section: stops its daemon (noting how it exited), removes the pods'
+/// log directories, and prints the notes.
+pub fn finish(mut daemon: crate::harness::Daemon, mut notes: Vec<String>) {
+    let exit = daemon.sigterm_and_wait();
+    notes.push(format!("daemon exit after SIGTERM: {exit}; its log: {}", daemon.log_path().display()));
+    let _ = std::fs::remove_dir_all(crate::harness::scratch_root().join("pods"));
+    for note in notes {
+        println!("- {note}");
+    }
+    println!();
+}

@@ -66,7 +66,7 @@ pub async fn run(args: &Args) {
     let guests = args.throughput_guests as usize;
     let concurrency = args.throughput_concurrency as usize;
     eprintln!("throughput: building the fixtures, starting the registry and the daemon");
-    let mut daemon = Daemon::start_with(None, &["--log-level", &args.throughput_log_level]).await;
+    let daemon = Daemon::start_with(None, &["--log-level", &args.throughput_log_level]).await;
     let process = Process(daemon.pid().expect("the daemon runs"));
     let rt = daemon.runtime();
     let image = harness::push_fixture("hello", "bench-hello").await;
@@ -202,13 +202,7 @@ pub async fn run(args: &Args) {
         "{WARMUP} warm-up lifecycles before, one at a time, not counted; pods left after: {}",
         left.map_or_else(|s| format!("? ({s:?})"), |pods| pods.len().to_string())
     ));
-    let exit = daemon.sigterm_and_wait();
-    notes.push(format!("daemon exit after SIGTERM: {exit}; its log: {}", daemon.log_path().display()));
-    let _ = std::fs::remove_dir_all(harness::scratch_root().join("pods"));
-    for note in notes {
-        println!("- {note}");
-    }
-    println!();
+    crate::support::finish(daemon, notes);
 }
 
 const LEGEND: &str = "\

@@ -360,11 +360,9 @@ impl Puller {
     }
 }
 
-/// The content of the blob `digest` when the store holds it.
+/// The content of the blob `digest` when the store holds it (blobs are
+/// stored whole and verified, or not at all).
 async fn stored_blob(store: &Store, digest: &str) -> Option<Vec<u8>> {
-    if !store.has_blob(digest).await {
-        return None;
-    }
     tokio::fs::read(store.blob_path(digest).ok()?).await.ok()
 }
 

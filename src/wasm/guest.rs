@@ -77,7 +77,6 @@ pub struct Guest {
     stop: Option<oneshot::Sender<()>>,
     exit: watch::Receiver<Option<Exit>>,
     pub usage: Arc<Usage>,
-    default_memory_limit: u64,
 }
 
 impl Guest {
@@ -96,7 +95,7 @@ impl Guest {
     /// Changes the limits of the running guest: memory at its next growth,
     /// CPU at its next yield.
     pub fn set_limits(&self, limits: Limits) {
-        self.usage.set_limits(limits, self.default_memory_limit);
+        self.usage.set_limits(limits);
     }
 
     /// Something to wait on for the guest's end, usable without holding the guest.
@@ -172,7 +171,7 @@ pub(super) async fn start(
         tokio::join!(files.copy_back(), log_done.wait());
         let _ = exit_tx.send(Some(exit));
     });
-    Ok(Guest { stop: Some(stop_tx), exit: exit_rx, usage, default_memory_limit })
+    Ok(Guest { stop: Some(stop_tx), exit: exit_rx, usage })
 }
 
 fn build_store(

@@ -79,17 +79,19 @@ pub struct Usage {
     pub throttled_nanos: AtomicU64,
     /// Wall time its instantiation took (memory, tables, data, WASI imports).
     pub instantiate_nanos: AtomicU64,
+    /// The memory limit of a container that sets none; 0 means none.
+    default_memory_limit: u64,
 }
 
 impl Usage {
     pub(super) fn new(limits: Limits, default_memory_limit: u64) -> Self {
-        let usage = Self::default();
-        usage.set_limits(limits, default_memory_limit);
+        let usage = Self { default_memory_limit, ..Self::default() };
+        usage.set_limits(limits);
         usage
     }
 
-    pub(super) fn set_limits(&self, limits: Limits, default_memory_limit: u64) {
-        let memory = if limits.memory_bytes > 0 { limits.memory_bytes } else { default_memory_limit };
+    pub(super) fn set_limits(&self, limits: Limits) {
+        let memory = if limits.memory_bytes > 0 { limits.memory_bytes } else { self.default_memory_limit };
         self.memory_limit.store(memory, Ordering::Relaxed);
         let (quota, period) =
             limits.cpu.map_or((0, 0), |cpu| (cpu.quota.as_nanos() as u64, cpu.period.as_nanos() as u64));

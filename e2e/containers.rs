@@ -7,7 +7,7 @@ use std::time::Duration;
 use tonic::Code;
 use wasmrun::api::{
     ContainerFilter, ContainerMetadata, ContainerState, ContainerStateValue, ContainerStatusRequest,
-    ListContainersRequest, Mount, RemoveContainerRequest, StopContainerRequest,
+    ListContainersRequest, Mount, RemoveContainerRequest, StartContainerRequest, StopContainerRequest,
 };
 
 use crate::harness::*;
@@ -286,6 +286,68 @@ async fn list_containers_filters_by_id_state_pod_and_labels() {
     assert_eq!(list_container_ids(&mut rt, pod_and_state).await, Vec::<String>::new());
 
     stop_container(&mut rt, &running, 0).await;
+}
+
+/// The state of each container an unfiltered ListContainers shows, by id.
+async fn listed_states(rt: &mut Runtime) -> Vec<(String, ContainerState)> {
+    let listed = rt.list_containers(ListContainersRequest { filter: None }).await.expect("ListContainers");
+    listed.into_inner().containers.into_iter().map(|c| (c.id.clone(), c.state())).collect()
+}
+
+/// kubelet relists without a filter every second and acts on what changed
+/// since the last list (the daemon keeps that answer while nothing changes):
+/// each change must show in the next list, a guest ending on its own included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unfiltered_list_shows_every_change_in_the_next_list() {
+    use ContainerState::{ContainerCreated as Created, ContainerExited as Exited, ContainerRunning as Running};
+    let daemon = Daemon::start().await;
+    let mut rt = daemon.runtime();
+    let memhog = pulled_fixture(&daemon, "memhog", "containers-relist").await;
+    let pod = Pod::run(&daemon, "relist").await;
+    assert_eq!(listed_states(&mut rt).await, vec![]);
+
+    // The guest waits for /signal/go, then takes 1 MiB more and ends by itself.
+    let signal = scratch_dir("relist-signal");
+    let mut config = container_config("waiter", &memhog.name, &[], &["1", "wait-for=/signal/go"], &[]);
+    config.mounts.push(Mount {
+        container_path: "/signal".into(),
+        host_path: signal.display().to_string(),
+        readonly: true,
+        ..Default::default()
+    });
+    let waiter = pod.create(&daemon, &config).await;
+    assert_eq!(listed_states(&mut rt).await, vec![(waiter.clone(), Created)]);
+    assert_eq!(listed_states(&mut rt).await, vec![(waiter.clone(), Created)]);
+
+    rt.start_container(StartContainerRequest { container_id: waiter.clone() }).await.expect("StartContainer");
+    wait_log_line(&pod.log_path(&config), "stdout", "waiting").await;
+    assert_eq!(listed_states(&mut rt).await, vec![(waiter.clone(), Running)]);
+
+    let other_config = container_config("other", &memhog.name, &[], &["1"], &[]);
+    let other = pod.create(&daemon, &other_config).await;
+    assert_eq!(listed_states(&mut rt).await, vec![(waiter.clone(), Running), (other.clone(), Created)]);
+
+    // Nothing but lists from here until the guest's exit shows in one.
+    std::fs::write(signal.join("go"), "").expect("signal the guest");
+    wait_log_line(&pod.log_path(&config), "stdout", "grown").await;
+    let mut lists = 0;
+    let states = loop {
+        let states = listed_states(&mut rt).await;
+        lists += 1;
+        if states[0].1 != Running || lists == 600 {
+            break states;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(states, vec![(waiter.clone(), Exited), (other.clone(), Created)], "after {lists} lists");
+    assert_eq!(wait_exited(&mut rt, &waiter).await.exit_code, 0);
+
+    remove_container(&mut rt, &waiter).await;
+    assert_eq!(listed_states(&mut rt).await, vec![(other.clone(), Created)]);
+    // A filtered list is made afresh; it agrees.
+    assert_eq!(list_container_ids(&mut rt, state_filter(Created)).await, vec![other.clone()]);
+    remove_container(&mut rt, &other).await;
+    assert_eq!(listed_states(&mut rt).await, vec![]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,9 +4,10 @@
 //! node that is thousands of `Container` entries, each with several strings
 //! and two maps: building and encoding them anew on every call is most of the
 //! call. An entry changes only when its container's state does, so each
-//! container keeps its entry encoded, and `ListContainersResponse` carries
-//! those bytes as they are. On the wire it is the same message; a client
-//! decodes it into `containers` as usual.
+//! container keeps its entry encoded (and a whole unfiltered list is kept
+//! too, see `pods::listing`), and `ListContainersResponse` carries those
+//! bytes as they are. On the wire it is the same message; a client decodes
+//! it into `containers` as usual.
 
 use bytes::{Buf, BufMut, Bytes};
 use prost::encoding::{DecodeContext, WireType, message, skip_field};
@@ -22,13 +23,15 @@ pub struct ListContainersResponse {
     /// Containers as messages: what a client decodes, and what the backing
     /// runtime's part of a list comes as.
     pub containers: Vec<api::Container>,
-    /// Containers already encoded as `containers` fields, sent first.
-    encoded: Vec<Bytes>,
+    /// Containers already encoded as `containers` fields, one after
+    /// another, sent first.
+    encoded: Bytes,
 }
 
 impl ListContainersResponse {
-    /// A response made of already-encoded entries (see [`encode_entry`]).
-    pub fn from_encoded(encoded: Vec<Bytes>) -> Self {
+    /// A response made of already-encoded entries (see [`encode_entry`]),
+    /// concatenated.
+    pub fn from_encoded(encoded: Bytes) -> Self {
         Self { containers: Vec::new(), encoded }
     }
 }
@@ -43,9 +46,8 @@ pub fn encode_entry(container: &api::Container) -> Bytes {
 
 impl prost::Message for ListContainersResponse {
     fn encode_raw(&self, buf: &mut impl BufMut) {
-        for entry in &self.encoded {
-            buf.put_slice(entry);
-        }
+        // One slice: the encoder's buffer grows once, to the size needed.
+        buf.put_slice(&self.encoded);
         for container in &self.containers {
             message::encode(CONTAINERS, container, buf);
         }
@@ -66,7 +68,7 @@ impl prost::Message for ListContainersResponse {
     }
 
     fn encoded_len(&self) -> usize {
-        self.encoded.iter().map(Bytes::len).sum::<usize>() + message::encoded_len_repeated(CONTAINERS, &self.containers)
+        self.encoded.len() + message::encoded_len_repeated(CONTAINERS, &self.containers)
     }
 
     fn clear(&mut self) {
@@ -97,7 +99,7 @@ mod tests {
 
     #[test]
     fn encoded_entries_decode_as_containers_in_order() {
-        let mut response = ListContainersResponse::from_encoded(vec![encode_entry(&container("a"))]);
+        let mut response = ListContainersResponse::from_encoded(encode_entry(&container("a")));
         response.containers.push(container("b"));
         let bytes = response.encode_to_vec();
         assert_eq!(bytes.len(), response.encoded_len());
@@ -112,14 +114,14 @@ mod tests {
         let mut expected = Vec::new();
         message::encode(1, &container("a"), &mut expected);
         message::encode(1, &container("b"), &mut expected);
-        let response =
-            ListContainersResponse::from_encoded(vec![encode_entry(&container("a")), encode_entry(&container("b"))]);
+        let entries = [encode_entry(&container("a")), encode_entry(&container("b"))].concat();
+        let response = ListContainersResponse::from_encoded(entries.into());
         assert_eq!(response.encode_to_vec(), expected);
     }
 
     #[test]
     fn unknown_fields_are_skipped() {
-        let mut bytes = ListContainersResponse::from_encoded(vec![encode_entry(&container("a"))]).encode_to_vec();
+        let mut bytes = ListContainersResponse::from_encoded(encode_entry(&container("a"))).encode_to_vec();
         prost::encoding::string::encode(9, &"from a newer CRI".to_owned(), &mut bytes);
         let decoded = ListContainersResponse::decode(bytes.as_slice()).unwrap();
         assert_eq!(decoded.containers, vec![container("a")]);

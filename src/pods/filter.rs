@@ -38,6 +38,11 @@ impl PodFilter {
 }
 
 impl ContainerFilter {
+    /// True for the filter that matches every container.
+    pub fn selects_all(&self) -> bool {
+        self.id.is_none() && self.state.is_none() && self.pod_id.is_none() && self.labels.is_empty()
+    }
+
     pub fn matches(&self, container: &Container) -> bool {
         id_matches(&self.id, &container.id)
             && id_matches(&self.pod_id, &container.pod_id)

@@ -8,11 +8,14 @@
 mod container;
 mod events;
 mod filter;
+mod listing;
 mod sandbox;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
 
 pub use container::{Container, ContainerState, ContainerView};
 pub use events::{ContainerEvent, EventKind};
@@ -31,6 +34,9 @@ pub struct Pods {
     containers_dir: PathBuf,
     registry: Mutex<Registry>,
     events: events::Events,
+    /// Containers created, started and removed (what a list shows, with the guests' exits).
+    changes: listing::Changes,
+    unfiltered_list: listing::UnfilteredList,
 }
 
 #[derive(Default)]
@@ -78,6 +84,8 @@ impl Pods {
             containers_dir,
             registry: Mutex::new(Registry::default()),
             events: events::Events::new(),
+            changes: listing::Changes::default(),
+            unfiltered_list: listing::UnfilteredList::default(),
         }
     }
 
@@ -223,6 +231,7 @@ impl Pods {
             module_source,
         }));
         self.registry.lock().unwrap().containers.insert(container.id.clone(), container.clone());
+        self.changes.record();
         self.events.send(&container.id, &sandbox.id, EventKind::Created);
         tracing::info!(container = %container.id, pod = %sandbox.id, source = ?module_source, "container created");
         Ok(container)
@@ -242,6 +251,30 @@ impl Pods {
         containers
     }
 
+    /// The list entries of the containers `filter` selects, oldest first, one
+    /// after another. `encode` makes a container's entry showing a state; a
+    /// container keeps it until its state changes.
+    pub async fn encoded_list(
+        &self,
+        filter: &ContainerFilter,
+        encode: impl Fn(&Container, ContainerState) -> Bytes,
+    ) -> Bytes {
+        let make = || {
+            let containers = self.containers(filter);
+            let entries = containers.iter().map(|container| {
+                let state = container.state();
+                container.list_entry(state, || encode(container, state))
+            });
+            listing::concat(entries.collect())
+        };
+        if !filter.selects_all() {
+            return make();
+        }
+        let generation =
+            || listing::Generation { changes: self.changes.count(), ended_guests: self.engine.ended_guests() };
+        self.unfiltered_list.get_or_make(generation, make).await
+    }
+
     pub async fn start_container(&self, id: &str) -> Result<()> {
         let container = self.container(id)?;
         let sandbox = self.pod(&container.pod_id)?;
@@ -252,6 +285,7 @@ impl Pods {
             )));
         }
         let started = container.start(&self.engine).await;
+        self.changes.record();
         let events = self.events.clone();
         let (id, pod_id) = (container.id.clone(), container.pod_id.clone());
         match (&started, container.exit_waiter()) {
@@ -293,6 +327,7 @@ impl Pods {
             removed
         };
         if removed {
+            self.changes.record();
             // Stopped, so its file mounts are copied back and nothing uses the
             // directory. A leftover is harmless (the next daemon start clears
             // it), so it does not fail a removal that has happened.

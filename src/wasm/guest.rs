@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::sync::{oneshot, watch};
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
@@ -137,6 +137,7 @@ pub(super) async fn start(
     engine: &wasmtime::Engine,
     executor: &tokio::runtime::Handle,
     default_memory_limit: u64,
+    ended_guests: Arc<AtomicU64>,
     compiled: Arc<Compiled>,
     spec: GuestSpec,
     output: GuestOutput,
@@ -170,6 +171,7 @@ pub(super) async fn start(
         // of an exited container and expects all of them.
         tokio::join!(files.copy_back(), log_done.wait());
         let _ = exit_tx.send(Some(exit));
+        ended_guests.fetch_add(1, Ordering::Release);
     });
     Ok(Guest { stop: Some(stop_tx), exit: exit_rx, usage })
 }

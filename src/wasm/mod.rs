@@ -13,6 +13,7 @@ mod limits;
 
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 pub use compile::{Compiled, ModuleSource, WasmSource};
@@ -57,6 +58,8 @@ pub struct Engine {
     cache: compile::Cache,
     guests: tokio::runtime::Handle,
     default_memory_limit: u64,
+    /// Guests that have ended, counted once each exit is reported.
+    ended_guests: Arc<AtomicU64>,
 }
 
 impl Engine {
@@ -85,7 +88,14 @@ impl Engine {
         let cache = compile::Cache::new(&engine, cache_dir)?;
         spawn_epoch_ticker(&engine)?;
         let guests = spawn_guest_executor()?;
-        Ok(Arc::new(Self { engine, linkers: Linkers { module, component }, cache, guests, default_memory_limit }))
+        Ok(Arc::new(Self {
+            engine,
+            linkers: Linkers { module, component },
+            cache,
+            guests,
+            default_memory_limit,
+            ended_guests: Arc::default(),
+        }))
     }
 
     /// The compiled form of the binary with `digest`, from memory, from the
@@ -114,7 +124,15 @@ impl Engine {
         spec: GuestSpec,
         output: crate::logs::GuestOutput,
     ) -> Result<Guest> {
-        guest::start(&self.engine, &self.guests, self.default_memory_limit, compiled, spec, output).await
+        let ended = self.ended_guests.clone();
+        guest::start(&self.engine, &self.guests, self.default_memory_limit, ended, compiled, spec, output).await
+    }
+
+    /// How many guests have ended so far. It grows only once the exit is
+    /// visible through [`Guest::exit`]: what was read of the guests after
+    /// reading a count shows every exit that count includes.
+    pub fn ended_guests(&self) -> u64 {
+        self.ended_guests.load(Ordering::Acquire)
     }
 }
 

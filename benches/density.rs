@@ -112,6 +112,8 @@ struct Point {
     list_bytes: usize,
     /// Decoding one ListContainers response in this client: the client's part of `list`.
     list_decode: Latencies,
+    /// CPU per ListContainers call (mean over the timed calls): the daemon's, and this client's.
+    list_cpu: Option<(Duration, Duration)>,
     /// Calls that failed while measuring.
     errors: Vec<String>,
     /// Containers listed but not RUNNING (guests that ended at once after
@@ -224,6 +226,7 @@ pub async fn run(args: &Args) {
         "Status p50/p99 ms",
         "List p50/p99 ms",
         "List decode p50/p99 ms",
+        "List CPU daemon/client ms",
         "instantiate p50/p99 ms",
     ]);
     for point in std::iter::once(&baseline).chain(&points) {
@@ -285,6 +288,8 @@ maps: lines of /proc/PID/maps (limited by vm.max_map_count); fds: open descripto
 idle CPU: the daemon's user+system CPU while nobody calls, in % of one core;
 Status / List: latency of ContainerStatus on random containers and of ListContainers (all), one call at a time;
 List decode: decoding one ListContainers response in this client (prost), 10 times: the client's part of List;
+List CPU: user+system CPU per ListContainers call, mean over the timed calls, of the daemon (its sleepers' \
+wake-ups included: see idle CPU) and of this client (its decoding included);
 instantiate: the daemon's own measure of a guest's instantiation (verbose ContainerStatus `usage.instantiate_nanos`), for the newest 200 guests.
 ";
 
@@ -306,6 +311,7 @@ fn row(p: &Point, base: &Point) -> Vec<String> {
         if p.running > 0 { p.status.p50_p99() } else { "-".into() },
         p.list.p50_p99(),
         p.list_decode.p50_p99(),
+        p.list_cpu.map_or("-".into(), |(daemon, client)| format!("{}/{}", ms(daemon), ms(client))),
         p.instantiate.p50_p99(),
     ]
 }
@@ -453,6 +459,7 @@ async fn measure(
         instantiate: Latencies::default(),
         list_bytes: 0,
         list_decode: Latencies::default(),
+        list_cpu: None,
         errors: Vec::new(),
         not_running: None,
     };
@@ -496,6 +503,9 @@ async fn measure(
         Err(status) => point.errors.push(format!("ListContainerStats: {status:?}")),
     }
 
+    eprintln!("density: at {}: timing {} ListContainers calls", point.running, args.list_calls);
+    let client = Process(std::process::id());
+    let (daemon_cpu_before, client_cpu_before) = (process.cpu_time(), client.cpu_time());
     for _ in 0..args.list_calls {
         let started = Instant::now();
         match rt.list_containers(ListContainersRequest { filter: None }).await {
@@ -505,6 +515,13 @@ async fn measure(
                 break;
             }
         }
+    }
+    if !point.list.is_empty() {
+        let calls = point.list.len() as u32;
+        point.list_cpu = Some((
+            process.cpu_time().saturating_sub(daemon_cpu_before) / calls,
+            client.cpu_time().saturating_sub(client_cpu_before) / calls,
+        ));
     }
 
     // The daemon's own measure of instantiation (verbose ContainerStatus), untimed here.

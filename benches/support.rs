@@ -170,6 +170,14 @@ impl Latencies {
         self.0.push(d);
     }
 
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     /// The `p`th percentile (nearest rank), or None without samples.
     pub fn percentile(&self, p: f64) -> Option<Duration> {
         let mut sorted = self.0.clone();

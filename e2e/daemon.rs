@@ -69,6 +69,25 @@ async fn sigterm_exits_zero_and_removes_socket() {
     assert!(!daemon.socket().exists(), "socket {} left behind", daemon.socket().display());
 }
 
+/// A graceful HTTP/2 shutdown waits for each client to acknowledge it. A
+/// client that never reads never does: after the grace the daemon stops anyway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_after_the_grace_even_when_a_client_never_reads() {
+    use std::io::Write;
+    let mut daemon = Daemon::start_with(None, &["--shutdown-grace-secs", "1"]).await;
+    let mut silent = std::os::unix::net::UnixStream::connect(daemon.socket()).expect("connect to the CRI socket");
+    // The HTTP/2 client preface and an empty SETTINGS frame; then nothing is read or sent.
+    silent.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0").expect("write the preface");
+    // The daemon has taken the connection once a later one is served.
+    daemon.runtime().version(VersionRequest::default()).await.expect("Version");
+
+    let status = daemon.sigterm_and_wait();
+    assert!(status.success(), "wasmrun exited with {status} after SIGTERM");
+    assert!(!daemon.socket().exists(), "socket {} left behind", daemon.socket().display());
+    assert!(daemon.log().contains("stopping anyway"), "{}", daemon.log());
+    drop(silent);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn second_daemon_on_the_same_socket_refuses_to_start() {
     let daemon = Daemon::start().await;

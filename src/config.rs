@@ -62,6 +62,9 @@ pub struct Config {
     pub backing_connect_timeout_secs: u64,
     /// Runtime handlers that mean a wasm pod.
     pub wasm_handlers: Vec<String>,
+    /// After SIGTERM, how long calls in flight (and clients acknowledging
+    /// the shutdown) may take before the daemon stops anyway, in seconds.
+    pub shutdown_grace_secs: u64,
 }
 
 /// How to reach one registry.
@@ -94,6 +97,7 @@ impl Default for Config {
             backing_endpoint: None,
             backing_connect_timeout_secs: 5,
             wasm_handlers: vec!["wasmrun".into()],
+            shutdown_grace_secs: 10,
         }
     }
 }
@@ -135,6 +139,9 @@ pub struct Flags {
     /// Cgroup driver reported to kubelet [default: systemd].
     #[arg(long, value_enum)]
     pub cgroup_driver: Option<CgroupDriver>,
+    /// After SIGTERM, seconds that calls in flight may take before wasmrun stops anyway [default: 10].
+    #[arg(long, value_name = "SECS")]
+    pub shutdown_grace_secs: Option<u64>,
 }
 
 impl Config {
@@ -181,6 +188,9 @@ impl Config {
         }
         if let Some(driver) = flags.cgroup_driver {
             self.cgroup_driver = driver;
+        }
+        if let Some(secs) = flags.shutdown_grace_secs {
+            self.shutdown_grace_secs = secs;
         }
         // Flags add to the file's list: both are allow-lists.
         for registry in flags.insecure_registries {

@@ -21,7 +21,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(wasmrun::server::serve(config)) {
+    let served = runtime.block_on(wasmrun::server::serve(config));
+    // A guest stuck in a blocking host call holds a blocking thread; the
+    // daemon is done serving and does not wait for it.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // Logging is up: the failure goes where every other line goes.

@@ -71,6 +71,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let parts = Parts { config: Arc::new(config.clone()), pods, images, router, backing };
 
     let listener = bind(&config.socket)?;
+    let signalled = tokio::sync::Notify::new();
     tracing::info!(socket = %config.socket.display(), root = %config.root.display(), version = env!("CARGO_PKG_VERSION"), "wasmrun serving the CRI");
     let served = tonic::transport::Server::builder()
         .layer(CallLogLayer)
@@ -84,8 +85,21 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
                 .max_decoding_message_size(MAX_MESSAGE)
                 .max_encoding_message_size(MAX_MESSAGE),
         )
-        .serve_with_incoming_shutdown(tokio_stream::wrappers::UnixListenerStream::new(listener), shutdown_signal())
-        .await;
+        .serve_with_incoming_shutdown(tokio_stream::wrappers::UnixListenerStream::new(listener), signalled.notified());
+    let grace = std::time::Duration::from_secs(config.shutdown_grace_secs);
+    let served = tokio::select! {
+        served = served => served,
+        // A graceful HTTP/2 shutdown waits for every client to acknowledge
+        // it; one that hangs (or never reads) would hold the daemon forever.
+        () = async {
+            shutdown_signal().await;
+            signalled.notify_one();
+            tokio::time::sleep(grace).await;
+        } => {
+            tracing::warn!(?grace, "calls or clients still in flight after the shutdown grace: stopping anyway");
+            Ok(())
+        }
+    };
     let _ = std::fs::remove_file(&config.socket);
     served.context("serving the CRI")?;
     tracing::info!("wasmrun stopped");

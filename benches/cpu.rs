@@ -96,6 +96,7 @@ pub async fn run(args: &Args) {
     println!("{}", shares.render());
     println!("== cpu: CRI latency while guests spin on every core ==");
     println!("{}", latency.render());
+    crate::support::finish(daemon, Vec::new()).await;
 }
 
 /// The guest's share of one CPU over `window`, from two ContainerStats.

@@ -274,7 +274,7 @@ pub async fn run(args: &Args) {
         let pods: Vec<String> = guests.iter().map(|g| g.pod_id.clone()).chain(stray_pods).collect();
         notes.push(teardown(&mut rt, pods, concurrency, process, baseline.rss).await);
     }
-    support::finish(daemon, notes);
+    support::finish(daemon, notes).await;
 }
 
 const LEGEND: &str = "\

@@ -67,7 +67,7 @@ enum Section {
     Throughput,
 }
 
-#[tokio::main]
+#[tokio::main(flavor = "current_thread")]
 async fn main() {
     let cli = Cli::parse();
     let mut sections = cli.sections.clone();

@@ -268,12 +268,8 @@ pub async fn run(args: &Args) {
         "- requests are manifest/blob/other per pull, from the registry's access log; other is `GET /v2/`, which \
          oci-client sends before each request to a registry that asks no authentication"
     );
-    println!(
-        "- the large module built in {:.1} s (0 when already built); daemon log {}",
-        build_time.as_secs_f64(),
-        daemon.log_path().display()
-    );
-    println!();
+    let built = format!("the large module built in {:.1} s (0 when already built)", build_time.as_secs_f64());
+    crate::support::finish(daemon, vec![built]).await;
 }
 
 /// A wasmtime engine with the daemon's settings (src/wasm/mod.rs, `Engine::new`).

@@ -207,7 +207,7 @@ pub async fn run(args: &Args) {
     ));
 
     eprintln!("start: building the fixtures, starting the registry and the daemon");
-    let mut daemon = Daemon::start_with(None, &["--log-level", &args.start_log_level]).await;
+    let daemon = Daemon::start_with(None, &["--log-level", &args.start_log_level]).await;
     let image = harness::push_fixture("hello", "bench-hello").await;
     harness::pull(&daemon, &image.name).await;
     let wasmrun = Target {
@@ -243,7 +243,12 @@ pub async fn run(args: &Args) {
          p50/p99 {} ms",
         version.p50_p99()
     ));
-    let exit = daemon.sigterm_and_wait();
+    notes.push(format!(
+        "this machine's floor for any such round trip: 64 bytes there and back between two threads over a unix \
+         socket pair, {ROUND_TRIPS} times: p50/p99 {} ms",
+        socket_round_trips(ROUND_TRIPS).p50_p99()
+    ));
+    let (daemon, exit) = crate::support::stop(daemon).await;
     notes.push(format!("wasmrun daemon exit after SIGTERM: {exit}; its log: {}", daemon.log_path().display()));
 
     eprintln!("start: the in-process floor, {} samples each", args.floor_samples);
@@ -933,4 +938,27 @@ impl Drop for LineWait {
             unsafe { libc::inotify_rm_watch(self.shared.fd.as_raw_fd(), self.wd) };
         }
     }
+}
+
+/// Round trips of 64 bytes between this thread and an echoing one over a
+/// unix socket pair: two wake-ups of a blocked thread, what a CRI call costs
+/// at the least (one process to another) before any gRPC or daemon work.
+fn socket_round_trips(count: usize) -> Latencies {
+    use std::io::{Read, Write};
+    let (mut near, mut far) = std::os::unix::net::UnixStream::pair().expect("a unix socket pair");
+    let echo = std::thread::spawn(move || {
+        let mut buf = [0u8; 64];
+        while far.read_exact(&mut buf).is_ok() && far.write_all(&buf).is_ok() {}
+    });
+    let mut latencies = Latencies::default();
+    let mut buf = [0u8; 64];
+    for _ in 0..count {
+        let started = Instant::now();
+        near.write_all(&buf).expect("write to the echo thread");
+        near.read_exact(&mut buf).expect("read from the echo thread");
+        latencies.push(started.elapsed());
+    }
+    drop(near);
+    echo.join().expect("the echo thread");
+    latencies
 }

@@ -251,12 +251,24 @@ impl Table {
 
 /// Ends a section: stops its daemon (noting how it exited), removes the pods'
 /// log directories, and prints the notes.
-pub fn finish(mut daemon: crate::harness::Daemon, mut notes: Vec<String>) {
-    let exit = daemon.sigterm_and_wait();
+pub async fn finish(daemon: crate::harness::Daemon, mut notes: Vec<String>) {
+    let (daemon, exit) = stop(daemon).await;
     notes.push(format!("daemon exit after SIGTERM: {exit}; its log: {}", daemon.log_path().display()));
     let _ = std::fs::remove_dir_all(crate::harness::scratch_root().join("pods"));
     for note in notes {
         println!("- {note}");
     }
     println!();
+}
+
+/// Sends the daemon SIGTERM and waits for its exit on a blocking thread: the
+/// benchmark's clients run on its one runtime thread, and the daemon's
+/// graceful shutdown waits for them to answer.
+pub async fn stop(mut daemon: crate::harness::Daemon) -> (crate::harness::Daemon, std::process::ExitStatus) {
+    tokio::task::spawn_blocking(move || {
+        let exit = daemon.sigterm_and_wait();
+        (daemon, exit)
+    })
+    .await
+    .expect("waiting for the daemon's exit")
 }

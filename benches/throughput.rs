@@ -202,7 +202,7 @@ pub async fn run(args: &Args) {
         "{WARMUP} warm-up lifecycles before, one at a time, not counted; pods left after: {}",
         left.map_or_else(|s| format!("? ({s:?})"), |pods| pods.len().to_string())
     ));
-    crate::support::finish(daemon, notes);
+    crate::support::finish(daemon, notes).await;
 }
 
 const LEGEND: &str = "\

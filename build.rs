@@ -7,8 +7,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)
-        // Encoded by hand from per-container cached entries (src/cri/wire.rs).
+        // Encoded by hand from entries each container and pod keeps (src/cri/wire.rs).
         .extern_path(".runtime.v1.ListContainersResponse", "crate::cri::wire::ListContainersResponse")
+        .extern_path(".runtime.v1.ListPodSandboxResponse", "crate::cri::wire::ListPodSandboxResponse")
         .compile_fds(descriptors)?;
     Ok(())
 }

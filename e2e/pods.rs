@@ -103,6 +103,33 @@ async fn list_pod_sandbox_filters_by_id_state_and_labels() {
     assert_eq!(list_pod_ids(&mut rt, no_match).await, Vec::<String>::new());
 }
 
+/// kubelet relists pods without a filter every second (the daemon keeps
+/// that answer while nothing changes): each change shows in the next list.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unfiltered_pod_list_shows_every_change_in_the_next_list() {
+    use PodSandboxState::{SandboxNotready as NotReady, SandboxReady as Ready};
+    let daemon = Daemon::start().await;
+    let mut rt = daemon.runtime();
+    let states = |pods: Vec<PodSandbox>| pods.into_iter().map(|p| (p.id.clone(), p.state())).collect::<Vec<_>>();
+    assert_eq!(states(list_pods(&mut rt, None).await), vec![]);
+
+    let a = Pod::run(&daemon, "relist-a").await;
+    assert_eq!(states(list_pods(&mut rt, None).await), vec![(a.id.clone(), Ready)]);
+    let b = Pod::run(&daemon, "relist-b").await;
+    assert_eq!(states(list_pods(&mut rt, None).await), vec![(a.id.clone(), Ready), (b.id.clone(), Ready)]);
+    assert_eq!(states(list_pods(&mut rt, None).await), vec![(a.id.clone(), Ready), (b.id.clone(), Ready)]);
+
+    stop_pod(&mut rt, &a.id).await;
+    assert_eq!(states(list_pods(&mut rt, None).await), vec![(a.id.clone(), NotReady), (b.id.clone(), Ready)]);
+    // A filtered list is made afresh; it agrees.
+    assert_eq!(list_pod_ids(&mut rt, state_filter(NotReady)).await, vec![a.id.clone()]);
+
+    remove_pod(&mut rt, &b.id).await;
+    assert_eq!(states(list_pods(&mut rt, None).await), vec![(a.id.clone(), NotReady)]);
+    remove_pod(&mut rt, &a.id).await;
+    assert_eq!(states(list_pods(&mut rt, None).await), vec![]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stop_pod_sandbox_is_idempotent() {
     let daemon = Daemon::start().await;

@@ -7,7 +7,7 @@
 pub mod api {
     #![allow(clippy::all, clippy::pedantic, missing_docs)]
     tonic::include_proto!("runtime.v1");
-    pub use crate::cri::wire::ListContainersResponse;
+    pub use crate::cri::wire::{ListContainersResponse, ListPodSandboxResponse};
 }
 
 pub mod backing;

@@ -61,8 +61,10 @@ pub(super) async fn list_containers(
 ) -> Result<api::ListContainersResponse, Status> {
     let forwarded = request.clone();
     let filter = request.filter.map(container_filter).unwrap_or_default();
-    let entries =
-        parts.pods.encoded_list(&filter, |container, state| wire::encode_entry(&list_entry_of(container, state))).await;
+    let entries = parts
+        .pods
+        .encoded_container_list(&filter, |container, state| wire::encode_entry(&list_entry_of(container, state)))
+        .await;
     let mut response = wire::ListContainersResponse::from_encoded(entries);
     response.containers.extend(
         parts

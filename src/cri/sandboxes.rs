@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use tonic::Status;
 
-use super::{Parts, verbose_json};
+use super::{Parts, verbose_json, wire};
 use crate::api;
 use crate::pods::{PodFilter, Sandbox, SandboxState};
 use crate::route::Side;
@@ -83,28 +83,29 @@ pub(super) async fn list_pod_sandbox(
 ) -> Result<api::ListPodSandboxResponse, Status> {
     let forwarded = request.clone();
     let filter = request.filter.map(pod_filter).unwrap_or_default();
-    let mut items: Vec<api::PodSandbox> = parts
-        .pods
-        .pods(&filter)
-        .iter()
-        .map(|sandbox| api::PodSandbox {
-            id: sandbox.id.clone(),
-            metadata: sandbox.config.metadata.clone(),
-            state: state(sandbox) as i32,
-            created_at: sandbox.created_at,
-            labels: sandbox.config.labels.clone(),
-            annotations: sandbox.config.annotations.clone(),
-            runtime_handler: sandbox.runtime_handler.clone(),
-        })
-        .collect();
-    items.extend(
+    let entries =
+        parts.pods.encoded_pod_list(&filter, |pod, state| wire::encode_entry(&list_entry_of(pod, state))).await;
+    let mut response = api::ListPodSandboxResponse::from_encoded(entries);
+    response.items.extend(
         parts
             .backing_list("ListPodSandbox", |backing| async move {
                 backing.runtime().list_pod_sandbox(forwarded).await.map(|r| r.into_inner().items)
             })
             .await,
     );
-    Ok(api::ListPodSandboxResponse { items })
+    Ok(response)
+}
+
+fn list_entry_of(pod: &Sandbox, current: SandboxState) -> api::PodSandbox {
+    api::PodSandbox {
+        id: pod.id.clone(),
+        metadata: pod.config.metadata.clone(),
+        state: state(current) as i32,
+        created_at: pod.created_at,
+        labels: pod.config.labels.clone(),
+        annotations: pod.config.annotations.clone(),
+        runtime_handler: pod.runtime_handler.clone(),
+    }
 }
 
 /// The backing runtime, when it (not wasmrun) owns pod `id`.
@@ -123,8 +124,8 @@ fn pod_filter(filter: api::PodSandboxFilter) -> PodFilter {
     }
 }
 
-fn state(sandbox: &Sandbox) -> api::PodSandboxState {
-    match sandbox.state() {
+fn state(current: SandboxState) -> api::PodSandboxState {
+    match current {
         SandboxState::Ready => api::PodSandboxState::SandboxReady,
         SandboxState::NotReady => api::PodSandboxState::SandboxNotready,
     }
@@ -140,7 +141,7 @@ pub(super) fn status(sandbox: &Sandbox) -> api::PodSandboxStatus {
     api::PodSandboxStatus {
         id: sandbox.id.clone(),
         metadata: sandbox.config.metadata.clone(),
-        state: state(sandbox) as i32,
+        state: state(sandbox.state()) as i32,
         created_at: sandbox.created_at,
         // An empty ip tells kubelet the pod uses the host's network.
         network: Some(api::PodSandboxNetworkStatus { ip: String::new(), additional_ips: Vec::new() }),

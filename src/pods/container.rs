@@ -5,9 +5,8 @@ use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
-
 use super::Sandbox;
+use super::listing::KeptEntry;
 use crate::api;
 use crate::error::{Error, Result};
 use crate::images::Image;
@@ -62,9 +61,8 @@ pub struct Container {
     compiled: Arc<Compiled>,
     resources: Mutex<Option<api::LinuxContainerResources>>,
     phase: Mutex<Phase>,
-    /// The container's entry of a ListContainers response, encoded, and the
-    /// state it shows: the rest of it never changes.
-    list_entry: Mutex<Option<(ContainerState, Bytes)>>,
+    /// The container's entry of a ListContainers response.
+    pub(super) list_entry: KeptEntry<ContainerState>,
 }
 
 pub(super) struct NewContainer {
@@ -110,7 +108,7 @@ impl Container {
             compiled: new.compiled,
             resources: Mutex::new(resources),
             phase: Mutex::new(Phase::Created),
-            list_entry: Mutex::new(None),
+            list_entry: KeptEntry::default(),
         }
     }
 
@@ -120,20 +118,6 @@ impl Container {
             Phase::StartFailed { .. } => ContainerState::Exited,
             Phase::Started { guest, .. } if guest.exit().is_some() => ContainerState::Exited,
             Phase::Started { .. } => ContainerState::Running,
-        }
-    }
-
-    /// The encoded list entry showing `state`: the cached one, or one made by
-    /// `encode` (and cached) when there is none for that state.
-    pub fn list_entry(&self, state: ContainerState, encode: impl FnOnce() -> Bytes) -> Bytes {
-        let mut cached = self.list_entry.lock().unwrap();
-        match &*cached {
-            Some((cached_state, entry)) if *cached_state == state => entry.clone(),
-            _ => {
-                let entry = encode();
-                *cached = Some((state, entry.clone()));
-                entry
-            }
         }
     }
 

@@ -30,6 +30,11 @@ fn labels_match(selector: &HashMap<String, String>, labels: &HashMap<String, Str
 }
 
 impl PodFilter {
+    /// True for the filter that matches every pod.
+    pub fn selects_all(&self) -> bool {
+        self.id.is_none() && self.state.is_none() && self.labels.is_empty()
+    }
+
     pub fn matches(&self, sandbox: &Sandbox) -> bool {
         id_matches(&self.id, &sandbox.id)
             && self.state.is_none_or(|state| state == sandbox.state())

@@ -1,17 +1,19 @@
-//! The wasm part of a ListContainers response, encoded.
+//! The wasm part of ListPodSandbox and ListContainers responses, encoded.
 //!
-//! kubelet lists every container without a filter once a second (PLEG's
-//! relist). On a dense node that answer is thousands of entries, the same
-//! from one second to the next: it is kept whole and given again until a
-//! container is created, started, ended or removed.
+//! kubelet lists every pod and every container without a filter once a
+//! second (PLEG's relist). On a dense node each answer is thousands of
+//! entries, the same from one second to the next: each pod and container
+//! keeps its entry encoded until its state changes, and a whole unfiltered
+//! answer is kept and given again until something it shows has changed.
 
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-/// Counts the changes a list shows: containers created, started and
-/// removed. Each is counted once it is visible in the registry and the
-/// container's state.
+/// Counts the changes a list shows (pods run, stopped and removed;
+/// containers created, started and removed). Each is counted once it is
+/// visible in the registry and the object's state.
 #[derive(Default)]
 pub(super) struct Changes(AtomicU64);
 
@@ -35,18 +37,24 @@ pub(super) struct Generation {
     pub ended_guests: u64,
 }
 
-/// The last answer to a list without a filter.
-#[derive(Default)]
-pub(super) struct UnfilteredList {
+/// The last answer to a list without a filter, and the generation (`G`)
+/// it was made in.
+pub(super) struct UnfilteredList<G> {
     /// Held while an answer is made, so that answers are made one at a time
-    /// and the one kept is always the newest: a list never shows a container
-    /// in an older state than a list before it did.
-    last: tokio::sync::Mutex<Option<(Generation, Bytes)>>,
+    /// and the one kept is always the newest: a list never shows a pod or
+    /// container in an older state than a list before it did.
+    last: tokio::sync::Mutex<Option<(G, Bytes)>>,
 }
 
-impl UnfilteredList {
+impl<G> Default for UnfilteredList<G> {
+    fn default() -> Self {
+        Self { last: tokio::sync::Mutex::new(None) }
+    }
+}
+
+impl<G: Copy + PartialEq> UnfilteredList<G> {
     /// The kept answer if nothing changed since it was made, or a new one from `make`.
-    pub async fn get_or_make(&self, generation: impl FnOnce() -> Generation, make: impl FnOnce() -> Bytes) -> Bytes {
+    pub async fn get_or_make(&self, generation: impl FnOnce() -> G, make: impl FnOnce() -> Bytes) -> Bytes {
         let mut last = self.last.lock().await;
         let now = generation();
         if let Some((made_in, answer)) = &*last
@@ -57,6 +65,31 @@ impl UnfilteredList {
         let answer = make();
         *last = Some((now, answer.clone()));
         answer
+    }
+}
+
+/// A pod's or container's encoded list entry, and the state it shows (the
+/// rest of an entry never changes).
+pub struct KeptEntry<S>(Mutex<Option<(S, Bytes)>>);
+
+impl<S> Default for KeptEntry<S> {
+    fn default() -> Self {
+        Self(Mutex::new(None))
+    }
+}
+
+impl<S: Copy + PartialEq> KeptEntry<S> {
+    /// The kept entry if it shows `state`, or a new one made by `encode` (and kept).
+    pub fn get_or_encode(&self, state: S, encode: impl FnOnce() -> Bytes) -> Bytes {
+        let mut kept = self.0.lock().unwrap();
+        match &*kept {
+            Some((kept_state, entry)) if *kept_state == state => entry.clone(),
+            _ => {
+                let entry = encode();
+                *kept = Some((state, entry.clone()));
+                entry
+            }
+        }
     }
 }
 
@@ -92,6 +125,15 @@ mod tests {
         assert_eq!(list.get_or_make(|| generation(2, 1), || make("d")).await, "d");
         assert_eq!(list.get_or_make(|| generation(2, 1), || make("e")).await, "d");
         assert_eq!(made.get(), 3);
+    }
+
+    #[test]
+    fn an_entry_is_encoded_again_only_for_another_state() {
+        let kept = KeptEntry::default();
+        assert_eq!(kept.get_or_encode(1, || Bytes::from_static(b"one")), "one");
+        assert_eq!(kept.get_or_encode(1, || Bytes::from_static(b"again")), "one");
+        assert_eq!(kept.get_or_encode(2, || Bytes::from_static(b"two")), "two");
+        assert_eq!(kept.get_or_encode(1, || Bytes::from_static(b"one, later")), "one, later");
     }
 
     #[test]

@@ -34,9 +34,13 @@ pub struct Pods {
     containers_dir: PathBuf,
     registry: Mutex<Registry>,
     events: events::Events,
-    /// Containers created, started and removed (what a list shows, with the guests' exits).
-    changes: listing::Changes,
-    unfiltered_list: listing::UnfilteredList,
+    /// Pods run, stopped and removed: what a pod list shows.
+    pod_changes: listing::Changes,
+    unfiltered_pod_list: listing::UnfilteredList<u64>,
+    /// Containers created, started and removed: what a container list shows,
+    /// with the guests' exits.
+    container_changes: listing::Changes,
+    unfiltered_container_list: listing::UnfilteredList<listing::Generation>,
 }
 
 #[derive(Default)]
@@ -84,8 +88,10 @@ impl Pods {
             containers_dir,
             registry: Mutex::new(Registry::default()),
             events: events::Events::new(),
-            changes: listing::Changes::default(),
-            unfiltered_list: listing::UnfilteredList::default(),
+            pod_changes: listing::Changes::default(),
+            unfiltered_pod_list: listing::UnfilteredList::default(),
+            container_changes: listing::Changes::default(),
+            unfiltered_container_list: listing::UnfilteredList::default(),
         }
     }
 
@@ -109,6 +115,8 @@ impl Pods {
             return Err(Error::AlreadyExists(format!("pod sandbox {name} already exists: remove it first")));
         }
         registry.sandboxes.insert(sandbox.id.clone(), sandbox.clone());
+        drop(registry);
+        self.pod_changes.record();
         tracing::info!(pod = %sandbox.id, %name, "pod sandbox ready");
         Ok(sandbox)
     }
@@ -127,6 +135,28 @@ impl Pods {
         pods
     }
 
+    /// The list entries of the pods `filter` selects, oldest first, one after
+    /// another. `encode` makes a pod's entry showing a state; a pod keeps it
+    /// until its state changes.
+    pub async fn encoded_pod_list(
+        &self,
+        filter: &PodFilter,
+        encode: impl Fn(&Sandbox, SandboxState) -> Bytes,
+    ) -> Bytes {
+        let make = || {
+            let pods = self.pods(filter);
+            let entries = pods.iter().map(|pod| {
+                let state = pod.state();
+                pod.list_entry.get_or_encode(state, || encode(pod, state))
+            });
+            listing::concat(entries.collect())
+        };
+        if !filter.selects_all() {
+            return make();
+        }
+        self.unfiltered_pod_list.get_or_make(|| self.pod_changes.count(), make).await
+    }
+
     /// Stops every container of the pod and marks it not ready. Unknown ids are fine.
     pub async fn stop_pod(&self, id: &str) -> Result<()> {
         let Ok(sandbox) = self.pod(id) else {
@@ -136,6 +166,7 @@ impl Pods {
             container.stop().await?;
         }
         sandbox.mark_not_ready();
+        self.pod_changes.record();
         tracing::info!(pod = %sandbox.id, "pod sandbox stopped");
         Ok(())
     }
@@ -149,10 +180,16 @@ impl Pods {
             self.remove_container(&container.id).await?;
         }
         sandbox.mark_not_ready();
-        let mut registry = self.registry.lock().unwrap();
-        if registry.sandboxes.remove(&sandbox.id).is_some() {
-            let name = sandbox::reserved_name(sandbox.metadata());
-            registry.names.remove(&name);
+        let removed = {
+            let mut registry = self.registry.lock().unwrap();
+            let removed = registry.sandboxes.remove(&sandbox.id).is_some();
+            if removed {
+                registry.names.remove(&sandbox::reserved_name(sandbox.metadata()));
+            }
+            removed
+        };
+        self.pod_changes.record();
+        if removed {
             tracing::info!(pod = %sandbox.id, "pod sandbox removed");
         }
         Ok(())
@@ -231,7 +268,7 @@ impl Pods {
             module_source,
         }));
         self.registry.lock().unwrap().containers.insert(container.id.clone(), container.clone());
-        self.changes.record();
+        self.container_changes.record();
         self.events.send(&container.id, &sandbox.id, EventKind::Created);
         tracing::info!(container = %container.id, pod = %sandbox.id, source = ?module_source, "container created");
         Ok(container)
@@ -254,7 +291,7 @@ impl Pods {
     /// The list entries of the containers `filter` selects, oldest first, one
     /// after another. `encode` makes a container's entry showing a state; a
     /// container keeps it until its state changes.
-    pub async fn encoded_list(
+    pub async fn encoded_container_list(
         &self,
         filter: &ContainerFilter,
         encode: impl Fn(&Container, ContainerState) -> Bytes,
@@ -263,16 +300,18 @@ impl Pods {
             let containers = self.containers(filter);
             let entries = containers.iter().map(|container| {
                 let state = container.state();
-                container.list_entry(state, || encode(container, state))
+                container.list_entry.get_or_encode(state, || encode(container, state))
             });
             listing::concat(entries.collect())
         };
         if !filter.selects_all() {
             return make();
         }
-        let generation =
-            || listing::Generation { changes: self.changes.count(), ended_guests: self.engine.ended_guests() };
-        self.unfiltered_list.get_or_make(generation, make).await
+        let generation = || listing::Generation {
+            changes: self.container_changes.count(),
+            ended_guests: self.engine.ended_guests(),
+        };
+        self.unfiltered_container_list.get_or_make(generation, make).await
     }
 
     pub async fn start_container(&self, id: &str) -> Result<()> {
@@ -285,7 +324,7 @@ impl Pods {
             )));
         }
         let started = container.start(&self.engine).await;
-        self.changes.record();
+        self.container_changes.record();
         let events = self.events.clone();
         let (id, pod_id) = (container.id.clone(), container.pod_id.clone());
         match (&started, container.exit_waiter()) {
@@ -327,7 +366,7 @@ impl Pods {
             removed
         };
         if removed {
-            self.changes.record();
+            self.container_changes.record();
             // Stopped, so its file mounts are copied back and nothing uses the
             // directory. A leftover is harmless (the next daemon start clears
             // it), so it does not fail a removal that has happened.

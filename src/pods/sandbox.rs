@@ -3,6 +3,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use super::listing::KeptEntry;
 use crate::api;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,11 +20,20 @@ pub struct Sandbox {
     /// Unix time in nanoseconds.
     pub created_at: i64,
     ready: AtomicBool,
+    /// The pod's entry of a ListPodSandbox response.
+    pub(super) list_entry: KeptEntry<SandboxState>,
 }
 
 impl Sandbox {
     pub(super) fn new(id: String, config: api::PodSandboxConfig, runtime_handler: String) -> Self {
-        Self { id, config, runtime_handler, created_at: crate::durable::now_nanos(), ready: AtomicBool::new(true) }
+        Self {
+            id,
+            config,
+            runtime_handler,
+            created_at: crate::durable::now_nanos(),
+            ready: AtomicBool::new(true),
+            list_entry: KeptEntry::default(),
+        }
     }
 
     pub fn state(&self) -> SandboxState {

@@ -114,6 +114,8 @@ struct Point {
     list_decode: Latencies,
     /// CPU per ListContainers call (mean over the timed calls): the daemon's, and this client's.
     list_cpu: Option<(Duration, Duration)>,
+    /// ListPodSandbox (no filter), the other half of kubelet's relist.
+    list_pods: Latencies,
     /// Calls that failed while measuring.
     errors: Vec<String>,
     /// Containers listed but not RUNNING (guests that ended at once after
@@ -227,6 +229,7 @@ pub async fn run(args: &Args) {
         "List p50/p99 ms",
         "List decode p50/p99 ms",
         "List CPU daemon/client ms",
+        "ListPods p50/p99 ms",
         "instantiate p50/p99 ms",
     ]);
     for point in std::iter::once(&baseline).chain(&points) {
@@ -290,6 +293,7 @@ Status / List: latency of ContainerStatus on random containers and of ListContai
 List decode: decoding one ListContainers response in this client (prost), 10 times: the client's part of List;
 List CPU: user+system CPU per ListContainers call, mean over the timed calls, of the daemon (its sleepers' \
 wake-ups included: see idle CPU) and of this client (its decoding included);
+ListPods: latency of ListPodSandbox (all), one call at a time, as many calls as List: with ListContainers, kubelet's relist;
 instantiate: the daemon's own measure of a guest's instantiation (verbose ContainerStatus `usage.instantiate_nanos`), for the newest 200 guests.
 ";
 
@@ -312,6 +316,7 @@ fn row(p: &Point, base: &Point) -> Vec<String> {
         p.list.p50_p99(),
         p.list_decode.p50_p99(),
         p.list_cpu.map_or("-".into(), |(daemon, client)| format!("{}/{}", ms(daemon), ms(client))),
+        p.list_pods.p50_p99(),
         p.instantiate.p50_p99(),
     ]
 }
@@ -460,6 +465,7 @@ async fn measure(
         list_bytes: 0,
         list_decode: Latencies::default(),
         list_cpu: None,
+        list_pods: Latencies::default(),
         errors: Vec::new(),
         not_running: None,
     };
@@ -522,6 +528,17 @@ async fn measure(
             process.cpu_time().saturating_sub(daemon_cpu_before) / calls,
             client.cpu_time().saturating_sub(client_cpu_before) / calls,
         ));
+    }
+
+    for _ in 0..args.list_calls {
+        let started = Instant::now();
+        match rt.list_pod_sandbox(ListPodSandboxRequest { filter: None }).await {
+            Ok(_) => point.list_pods.push(started.elapsed()),
+            Err(status) => {
+                point.errors.push(format!("ListPodSandbox: {status:?}"));
+                break;
+            }
+        }
     }
 
     // The daemon's own measure of instantiation (verbose ContainerStatus), untimed here.

@@ -116,7 +116,7 @@ impl Container {
         match &*self.phase.lock().unwrap() {
             Phase::Created | Phase::Starting => ContainerState::Created,
             Phase::StartFailed { .. } => ContainerState::Exited,
-            Phase::Started { guest, .. } if guest.exit().is_some() => ContainerState::Exited,
+            Phase::Started { guest, .. } if guest.has_ended() => ContainerState::Exited,
             Phase::Started { .. } => ContainerState::Running,
         }
     }
@@ -197,7 +197,7 @@ impl Container {
         let waiter = {
             let mut phase = self.phase.lock().unwrap();
             match &mut *phase {
-                Phase::Started { guest, .. } if guest.exit().is_none() => {
+                Phase::Started { guest, .. } if !guest.has_ended() => {
                     guest.kill();
                     guest.waiter()
                 }
@@ -228,7 +228,7 @@ impl Container {
         let log = {
             let phase = self.phase.lock().unwrap();
             match &*phase {
-                Phase::Started { guest, log, .. } if guest.exit().is_none() => log.clone(),
+                Phase::Started { guest, log, .. } if !guest.has_ended() => log.clone(),
                 other => {
                     return Err(Error::FailedPrecondition(format!(
                         "container {} is {}: only a running container's log can be reopened",
@@ -272,7 +272,7 @@ fn describe(phase: &Phase) -> &'static str {
     match phase {
         Phase::Created => "created",
         Phase::Starting => "starting",
-        Phase::Started { guest, .. } if guest.exit().is_none() => "running",
+        Phase::Started { guest, .. } if !guest.has_ended() => "running",
         Phase::Started { .. } | Phase::StartFailed { .. } => "exited",
     }
 }

@@ -85,6 +85,11 @@ impl Guest {
         self.exit.borrow().clone()
     }
 
+    /// Whether it has ended, without copying how (its message can be long).
+    pub fn has_ended(&self) -> bool {
+        self.exit.borrow().is_some()
+    }
+
     /// Asks the guest to end now; returns at once.
     pub fn kill(&mut self) {
         if let Some(stop) = self.stop.take() {

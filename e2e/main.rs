@@ -14,6 +14,7 @@ mod harness;
 mod auth;
 mod bad_input;
 mod bearer;
+mod clients;
 mod components;
 mod containerd;
 mod containers;

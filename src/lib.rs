@@ -10,6 +10,7 @@ pub mod api {
     pub use crate::cri::wire::{ListContainersResponse, ListPodSandboxResponse};
 }
 
+pub mod authority;
 pub mod backing;
 pub mod config;
 pub mod cri;

@@ -14,6 +14,7 @@ use tonic::codegen::http;
 
 use crate::api::image_service_server::ImageServiceServer;
 use crate::api::runtime_service_server::RuntimeServiceServer;
+use crate::authority::AuthorityFix;
 use crate::backing::Backing;
 use crate::config::Config;
 use crate::cri::{ImageHandler, Parts, RuntimeHandler};
@@ -85,7 +86,12 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
                 .max_decoding_message_size(MAX_MESSAGE)
                 .max_encoding_message_size(MAX_MESSAGE),
         )
-        .serve_with_incoming_shutdown(tokio_stream::wrappers::UnixListenerStream::new(listener), signalled.notified());
+        .serve_with_incoming_shutdown(
+            tokio_stream::StreamExt::map(tokio_stream::wrappers::UnixListenerStream::new(listener), |accepted| {
+                accepted.map(AuthorityFix::new)
+            }),
+            signalled.notified(),
+        );
     let grace = std::time::Duration::from_secs(config.shutdown_grace_secs);
     let served = tokio::select! {
         served = served => served,

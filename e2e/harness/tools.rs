@@ -278,3 +278,34 @@ pub fn buildah_compat_image(repo: &str, tag: &str, module: &[u8], module_path_in
     let _ = std::fs::remove_dir_all(&storage);
     reference
 }
+
+/// How to install Python's gRPC and its code generator.
+pub const GRPCIO_INSTALL: &str = "pip install grpcio grpcio-tools";
+
+/// A directory holding `api_pb2.py` and `api_pb2_grpc.py`, generated once
+/// per test process from proto/api.proto by Python's own generator
+/// (`python3 -m grpc_tools.protoc`), and the `python3` that generated them.
+pub fn python_cri_stubs() -> (PathBuf, &'static Path) {
+    static STUBS: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
+    let (python, dir) = STUBS.get_or_init(|| {
+        let python = require_program("python3", &[], "apt-get install -y python3");
+        let dir = scratch_dir("python-stubs");
+        let proto = Path::new(env!("CARGO_MANIFEST_DIR")).join("proto");
+        let generated = Command::new(&python)
+            .args(["-m", "grpc_tools.protoc", "-I"])
+            .arg(&proto)
+            .arg(format!("--python_out={}", dir.display()))
+            .arg(format!("--grpc_python_out={}", dir.display()))
+            .arg(proto.join("api.proto"))
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", python.display()));
+        assert!(
+            generated.status.success(),
+            "generating Python CRI stubs failed; is grpcio-tools installed (`{GRPCIO_INSTALL}`)?\n{}",
+            String::from_utf8_lossy(&generated.stderr)
+        );
+        (python, dir)
+    });
+    (dir.clone(), python.as_path())
+}

@@ -198,6 +198,45 @@ async fn a_cri_command_selects_another_module_of_a_compat_image() {
     assert!(status.message().contains("/nowhere.wasm"), "{status:?}");
 }
 
+/// Pushes an image index "e2e/<repo>:<tag>" over manifests of that
+/// repository, each entry `(digest, os, architecture)`; returns its name.
+async fn push_index(repo: &str, tag: &str, entries: &[(&str, &str, &str)]) -> String {
+    let host = registry().host();
+    let entries: Vec<serde_json::Value> = entries
+        .iter()
+        .map(|(digest, os, architecture)| {
+            // Sizes must be true for a registry to accept the index; fetch them.
+            let (code, body) =
+                http_get(&host, &format!("/v2/e2e/{repo}/manifests/{digest}"), Some(MANIFEST_MEDIA_TYPE))
+                    .expect("GET manifest");
+            assert_eq!(code, 200);
+            serde_json::json!({"mediaType": MANIFEST_MEDIA_TYPE, "digest": digest, "size": body.len(),
+                "platform": {"os": os, "architecture": architecture}})
+        })
+        .collect();
+    let name = format!("{host}/e2e/{repo}:{tag}");
+    push_manifest_json(
+        &name,
+        OCI_INDEX,
+        &serde_json::json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries}),
+    )
+    .await;
+    name
+}
+
+/// A Linux image whose entrypoint is a shell, as busybox is.
+fn linux_image(annotations: serde_json::Map<String, serde_json::Value>) -> ImageParts {
+    ImageParts {
+        config_media_type: OCI_CONFIG.into(),
+        config: json(
+            serde_json::json!({"architecture": "amd64", "os": "linux", "config": {"Entrypoint": ["/bin/sh"]}}),
+        ),
+        layers: vec![(OCI_TAR.into(), tar_layer(&[("bin/sh", b"#!/not/wasm\n", 0o755)], false))],
+        annotations,
+        ..ImageParts::default()
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_index_resolves_to_its_wasm_entry() {
     let daemon = Daemon::start().await;
@@ -214,45 +253,81 @@ async fn an_index_resolves_to_its_wasm_entry() {
         },
     )
     .await;
-    let linux_digest = push_image(
-        &host,
-        "e2e/formats-index",
-        "linux",
-        &ImageParts {
-            config_media_type: OCI_CONFIG.into(),
-            config: json(serde_json::json!({"architecture": "amd64", "os": "linux"})),
-            layers: vec![(OCI_TAR.into(), tar_layer(&[("bin/sh", b"not really", 0o755)], false))],
-            ..ImageParts::default()
-        },
-    )
-    .await;
-    let entry = |digest: &str, os: &str, architecture: &str| {
-        serde_json::json!({"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": digest, "size": 1,
-            "platform": {"os": os, "architecture": architecture}})
-    };
-    // Sizes must be true for a registry to accept the index; fetch them.
-    let size = |digest: &str| {
-        let (code, body) =
-            http_get(&host, &format!("/v2/e2e/formats-index/manifests/{digest}"), Some(MANIFEST_MEDIA_TYPE))
-                .expect("GET manifest");
-        assert_eq!(code, 200);
-        body.len()
-    };
-    let mut entries = vec![entry(&linux_digest, "linux", "amd64"), entry(&wasm_digest, "wasip1", "wasm")];
-    entries[0]["size"] = size(&linux_digest).into();
-    entries[1]["size"] = size(&wasm_digest).into();
-    let name = format!("{host}/e2e/formats-index:v1");
-    push_manifest_json(
-        &name,
-        OCI_INDEX,
-        &serde_json::json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries}),
-    )
-    .await;
+    let linux_digest = push_image(&host, "e2e/formats-index", "linux", &linux_image(Default::default())).await;
+    let name =
+        push_index("formats-index", "v1", &[(&linux_digest, "linux", "amd64"), (&wasm_digest, "wasip1", "wasm")]).await;
 
     pull(&daemon, &name).await;
     let status = image_status(&mut daemon.images(), &name).await.expect("pulled");
     assert!(status.repo_digests.iter().any(|d| d.ends_with(&wasm_digest)), "{status:#?}");
     let (status, lines) = run(&daemon, &name, "index", &[], &[], &[]).await;
+    assert_eq!(status.exit_code, 0, "{status:#?}");
+    assert!(has_line(&lines, "stdout", "hello from wasm"), "{lines:#?}");
+}
+
+/// An index entry qualifies by the rule a manifest does: each platform
+/// spelling publishing tools write (`linux/wasm` among them) resolves to its
+/// compat image, which also runs when pulled by its own digest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_index_entry_of_every_wasm_platform_spelling_resolves_and_runs() {
+    let daemon = Daemon::start().await;
+    let host = registry().host();
+    let hello = fixture("hello");
+    let linux_digest = push_image(&host, "e2e/formats-spellings", "linux", &linux_image(Default::default())).await;
+    for (os, architecture) in [("linux", "wasm"), ("wasi", "wasm"), ("wasip2", "wasm"), ("wasi", "wasm32")] {
+        let tag = format!("{os}-{architecture}");
+        let mut parts = compat_image(
+            tar_layer(&[("hello.wasm", &hello, 0o755)], false),
+            OCI_TAR,
+            serde_json::json!({"Entrypoint": ["/hello.wasm"]}),
+        );
+        parts.config = json(serde_json::json!({"architecture": architecture, "os": os,
+            "config": {"Entrypoint": ["/hello.wasm"]}, "rootfs": {"type": "layers", "diff_ids": []}}));
+        let wasm_digest = push_image(&host, "e2e/formats-spellings", &tag, &parts).await;
+        let index = push_index(
+            "formats-spellings",
+            &format!("index-{tag}"),
+            &[(&linux_digest, "linux", "amd64"), (&wasm_digest, os, architecture)],
+        )
+        .await;
+        for name in [format!("{host}/e2e/formats-spellings@{wasm_digest}"), index] {
+            pull(&daemon, &name).await;
+            let (status, lines) = run(&daemon, &name, &format!("spelling-{tag}"), &[], &[], &[]).await;
+            assert_eq!(status.exit_code, 0, "{name}: {status:#?}");
+            assert!(has_line(&lines, "stdout", "hello from wasm"), "{name}: {lines:#?}");
+        }
+    }
+}
+
+/// crun's `compat-smart`: wasm only if the entrypoint is wasm. A busybox-like
+/// Linux image so annotated is not a wasm image (FailedPrecondition, nothing
+/// stored; with a backing runtime it is forwarded); a Linux-platform image
+/// so annotated whose entrypoint is a wasm module runs as wasm.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compat_smart_claims_an_image_only_if_its_entrypoint_is_wasm() {
+    let daemon = Daemon::start().await;
+    let mut smart = serde_json::Map::new();
+    smart.insert("module.wasm.image/variant".into(), "compat-smart".into());
+
+    let busybox = push("smart-busybox", &linux_image(smart.clone())).await;
+    expect_refused(&daemon, &busybox, Code::FailedPrecondition, "a compat-smart Linux image").await;
+    let refused = try_pull(&daemon, Some(&busybox)).await.expect_err("a compat-smart Linux image");
+    assert!(refused.message().contains("not a wasm image"), "{refused:?}");
+    assert!(!refused.message().contains("cannot read its program"), "{refused:?}");
+    let rootfs = std::fs::read_dir(daemon.root().join("images/rootfs")).expect("rootfs dir").count();
+    assert_eq!(rootfs, 0, "the refused image's unpacked filesystem is left behind");
+
+    let wasm = ImageParts {
+        config_media_type: OCI_CONFIG.into(),
+        config: json(serde_json::json!({"architecture": "amd64", "os": "linux",
+            "config": {"Entrypoint": ["/hello.wasm"]}})),
+        layers: vec![(OCI_TAR.into(), tar_layer(&[("hello.wasm", &fixture("hello"), 0o755)], false))],
+        annotations: smart,
+        ..ImageParts::default()
+    };
+    let name = push("smart-wasm", &wasm).await;
+    pull(&daemon, &name).await;
+    let (status, lines) = run(&daemon, &name, "smart", &[], &[], &[]).await;
     assert_eq!(status.exit_code, 0, "{status:#?}");
     assert!(has_line(&lines, "stdout", "hello from wasm"), "{lines:#?}");
 }
@@ -292,15 +367,7 @@ async fn refusals_name_the_image_and_store_nothing() {
     let image = push("refuse-two-layers", &two_layers).await;
     expect_refused(&daemon, &image, Code::InvalidArgument, "an artifact with two wasm layers").await;
 
-    let linux = ImageParts {
-        config_media_type: OCI_CONFIG.into(),
-        config: json(
-            serde_json::json!({"architecture": "amd64", "os": "linux", "config": {"Entrypoint": ["/bin/sh"]}}),
-        ),
-        layers: vec![(OCI_TAR.into(), tar_layer(&[("bin/sh", b"#!", 0o755)], false))],
-        ..ImageParts::default()
-    };
-    let image = push("refuse-linux", &linux).await;
+    let image = push("refuse-linux", &linux_image(Default::default())).await;
     expect_refused(&daemon, &image, Code::FailedPrecondition, "a Linux image").await;
 
     let escaping = compat_image(escaping_layer(&hello), OCI_TAR, serde_json::json!({"Entrypoint": ["/hello.wasm"]}));

@@ -5,9 +5,12 @@
 //! | CNCF wasm artifact | config `application/vnd.wasm.config.v0+json` | its one `application/wasm` layer |
 //! | wasm-to-oci | config `application/vnd.wasm.config.v1+json` | its one `…content.layer.v1+wasm` layer |
 //! | runwasi | a `…wasm.component.layer.v0+wasm` layer | that layer |
-//! | compat | platform os `wasi`/`wasip1`/`wasip2` or architecture `wasm`, or annotation `module.wasm.image/variant=compat` | the entrypoint file in its tar layers |
+//! | compat | a wasm platform ([`is_wasm_platform`]), or annotation `module.wasm.image/variant=compat` | the entrypoint file in its tar layers |
+//! | compat-smart | annotation `module.wasm.image/variant=compat-smart` on another platform | the entrypoint file, if it is wasm; else not a wasm image |
 //!
-//! In an image index, the `wasm` entry wins: `wasip1` before `wasip2` before `wasi`.
+//! An image index entry qualifies by the same platform rule as a manifest;
+//! among several, `wasip1` wins before `wasip2` before `wasi` before other
+//! spellings ([`pick_platform`]).
 
 use std::collections::HashMap;
 
@@ -22,7 +25,8 @@ pub const WASM_LAYER: &str = "application/wasm";
 pub const WASM_CONFIG_V1: &str = "application/vnd.wasm.config.v1+json";
 pub const WASM_LAYER_V1: &str = "application/vnd.wasm.content.layer.v1+wasm";
 pub const RUNWASI_LAYER: &str = "application/vnd.bytecodealliance.wasm.component.layer.v0+wasm";
-const VARIANT_ANNOTATION: &str = "module.wasm.image/variant";
+/// The annotation (or image label) of crun's wasm handler: `compat` or `compat-smart`.
+pub const VARIANT_ANNOTATION: &str = "module.wasm.image/variant";
 
 /// Where a wasm image keeps its program.
 #[derive(Debug)]
@@ -30,7 +34,13 @@ pub enum Layout {
     /// One layer is the wasm binary.
     Artifact { format: ImageFormat, layer: Descriptor },
     /// Tar layers hold a filesystem; the program is a file in it.
-    Compat { layers: Vec<Descriptor> },
+    Compat {
+        layers: Vec<Descriptor>,
+        /// Claimed only by the `compat-smart` variant (crun's meaning): the
+        /// image is wasm only if the file its entrypoint names is a wasm
+        /// binary, and otherwise not a wasm image at all.
+        smart: bool,
+    },
 }
 
 /// The parts of an OCI (or Docker) image config that matter to a wasm guest.
@@ -80,13 +90,16 @@ pub(super) fn detect(name: &str, manifest: &Manifest, config: &Descriptor, confi
         return one_wasm_layer(name, manifest, RUNWASI_LAYER, ImageFormat::Runwasi);
     }
     let image_config = parse_config(name, config_json)?;
-    let wasi_platform =
-        matches!(image_config.os.as_str(), "wasi" | "wasip1" | "wasip2") || image_config.architecture == "wasm";
-    let compat_variant = |annotations: &HashMap<String, String>| {
-        annotations.get(VARIANT_ANNOTATION).is_some_and(|v| v == "compat" || v == "compat-smart")
+    let variant = |wanted: &str| {
+        [&manifest.annotations, &image_config.config.labels]
+            .iter()
+            .any(|annotations| annotations.get(VARIANT_ANNOTATION).is_some_and(|v| v == wanted))
     };
-    if wasi_platform || compat_variant(&manifest.annotations) || compat_variant(&image_config.config.labels) {
-        return Ok(Layout::Compat { layers: manifest.layers.clone() });
+    if is_wasm_platform(&image_config.os, &image_config.architecture) || variant("compat") {
+        return Ok(Layout::Compat { layers: manifest.layers.clone(), smart: false });
+    }
+    if variant("compat-smart") {
+        return Ok(Layout::Compat { layers: manifest.layers.clone(), smart: true });
     }
     Err(Error::NotWasm(format!(
         "image {name} is not a wasm image (platform {}/{}, config media type {:?}), and no backing runtime is configured to run it",
@@ -113,15 +126,42 @@ fn one_wasm_layer(name: &str, manifest: &Manifest, media_type: &str, format: Ima
     }
 }
 
-/// Picks the wasm entry of an image index: wasip1 first (it runs as a module
-/// everywhere), then wasip2, then plain `wasi`.
+/// The operating systems that name a WASI platform: `wasi` (docker buildx
+/// `--platform wasi/wasm`), `wasip1` (Go's `GOOS=wasip1`, TinyGo, buildah
+/// `--os wasip1`), `wasip2`.
+const WASI_OSES: [&str; 3] = ["wasip1", "wasip2", "wasi"];
+/// The architectures that name wasm: `wasm` (the OCI platform of every tool
+/// above, and `linux/wasm` as some build tools write it), `wasm32`.
+const WASM_ARCHITECTURES: [&str; 2] = ["wasm", "wasm32"];
+
+/// Whether a platform, as an image config or an image index entry gives it,
+/// is a wasm platform: its os is a WASI one ([`WASI_OSES`]) or its
+/// architecture is wasm ([`WASM_ARCHITECTURES`]), whatever the other says
+/// (`wasi/wasm`, `wasip1/wasm`, `wasip2/wasm`, `linux/wasm`, `wasi/wasm32`, …).
+/// One rule for both, so an image pulled through its index is judged as the
+/// same manifest pulled directly.
+pub(super) fn is_wasm_platform(os: &str, architecture: &str) -> bool {
+    WASI_OSES.contains(&os) || WASM_ARCHITECTURES.contains(&architecture)
+}
+
+/// Picks the wasm entry of an image index: of the entries whose platform
+/// [`is_wasm_platform`], the one whose os or variant is `wasip1`
+/// first, since a wasip1 module runs everywhere; then `wasip2`; then `wasi`;
+/// then any other spelling (`linux/wasm`); the first in the index among equals.
 pub(super) fn pick_platform(entries: &[IndexEntry]) -> Option<&IndexEntry> {
     let rank = |entry: &IndexEntry| {
         let platform = entry.platform.as_ref()?;
-        if platform.architecture != "wasm" {
+        if !is_wasm_platform(&platform.os, &platform.architecture) {
             return None;
         }
-        ["wasip1", "wasip2", "wasi"].iter().position(|os| *os == platform.os)
+        let wasi = |name: &str| WASI_OSES.iter().position(|os| *os == name);
+        Some(
+            [&platform.os, &platform.variant]
+                .into_iter()
+                .filter_map(|name| wasi(name))
+                .min()
+                .unwrap_or(WASI_OSES.len()),
+        )
     };
     entries.iter().filter_map(|entry| rank(entry).map(|r| (r, entry))).min_by_key(|(r, _)| *r).map(|(_, e)| e)
 }
@@ -167,7 +207,7 @@ mod tests {
                 "layers":[{"mediaType":"application/vnd.docker.image.rootfs.diff.tar.gzip","digest":"sha256:t"}]}"#;
         let compat =
             detect_json(tar, r#"{"architecture":"wasm","os":"wasi","config":{"Entrypoint":["/app.wasm"],"Env":null}}"#);
-        assert!(matches!(compat.unwrap(), Layout::Compat { layers } if layers.len() == 1));
+        assert!(matches!(compat.unwrap(), Layout::Compat { layers, smart: false } if layers.len() == 1));
         let labelled = detect_json(
             tar,
             r#"{"architecture":"amd64","os":"linux","config":{"Labels":{"module.wasm.image/variant":"compat"}}}"#,
@@ -204,5 +244,84 @@ mod tests {
         let linux_only =
             manifest(r#"{"manifests":[{"digest":"sha256:a","platform":{"architecture":"amd64","os":"linux"}}]}"#);
         assert!(pick_platform(&linux_only.manifests).is_none());
+    }
+
+    /// Every spelling publishing tools write qualifies in an index exactly as
+    /// the same platform qualifies in an image config.
+    #[test]
+    fn every_wasm_platform_spelling_qualifies_in_an_index_as_in_a_config() {
+        let spellings = [
+            ("wasi", "wasm"),
+            ("wasip1", "wasm"),
+            ("wasip2", "wasm"),
+            ("linux", "wasm"),
+            ("wasi", "wasm32"),
+            ("wasip1", "wasm32"),
+            ("wasi", ""),
+            ("unknown", "wasm"),
+        ];
+        for (os, architecture) in spellings {
+            let index = manifest(&format!(
+                r#"{{"manifests":[
+                    {{"digest":"sha256:amd64","platform":{{"architecture":"amd64","os":"linux"}}}},
+                    {{"digest":"sha256:w","platform":{{"architecture":"{architecture}","os":"{os}"}}}}]}}"#
+            ));
+            assert_eq!(
+                pick_platform(&index.manifests).map(|e| e.digest.as_str()),
+                Some("sha256:w"),
+                "index entry {os}/{architecture}"
+            );
+            let config = format!(r#"{{"architecture":"{architecture}","os":"{os}"}}"#);
+            let layout = detect_json(
+                r#"{"config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:c"},"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"sha256:l"}]}"#,
+                &config,
+            );
+            assert!(
+                matches!(layout, Ok(Layout::Compat { smart: false, .. })),
+                "config {os}/{architecture}: {layout:?}"
+            );
+        }
+        for (os, architecture) in [("linux", "amd64"), ("linux", "arm64"), ("windows", "amd64"), ("", "")] {
+            let index = manifest(&format!(
+                r#"{{"manifests":[{{"digest":"sha256:x","platform":{{"architecture":"{architecture}","os":"{os}"}}}}]}}"#
+            ));
+            assert!(pick_platform(&index.manifests).is_none(), "index entry {os}/{architecture}");
+        }
+    }
+
+    #[test]
+    fn the_preference_order_holds_across_spellings() {
+        let index = manifest(
+            r#"{"manifests":[
+                {"digest":"sha256:linux","platform":{"architecture":"wasm","os":"linux"}},
+                {"digest":"sha256:wasi","platform":{"architecture":"wasm","os":"wasi"}},
+                {"digest":"sha256:variant","platform":{"architecture":"wasm","os":"wasi","variant":"wasip1"}}]}"#,
+        );
+        assert_eq!(pick_platform(&index.manifests).unwrap().digest, "sha256:variant");
+        let index = manifest(
+            r#"{"manifests":[
+                {"digest":"sha256:linux","platform":{"architecture":"wasm","os":"linux"}},
+                {"digest":"sha256:p2","platform":{"architecture":"wasm","os":"wasip2"}}]}"#,
+        );
+        assert_eq!(pick_platform(&index.manifests).unwrap().digest, "sha256:p2");
+        let only_linux_wasm =
+            manifest(r#"{"manifests":[{"digest":"sha256:lw","platform":{"architecture":"wasm","os":"linux"}}]}"#);
+        assert_eq!(pick_platform(&only_linux_wasm.manifests).unwrap().digest, "sha256:lw");
+    }
+
+    #[test]
+    fn compat_smart_on_another_platform_is_claimed_only_if_its_entrypoint_is_wasm() {
+        let layers = r#"{"config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:c"},"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"sha256:l"}],
+            "annotations":{"module.wasm.image/variant":"compat-smart"}}"#;
+        let busybox = detect_json(layers, r#"{"architecture":"amd64","os":"linux","config":{"Entrypoint":["sh"]}}"#);
+        assert!(matches!(busybox, Ok(Layout::Compat { smart: true, .. })), "{busybox:?}");
+        let labelled = detect_json(
+            r#"{"config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:c"},"layers":[]}"#,
+            r#"{"architecture":"amd64","os":"linux","config":{"Labels":{"module.wasm.image/variant":"compat-smart"}}}"#,
+        );
+        assert!(matches!(labelled, Ok(Layout::Compat { smart: true, .. })), "{labelled:?}");
+        // On a wasm platform the annotation changes nothing.
+        let wasi = detect_json(layers, r#"{"architecture":"wasm","os":"wasip1"}"#);
+        assert!(matches!(wasi, Ok(Layout::Compat { smart: false, .. })), "{wasi:?}");
     }
 }

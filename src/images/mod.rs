@@ -154,18 +154,31 @@ impl Images {
                 image.layer_digests = vec![layer.digest.clone()];
                 image.module_digest = layer.digest;
             }
-            format::Layout::Compat { layers } => {
+            format::Layout::Compat { layers, smart } => {
                 image.format = ImageFormat::Compat;
                 image.layer_digests = layers.iter().map(|layer| layer.digest.clone()).collect();
                 image.entrypoint = process.entrypoint;
                 image.cmd = process.cmd;
                 self.unpack_rootfs(&name, &image.id, &layers).await?;
-                let argv0 = image.entrypoint.iter().chain(&image.cmd).next().cloned().ok_or_else(|| {
-                    Error::InvalidArgument(format!(
+                let program = match image.entrypoint.iter().chain(&image.cmd).next().cloned() {
+                    Some(argv0) => self.read_program(&image, &argv0, &image.working_dir).await,
+                    None => Err(Error::InvalidArgument(format!(
                         "image {name}: a compat image needs an Entrypoint or Cmd naming its .wasm program"
-                    ))
-                })?;
-                let (path, bytes, kind) = self.read_program(&image, &argv0, &image.working_dir).await?;
+                    ))),
+                };
+                let (path, bytes, kind) = match program {
+                    // crun's compat-smart: wasm only if the entrypoint is a
+                    // wasm binary; any other image is not a wasm image. The
+                    // failed pull's garbage collection removes what it unpacked.
+                    Err(Error::InvalidArgument(why)) if smart => {
+                        return Err(Error::NotWasm(format!(
+                            "image {name} is not a wasm image: it is annotated {}=compat-smart, and its \
+                             entrypoint is not a wasm binary ({why})",
+                            format::VARIANT_ANNOTATION
+                        )));
+                    }
+                    program => program?,
+                };
                 let digest = store::sha256_digest(&bytes);
                 self.store.put_blob(&digest, &bytes).await?;
                 image.module_path = path;
@@ -291,7 +304,8 @@ impl Images {
 
     /// The image a container asks for, which must have been pulled.
     pub fn require(&self, name: &str) -> Result<Image> {
-        self.status(name)?.ok_or_else(|| Error::NotFound(format!("image {name:?} not found: pull it first")))
+        self.status(name)?
+            .ok_or_else(|| Error::NotFound(format!("image {} not found: pull it first", crate::error::quoted(name))))
     }
 
     pub fn list(&self, filter: Option<&str>) -> Result<Vec<Image>> {

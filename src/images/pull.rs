@@ -103,6 +103,8 @@ pub(super) struct Platform {
     pub architecture: String,
     #[serde(default)]
     pub os: String,
+    #[serde(default)]
+    pub variant: String,
 }
 
 /// Size limits on what a registry may send.
@@ -231,7 +233,7 @@ impl Puller {
         if !manifest.manifests.is_empty() {
             let entry = format::pick_platform(&manifest.manifests).ok_or_else(|| {
                 Error::NotWasm(format!(
-                    "image {name} is not a wasm image: its index has no wasm platform entry (wasip1, wasip2 or wasi)"
+                    "image {name} is not a wasm image: its index has no wasm platform entry (os wasip1, wasip2 or wasi, or architecture wasm)"
                 ))
             })?;
             // The entry names its manifest by digest: one stored (verified) already is not fetched again.
@@ -268,7 +270,7 @@ impl Puller {
                 })
                 .await?;
             }
-            Layout::Compat { layers } => {
+            Layout::Compat { layers, .. } => {
                 for layer in layers {
                     self.fetch_blob(client, store, reference, name, layer, |_| Ok(())).await?;
                 }

@@ -141,3 +141,122 @@ async fn pull_without_an_image_name_is_invalid() {
     expect_code(try_pull(&daemon, None).await, Code::InvalidArgument, "PullImage without an ImageSpec");
     assert_serving(&daemon).await;
 }
+
+/// containerd's checks of a request, made alike wherever a field comes in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_containerd_refuses_are_refused_and_nothing_is_kept() {
+    use wasmrun::api::{
+        Int64Value, LinuxContainerConfig, LinuxContainerResources, LinuxContainerSecurityContext,
+        LinuxPodSandboxConfig, LinuxSandboxSecurityContext, ListContainersRequest, ListPodSandboxRequest,
+        UpdateContainerResourcesRequest,
+    };
+    let daemon = Daemon::start().await;
+    let mut rt = daemon.runtime();
+
+    // log_directory: absolute and clean, outside the kernel's filesystems.
+    for bad in ["relative/logs", "/var/log/../../etc", "/proc/self/fd"] {
+        let config = PodSandboxConfig { log_directory: bad.into(), ..pod_config("bad-log-dir", &new_uid()) };
+        let result =
+            rt.run_pod_sandbox(RunPodSandboxRequest { config: Some(config), runtime_handler: String::new() }).await;
+        let status = expect_code(result, Code::InvalidArgument, &format!("log_directory {bad}"));
+        assert!(status.message().contains("log_directory"), "{status:?}");
+    }
+    // run_as_group without a user, for a pod.
+    let mut config = pod_config("group-only", &new_uid());
+    config.linux = Some(LinuxPodSandboxConfig {
+        security_context: Some(LinuxSandboxSecurityContext {
+            run_as_group: Some(Int64Value { value: 1000 }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let result =
+        rt.run_pod_sandbox(RunPodSandboxRequest { config: Some(config), runtime_handler: String::new() }).await;
+    expect_code(result, Code::InvalidArgument, "a pod's run_as_group without run_as_user");
+    let pods = rt.list_pod_sandbox(ListPodSandboxRequest::default()).await.expect("ListPodSandbox").into_inner();
+    assert!(pods.items.is_empty(), "a refused pod was kept: {pods:?}");
+
+    let image = pulled_fixture(&daemon, "sleeper", "bad-checks").await;
+    let pod = Pod::run(&daemon, "checks").await;
+    let with_linux = |linux: LinuxContainerConfig| {
+        let mut config = container_config("checked", &image.name, &[], &["60000"], &[]);
+        config.linux = Some(linux);
+        config
+    };
+    let security = |context: LinuxContainerSecurityContext| {
+        with_linux(LinuxContainerConfig { security_context: Some(context), ..Default::default() })
+    };
+    #[allow(deprecated)]
+    let refused = [
+        (
+            "memory_limit_in_bytes -1",
+            with_linux(LinuxContainerConfig {
+                resources: Some(LinuxContainerResources { memory_limit_in_bytes: -1, ..Default::default() }),
+                ..Default::default()
+            }),
+        ),
+        (
+            "run_as_group without a user",
+            security(LinuxContainerSecurityContext {
+                run_as_group: Some(Int64Value { value: 1000 }),
+                ..Default::default()
+            }),
+        ),
+        (
+            "a seccomp profile path without localhost/",
+            security(LinuxContainerSecurityContext {
+                seccomp_profile_path: "/etc/profile.json".into(),
+                ..Default::default()
+            }),
+        ),
+    ];
+    for (what, config) in refused {
+        let status = expect_code(pod.try_create(&daemon, &config).await, Code::InvalidArgument, what);
+        assert!(!status.message().is_empty(), "{what}");
+    }
+    let containers = rt.list_containers(ListContainersRequest::default()).await.expect("ListContainers").into_inner();
+    assert!(containers.containers.is_empty(), "a refused container was kept: {containers:?}");
+
+    // The same resources are refused by UpdateContainerResources, and the
+    // running guest keeps its limits.
+    let id = pod.create_and_start(&daemon, &container_config("sleeper", &image.name, &[], &["60000"], &[])).await;
+    let result = rt
+        .update_container_resources(UpdateContainerResourcesRequest {
+            container_id: id.clone(),
+            linux: Some(LinuxContainerResources { memory_limit_in_bytes: -1, ..Default::default() }),
+            ..Default::default()
+        })
+        .await;
+    expect_code(result, Code::InvalidArgument, "UpdateContainerResources with memory_limit_in_bytes -1");
+    assert_eq!(container_status(&mut rt, &id, false).await.status.expect("status").state, 1, "still running");
+    assert_serving(&daemon).await;
+}
+
+/// An error echoes a request's id cut short: a 10,000-character id gets
+/// NotFound, not a status header too big for the client (RESOURCE_EXHAUSTED).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_id_gets_not_found_with_a_short_message() {
+    use wasmrun::api::RemoveContainerRequest;
+    let daemon = Daemon::start().await;
+    let mut rt = daemon.runtime();
+    let huge = "f".repeat(10_000);
+    let result = rt.container_status(ContainerStatusRequest { container_id: huge.clone(), verbose: false }).await;
+    let status = expect_code(result, Code::NotFound, "ContainerStatus of a 10,000-character id");
+    assert!(status.message().len() < 1024, "{} bytes", status.message().len());
+    let result = rt.pod_sandbox_status(PodSandboxStatusRequest { pod_sandbox_id: huge.clone(), verbose: false }).await;
+    expect_code(result, Code::NotFound, "PodSandboxStatus of a 10,000-character id");
+    let result = rt.start_container(StartContainerRequest { container_id: huge.clone() }).await;
+    expect_code(result, Code::NotFound, "StartContainer of a 10,000-character id");
+    // Remove is idempotent: a missing id is not an error, whatever its length.
+    rt.remove_container(RemoveContainerRequest { container_id: huge }).await.expect("RemoveContainer");
+    let image = format!("{}/{}:v1", registry().host(), "x".repeat(10_000));
+    let result = daemon
+        .images()
+        .image_status(wasmrun::api::ImageStatusRequest {
+            image: Some(wasmrun::api::ImageSpec { image, ..Default::default() }),
+            verbose: false,
+        })
+        .await;
+    assert!(result.is_ok() || result.as_ref().is_err_and(|s| s.code() != Code::ResourceExhausted), "{result:?}");
+    assert_serving(&daemon).await;
+}

@@ -39,6 +39,22 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// The longest part of a request (an id, a name, a path) an error message
+/// echoes, in characters; a longer one is cut, with its length said.
+pub const MAX_ECHOED: usize = 128;
+
+/// `value` quoted for an error message, as `{:?}` would, and cut to
+/// [`MAX_ECHOED`] characters: a message goes back to the client in a
+/// `grpc-message` header, and an id of 10,000 characters would make that
+/// header too big for the client to read (it would see RESOURCE_EXHAUSTED,
+/// not the status the message belongs to).
+pub fn quoted(value: &str) -> String {
+    match value.char_indices().nth(MAX_ECHOED) {
+        None => format!("{value:?}"),
+        Some((cut, _)) => format!("{:?}… ({} bytes in all)", &value[..cut], value.len()),
+    }
+}
+
 impl Error {
     /// Says which image a request failure belongs to, unless the message names it already.
     pub fn about_image(self, name: &str) -> Self {

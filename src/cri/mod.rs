@@ -84,7 +84,7 @@ impl Parts {
 /// The one place where errors become gRPC statuses.
 impl From<Error> for tonic::Status {
     fn from(error: Error) -> Self {
-        let message = error.to_string();
+        let message = capped(error.to_string());
         match error {
             Error::InvalidArgument(_) => tonic::Status::invalid_argument(message),
             Error::NotFound(_) => tonic::Status::not_found(message),
@@ -100,6 +100,25 @@ impl From<Error> for tonic::Status {
             }
         }
     }
+}
+
+/// The longest status message sent, in bytes. It travels percent-encoded in
+/// the `grpc-message` header, and clients refuse a header list over 8–16 KiB
+/// (grpc-go's and hyper's defaults); parts of requests are cut where they are
+/// echoed ([`crate::error::quoted`]), and this bounds what is left.
+pub const MAX_STATUS_MESSAGE: usize = 2048;
+
+/// `message` cut to [`MAX_STATUS_MESSAGE`] bytes at a character boundary.
+fn capped(mut message: String) -> String {
+    if message.len() > MAX_STATUS_MESSAGE {
+        let mut cut = MAX_STATUS_MESSAGE;
+        while !message.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        message.truncate(cut);
+        message.push_str("… (cut)");
+    }
+    message
 }
 
 /// Serialises verbose info for crictl's `inspect*`; a failure is shown, not hidden.

@@ -245,12 +245,7 @@ impl Container {
     /// its next memory growth, the CPU quota at its next yield; the other
     /// fields are kept and reported.
     pub fn update_resources(&self, resources: api::LinuxContainerResources) -> Result<()> {
-        if resources.memory_limit_in_bytes < 0 {
-            return Err(Error::InvalidArgument(format!(
-                "container {}: memory_limit_in_bytes {} is negative",
-                self.id, resources.memory_limit_in_bytes
-            )));
-        }
+        super::checks::resources_of(&format!("UpdateContainerResources of container {}", self.id), &resources)?;
         if let Phase::Started { guest, .. } = &*self.phase.lock().unwrap() {
             guest.set_limits(limits_of(&resources));
         }

@@ -5,6 +5,7 @@
 //! (pod: namespace, name, uid, attempt; container: pod, name, attempt) are
 //! reserved until the object is removed, so a retried create is refused.
 
+mod checks;
 mod container;
 mod events;
 mod filter;
@@ -108,6 +109,7 @@ impl Pods {
         if metadata.name.is_empty() {
             return Err(Error::InvalidArgument("RunPodSandbox: metadata.name is empty".into()));
         }
+        checks::sandbox_config(&config)?;
         let name = sandbox::reserved_name(metadata);
         let sandbox = Arc::new(Sandbox::new(new_id(), config, runtime_handler.to_owned()));
         let mut registry = self.registry.lock().unwrap();
@@ -125,7 +127,7 @@ impl Pods {
         let registry = self.registry.lock().unwrap();
         Registry::resolve(&registry.sandboxes, id)
             .cloned()
-            .ok_or_else(|| Error::NotFound(format!("pod sandbox {id:?} not found")))
+            .ok_or_else(|| Error::NotFound(format!("pod sandbox {} not found", crate::error::quoted(id))))
     }
 
     pub fn pods(&self, filter: &PodFilter) -> Vec<Arc<Sandbox>> {
@@ -222,6 +224,7 @@ impl Pods {
         if image_name.is_empty() {
             return Err(Error::InvalidArgument("CreateContainer: config.image.image is empty".into()));
         }
+        checks::container_config(&config)?;
         let log_path = container::log_path(&sandbox, &config)?;
         let image = self.images.require(image_name)?;
         let process = container::Process::new(&image, &config);
@@ -278,7 +281,7 @@ impl Pods {
         let registry = self.registry.lock().unwrap();
         Registry::resolve(&registry.containers, id)
             .cloned()
-            .ok_or_else(|| Error::NotFound(format!("container {id:?} not found")))
+            .ok_or_else(|| Error::NotFound(format!("container {} not found", crate::error::quoted(id))))
     }
 
     pub fn containers(&self, filter: &ContainerFilter) -> Vec<Arc<Container>> {

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# The whole test suite in one command, on a fresh Debian machine with the Rust
+# toolchain: installs what the tests need and is missing, then runs
+# `cargo test` (unit tests, then the end-to-end suite against a real registry,
+# a real containerd + runc and real clients). Arguments go to `cargo test`.
+# Needs root (or sudo) only when a Debian package is missing.
+set -euo pipefail
+cd "$(dirname "$0")"
+export DEBIAN_FRONTEND=noninteractive
+
+# Debian packages, each for:
+#   docker-registry          the real OCI registry the tests start on 127.0.0.1
+#   buildah                  builds the compat images the tests push, as users build them
+#   containerd runc          the backing runtime of the forwarding tests
+#   gcc libc6-dev            static Linux programs (pause, hello) its pods run
+#   curl                     the download `cargo bench -- pull` compares pulls with
+packages=(docker-registry buildah containerd runc gcc libc6-dev curl)
+commands=(docker-registry buildah containerd runc gcc gcc curl)
+missing=()
+for i in "${!packages[@]}"; do
+  command -v "${commands[$i]}" >/dev/null || missing+=("${packages[$i]}")
+done
+# The static libc (libc6-dev) is a file, not a command.
+[ -e "/usr/lib/$(gcc -dumpmachine 2>/dev/null || echo x86_64-linux-gnu)/libc.a" ] || missing+=(libc6-dev)
+if [ "${#missing[@]}" -gt 0 ]; then
+  sudo=()
+  [ "$(id -u)" -eq 0 ] || sudo=(sudo)
+  echo "test.sh: installing Debian packages: ${missing[*]}"
+  "${sudo[@]}" apt-get update -qq
+  "${sudo[@]}" apt-get install -y -qq "${missing[@]}"
+fi
+
+# The wasm fixtures are Rust programs built by the tests: modules (wasip1)
+# and components (wasip2).
+installed_targets=$(rustup target list --installed)
+for target in wasm32-wasip1 wasm32-wasip2; do
+  grep -qx "$target" <<<"$installed_targets" || rustup target add "$target"
+done
+
+# Python clients: the ORAS client (pushes wasm artifacts), and grpcio with
+# its code generator (a real CRI client the tests drive the daemon with).
+python3 -c 'import oras.client, grpc, grpc_tools.protoc' 2>/dev/null \
+  || python3 -m pip install -q oras grpcio grpcio-tools
+
+# wkg, the publishing tool for components.
+command -v wkg >/dev/null || [ -x "${CARGO_HOME:-$HOME/.cargo}/bin/wkg" ] \
+  || cargo install wkg --locked --version 0.16.1
+
+exec cargo test "$@"

@@ -35,6 +35,7 @@ fn assert_served(seen: &Value, daemon: &Daemon) {
     assert_eq!(seen["exit_code"], 0, "{seen}");
     assert_eq!(seen["reason"], "Completed", "{seen}");
     assert_eq!(seen["missing"], "NOT_FOUND", "{seen}");
+    assert_eq!(seen["huge_missing"], "NOT_FOUND", "a 10,000-character id: {seen}");
     assert_eq!(seen["pods_left"], 0, "{seen}");
     let log = daemon.log();
     assert!(!log.contains("malformed authority"), "the daemon refused an authority:\n{log}");

@@ -70,6 +70,14 @@ try:
     seen["missing"] = "OK"
 except grpc.RpcError as error:
     seen["missing"] = error.code().name
+try:
+    # An id of 10,000 characters, percent-encoded in the status message to
+    # 60,000 bytes if echoed whole: grpcio would see RESOURCE_EXHAUSTED
+    # instead of the status (its metadata limit is 16 KiB).
+    runtime.ContainerStatus(api.ContainerStatusRequest(container_id="\u00e9" * 10000), timeout=TIMEOUT)
+    seen["huge_missing"] = "OK"
+except grpc.RpcError as error:
+    seen["huge_missing"] = error.code().name
 runtime.StopPodSandbox(api.StopPodSandboxRequest(pod_sandbox_id=pod), timeout=TIMEOUT)
 runtime.RemovePodSandbox(api.RemovePodSandboxRequest(pod_sandbox_id=pod), timeout=TIMEOUT)
 seen["pods_left"] = len(runtime.ListPodSandbox(api.ListPodSandboxRequest(), timeout=TIMEOUT).items)

@@ -9,6 +9,10 @@
 //!   else `<dir>/host:port`, else `<dir>/_default`.
 //! - Each `[host."<url>"]` table is a mirror, tried in the order the file lists
 //!   them; `server` (or, without one, the registry itself) is tried last.
+//!   The registry itself is then reached as wasmrun's own settings say
+//!   (https unless `insecure_registries` or `[registries]` make it http);
+//!   containerd would use plain http for a `localhost`/loopback name with a
+//!   port other than 443, so give such a registry a `server = "http://…"`.
 //! - A url without a scheme is `https://`; its path, when given, gets `/v2`
 //!   appended unless `override_path = true`.
 //! - `capabilities` defaults to all; a reference by tag is resolved only by a

@@ -655,6 +655,37 @@ mod tests {
     use super::*;
 
     #[test]
+    fn every_source_failing_names_each_with_the_kind_of_the_last() {
+        let failures = vec![
+            ("mirror http://m:1".to_owned(), Error::Unavailable("connection refused".into())),
+            ("registry https://r.io".to_owned(), Error::NotFound("manifest unknown".into())),
+        ];
+        let error = all_failed("r.io/x:v1", failures);
+        assert!(matches!(&error, Error::NotFound(_)), "{error:?}");
+        let message = error.to_string();
+        for part in ["r.io/x:v1", "mirror http://m:1: connection refused", "registry https://r.io: manifest unknown"] {
+            assert!(message.contains(part), "{part:?} missing from {message:?}");
+        }
+        // One source: its own error, unchanged.
+        let error =
+            all_failed("r.io/x:v1", vec![("registry https://r.io".into(), Error::Unauthenticated("no".into()))]);
+        assert!(matches!(&error, Error::Unauthenticated(m) if m == "no"), "{error:?}");
+    }
+
+    #[test]
+    fn a_mirror_keeps_repository_tag_and_digest() {
+        let digest = format!("sha256:{}", "a".repeat(64));
+        let reference = Reference::try_from(format!("r.io:5000/team/x:v1@{digest}").as_str()).unwrap();
+        let at = at_host(&reference, "m:1");
+        assert_eq!(
+            (at.registry(), at.repository(), at.tag(), at.digest()),
+            ("m:1", "team/x", Some("v1"), Some(digest.as_str()))
+        );
+        let at = at_host(&Reference::try_from("r.io/x").unwrap(), "m:1");
+        assert_eq!((at.registry(), at.tag()), ("m:1", Some("latest")));
+    }
+
+    #[test]
     fn credentials_become_registry_auth() {
         let creds = Credentials { auth: "dXNlcjpwYXNz".into(), ..Default::default() };
         assert!(matches!(creds.registry_auth("x").unwrap(), RegistryAuth::Basic(u, p) if u == "user" && p == "pass"));

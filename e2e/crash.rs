@@ -1,6 +1,7 @@
 //! Crashes in the middle of a pull: the daemon killed with SIGKILL, the
-//! registry killed mid-blob. Each leaves no half image visible, and the next
-//! start finds a consistent store. And two pulls of one image share a download.
+//! registry killed mid-blob, the caller gone (its deadline passed). Each
+//! leaves no half image visible and no temporary file, and the next start
+//! finds a consistent store. And two pulls of one image share a download.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -159,4 +160,88 @@ async fn concurrent_pulls_of_one_image_download_it_once() {
     let downloads =
         log.lines().filter(|l| l.contains(&format!("blobs/{digest}")) && l.contains("response completed")).count();
     assert_eq!(downloads, 1, "the module was downloaded {downloads} times; registry log {}", own.log.display());
+}
+
+/// Files in `images/tmp` (downloads in progress) right now.
+fn downloads_in(root: &Path) -> Vec<String> {
+    files_in(&root.join("images/tmp"))
+}
+
+/// Waits (bounded by WAIT_LIMIT) until `images/tmp` under `root` is empty.
+async fn wait_for_no_downloads(root: &Path, what: &str) {
+    let deadline = Instant::now() + WAIT_LIMIT;
+    while !downloads_in(root).is_empty() {
+        assert!(Instant::now() < deadline, "{what}: files stay in images/tmp: {:?}", downloads_in(root));
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+}
+
+/// Pulls `image` with a client deadline of 1.5 s, as kubelet's cancellation
+/// does, while the proxy holds the module mid-download; returns once the
+/// deadline has ended the call and the daemon is writing the module.
+async fn pull_cancelled_mid_download(daemon: &Daemon, image: &str) {
+    let mut request = tonic::Request::new(wasmrun::api::PullImageRequest {
+        image: Some(wasmrun::api::ImageSpec { image: image.into(), ..Default::default() }),
+        ..Default::default()
+    });
+    request.set_timeout(Duration::from_millis(1500));
+    let result = tokio::time::timeout(WAIT_LIMIT, daemon.images().pull_image(request))
+        .await
+        .expect("the deadline must end the call");
+    let status = result.expect_err("the module is held: the pull cannot have finished");
+    assert!(matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled), "{status:?}");
+    // The held download is in images/tmp (it stays there while the proxy
+    // holds it, unless the pull went on past the deadline and removed it).
+    tokio::task::spawn_blocking({
+        let root = daemon.root();
+        move || wait_for_download(&root)
+    })
+    .await
+    .expect("wait for the download");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pull_cancelled_by_its_deadline_completes_and_leaves_no_temporary_file() {
+    let own = start_own_registry("cancel-complete");
+    let module = big_module(16);
+    push_wasm_artifact(&own.host(), "e2e/cancel-complete", "v1", &module).await;
+    let proxy = HoldingProxy::start(&own.host(), 256 << 10);
+    let image = format!("{}/e2e/cancel-complete:v1", proxy.host());
+    let daemon = Daemon::start_with(None, &["--insecure-registry", &proxy.host()]).await;
+    let root = daemon.root();
+
+    pull_cancelled_mid_download(&daemon, &image).await;
+    // The caller is gone; the registry goes on serving: the pull ends in the store.
+    proxy.release();
+    wait_for_no_downloads(&root, "a pull whose caller went away").await;
+    let deadline = Instant::now() + WAIT_LIMIT;
+    while image_status(&mut daemon.images(), &image).await.is_none() {
+        assert!(Instant::now() < deadline, "the cancelled pull never completed into the store");
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+    // Whole: its module runs.
+    let pod = Pod::run(&daemon, "cancelled").await;
+    let (_, status) = pod.run_to_exit(&daemon, &container_config("cancelled", &image, &[], &[], &[])).await;
+    assert_eq!(status.exit_code, 0, "{status:#?}");
+    assert_eq!(downloads_in(&root), Vec::<String>::new());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pull_cancelled_by_its_deadline_then_failing_leaves_nothing() {
+    let own = start_own_registry("cancel-fail");
+    let module = big_module(16);
+    push_wasm_artifact(&own.host(), "e2e/cancel-fail", "v1", &module).await;
+    let proxy = HoldingProxy::start(&own.host(), 256 << 10);
+    let image = format!("{}/e2e/cancel-fail:v1", proxy.host());
+    let daemon = Daemon::start_with(None, &["--insecure-registry", &proxy.host()]).await;
+    let root = daemon.root();
+
+    pull_cancelled_mid_download(&daemon, &image).await;
+    // The caller is gone, then the registry connection breaks mid-blob: the
+    // pull fails on the daemon's side, and takes its partial file with it.
+    proxy.cut();
+    wait_for_no_downloads(&root, "a cancelled pull that then failed").await;
+    assert_eq!(image_status(&mut daemon.images(), &image).await, None, "a half image is visible");
+    assert_store_clean(&root, &module);
+    assert_serving(&daemon).await;
 }

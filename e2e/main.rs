@@ -27,6 +27,7 @@ mod harness_checks;
 mod images;
 mod interop;
 mod limits;
+mod mirrors;
 mod pods;
 mod registries;
 mod resources;

@@ -55,6 +55,13 @@ pub struct Config {
     pub auth_file: Option<PathBuf>,
     /// Settings of one registry, by `host[:port]`: `[registries."host:port"]`.
     pub registries: BTreeMap<String, RegistryConfig>,
+    /// A directory in containerd's hosts layout (`<dir>/<host[:port]>/hosts.toml`,
+    /// `<dir>/_default/hosts.toml`): mirrors, `server`, capabilities, `ca`,
+    /// `skip_verify`, read at every pull. Where it has a file for a registry,
+    /// that file lists the registry's sources instead of `[registries]` mirrors
+    /// (see `images::hosts`). Usually the `config_path` of containerd's CRI
+    /// registry config, so both runtimes of a node pull the same way.
+    pub registry_config_path: Option<PathBuf>,
     /// The CRI socket of the runtime that serves every pod that is not wasm
     /// (`unix:///run/containerd/containerd.sock`); none by default.
     pub backing_endpoint: Option<String>,
@@ -94,6 +101,7 @@ impl Default for Config {
             default_memory_limit_bytes: 1 << 30,
             auth_file: None,
             registries: BTreeMap::new(),
+            registry_config_path: None,
             backing_endpoint: None,
             backing_connect_timeout_secs: 5,
             wasm_handlers: vec!["wasmrun".into()],
@@ -130,6 +138,9 @@ pub struct Flags {
     /// A docker config.json with default registry credentials.
     #[arg(long, value_name = "FILE")]
     pub auth_file: Option<PathBuf>,
+    /// A registry hosts directory in containerd's layout (<DIR>/<host[:port]>/hosts.toml).
+    #[arg(long, value_name = "DIR")]
+    pub registry_config_path: Option<PathBuf>,
     /// CRI socket of the runtime for pods that are not wasm (unix:///run/containerd/containerd.sock).
     #[arg(long, value_name = "ENDPOINT")]
     pub backing_endpoint: Option<String>,
@@ -183,6 +194,9 @@ impl Config {
         if let Some(file) = flags.auth_file {
             self.auth_file = Some(file);
         }
+        if let Some(dir) = flags.registry_config_path {
+            self.registry_config_path = Some(dir);
+        }
         if let Some(bytes) = flags.default_memory_limit_bytes {
             self.default_memory_limit_bytes = bytes;
         }
@@ -228,6 +242,12 @@ impl Config {
             && !file.is_file()
         {
             bail!("config: `auth_file` {} is not a readable file", file.display());
+        }
+        if let Some(dir) = &self.registry_config_path {
+            if !dir.is_dir() {
+                bail!("config: `registry_config_path` {} is not a directory", dir.display());
+            }
+            crate::images::hosts::check_dir(dir).map_err(|e| anyhow::anyhow!("config: `registry_config_path`: {e}"))?;
         }
         if let Some(endpoint) = &self.backing_endpoint
             && !Path::new(endpoint.strip_prefix("unix://").unwrap_or(endpoint)).is_absolute()
@@ -344,6 +364,23 @@ mod tests {
         assert_eq!(config.log_filter(), "warn,wasmrun=debug");
         let config = Config { log_level: "wasmrun=trace,h2=info".into(), ..Config::default() };
         assert_eq!(config.log_filter(), "wasmrun=trace,h2=info");
+    }
+
+    #[test]
+    fn the_registry_hosts_directory_is_checked_at_start() {
+        let dir = std::env::temp_dir().join(format!("wasmrun-config-hosts-{}", rand::random::<u64>()));
+        let config = Config { registry_config_path: Some(dir.clone()), ..Config::default() };
+        assert!(config.validate().is_err(), "a missing directory");
+        std::fs::create_dir_all(dir.join("r.io")).unwrap();
+        std::fs::write(dir.join("r.io/hosts.toml"), "[host.\"http://m:5000\"]\ncapabilities = [\"pull\"]\n").unwrap();
+        config.validate().unwrap();
+        std::fs::write(dir.join("r.io/hosts.toml"), "[host.\"m\"]\ncapabilities = [\"teleport\"]\n").unwrap();
+        let err = config.validate().unwrap_err();
+        assert!(format!("{err:#}").contains("teleport"), "{err:#}");
+        let mut flagged = Config::default();
+        flagged.apply(Flags { registry_config_path: Some(dir.clone()), ..Flags::default() });
+        assert_eq!(flagged.registry_config_path, Some(dir.clone()));
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]

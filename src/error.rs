@@ -20,6 +20,13 @@ pub enum Error {
     /// The image is not a wasm image: the backing runtime's, if there is one.
     #[error("{0}")]
     NotWasm(String),
+    /// No source of the image (mirror or registry) gave its manifest and
+    /// config, so whether it is wasm is unknown: a backing runtime, with a
+    /// registry configuration of its own, may still pull it. Holds the error
+    /// to return when there is none; its message names the image and each
+    /// source's failure, its kind is that of the last source's failure.
+    #[error("{0}")]
+    Unfetchable(Box<Error>),
     /// The registry refused our credentials.
     #[error("{0}")]
     Unauthenticated(String),

@@ -146,6 +146,20 @@ impl Containerd {
         self.spawn().await;
     }
 
+    /// containerd's registry hosts directory (its CRI `registry.config_path`):
+    /// `<dir>/<host[:port]>/hosts.toml`, read by containerd at every pull, so
+    /// a test may add hosts while containerd runs (see [`Containerd::write_hosts`]).
+    pub fn hosts_dir(&self) -> PathBuf {
+        self.dir.join("certs.d")
+    }
+
+    /// Writes `<hosts_dir>/<registry>/hosts.toml` with `toml` as its content.
+    pub fn write_hosts(&self, registry: &str, toml: &str) {
+        let dir = self.hosts_dir().join(registry);
+        std::fs::create_dir_all(&dir).expect("create a host directory");
+        std::fs::write(dir.join("hosts.toml"), toml).expect("write hosts.toml");
+    }
+
     /// containerd's pid, while it runs.
     pub fn pid(&self) -> Option<u32> {
         self.process.as_ref().map(|p| p.pid)

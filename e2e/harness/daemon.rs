@@ -57,7 +57,7 @@ impl Daemon {
     pub fn command(dir: &Path, socket: &Path, extra_args: &[&str]) -> Command {
         // A `--log-level` among `extra_args` replaces the default (clap refuses a flag given twice).
         let log_level: &[&str] = if extra_args.contains(&"--log-level") { &[] } else { &["--log-level", "debug"] };
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_wasmrun"));
+        let mut cmd = Command::new(daemon_binary());
         cmd.arg("--socket")
             .arg(socket)
             .arg("--root")
@@ -226,4 +226,12 @@ pub async fn connect(socket: &Path) -> Result<Channel, tonic::transport::Error> 
             async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(socket).await?)) }
         }))
         .await
+}
+
+/// The wasmrun binary under test: `$WASMRUN_E2E_BIN` when set (a copy of a
+/// build, so that a later build into the shared target directory cannot
+/// swap the daemon under a running test binary), else the one cargo built
+/// with this test binary.
+pub fn daemon_binary() -> std::ffi::OsString {
+    std::env::var_os("WASMRUN_E2E_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_wasmrun").into())
 }

@@ -16,6 +16,7 @@ pub mod fixtures;
 pub mod logs;
 pub mod oci;
 pub mod registry;
+pub mod throttle;
 pub mod token;
 pub mod tools;
 
@@ -35,6 +36,7 @@ pub use fixtures::{fixture, fixture_p2, wat_fixture};
 pub use logs::*;
 pub use oci::*;
 pub use registry::{auth_registry, registry, start_own_registry, tls_registry};
+pub use throttle::HoldingProxy;
 pub use token::*;
 pub use tools::*;
 

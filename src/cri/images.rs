@@ -71,7 +71,8 @@ impl ImageService for ImageHandler {
                 registry_token: auth.registry_token,
             })
             .unwrap_or_default();
-        match self.parts.images.pull(&name, &credentials).await {
+        let registry_config = self.parts.config.registry_config_path.as_deref();
+        match self.parts.images.pull(&name, &credentials, registry_config).await {
             Ok(image) => Ok(Response::new(api::PullImageResponse { image_ref: image.id })),
             // Not wasm: the backing runtime's image, pulled by the backing runtime.
             Err(Error::NotWasm(why)) => match &self.parts.backing {
@@ -82,6 +83,18 @@ impl ImageService for ImageHandler {
                     ))
                 }
                 None => Err(Error::NotWasm(why).into()),
+            },
+            // No source gave the manifest: whether it is wasm is unknown, and
+            // the backing runtime, with its own registry configuration, may
+            // reach what wasmrun cannot. Its answer is the answer.
+            Err(Error::Unfetchable(why)) => match &self.parts.backing {
+                Some(backing) => {
+                    tracing::warn!(image = %name, error = %why, endpoint = %backing.endpoint, "wasmrun cannot fetch the image's manifest; forwarding the pull to the backing runtime");
+                    Ok(Response::new(
+                        backing.images().pull_image(forwarded).await.map_err(|s| backing.status(s))?.into_inner(),
+                    ))
+                }
+                None => Err(Error::Unfetchable(why).into()),
             },
             Err(e) => Err(e.into()),
         }

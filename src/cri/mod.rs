@@ -84,6 +84,11 @@ impl Parts {
 /// The one place where errors become gRPC statuses.
 impl From<Error> for tonic::Status {
     fn from(error: Error) -> Self {
+        // Nobody to forward to: the error of the sources, with its own kind.
+        let error = match error {
+            Error::Unfetchable(error) => *error,
+            error => error,
+        };
         let message = capped(error.to_string());
         match error {
             Error::InvalidArgument(_) => tonic::Status::invalid_argument(message),
@@ -94,6 +99,8 @@ impl From<Error> for tonic::Status {
             Error::Unavailable(_) => tonic::Status::unavailable(message),
             Error::ResourceExhausted(_) => tonic::Status::resource_exhausted(message),
             Error::DataLoss(_) => tonic::Status::data_loss(message),
+            // Unwrapped above; one level is all `Puller::fetch` makes.
+            Error::Unfetchable(_) => tonic::Status::unavailable(message),
             Error::Internal(_) => {
                 tracing::error!(error = %message, "internal error");
                 tonic::Status::internal(message)

@@ -3,6 +3,7 @@
 
 mod auth;
 mod format;
+pub mod hosts;
 mod pull;
 mod store;
 mod unpack;
@@ -72,14 +73,46 @@ impl Images {
 
     /// Pulls `name`, compiles its program, and records it; returns the stored
     /// image. A pull that fails leaves no image behind, and no blob of its own.
-    pub async fn pull(&self, name: &str, credentials: &Credentials) -> Result<Image> {
+    ///
+    /// The pull runs as a task of its own that the caller only awaits: a
+    /// caller that goes away (kubelet's deadline, a pod deleted mid-pull)
+    /// does not cut it short, so it still either completes into the store or
+    /// fails and cleans up after itself; a later pull of the same image waits
+    /// for it and finds its blobs.
+    ///
+    /// `registry_config` is containerd's hosts directory (`registry_config_path`),
+    /// read at every pull as containerd reads it at every resolve; see
+    /// [`hosts`] for its rules and `Puller::sources` for how it combines with
+    /// `[registries]`. An image no source could give fails with
+    /// [`Error::Unfetchable`].
+    pub async fn pull(
+        self: &Arc<Self>,
+        name: &str,
+        credentials: &Credentials,
+        registry_config: Option<&Path>,
+    ) -> Result<Image> {
         let reference = parse_reference(name)?;
+        let images = Arc::clone(self);
+        let credentials = credentials.clone();
+        let registry_config = registry_config.map(Path::to_owned);
+        tokio::spawn(async move { images.pull_detached(reference, credentials, registry_config).await })
+            .await
+            .map_err(|e| Error::internal(format!("pulling {name}"), e))?
+    }
+
+    /// The pull itself, one at a time per reference; see [`Images::pull`].
+    async fn pull_detached(
+        &self,
+        reference: Reference,
+        credentials: Credentials,
+        registry_config: Option<PathBuf>,
+    ) -> Result<Image> {
         let key = normalized(&reference);
         let lock = self.pulls.lock().unwrap().entry(key.clone()).or_default().clone();
         let pulled = {
             let _one_at_a_time = lock.lock().await;
             let _not_garbage_yet = self.store.pulling().await;
-            self.pull_once(&reference, credentials).await
+            self.pull_once(&reference, &credentials, registry_config.as_deref()).await
         };
         {
             let mut pulls = self.pulls.lock().unwrap();
@@ -108,7 +141,12 @@ impl Images {
     }
 
     /// Pulls and indexes; returns the image and the images it took the last name of.
-    async fn pull_once(&self, reference: &Reference, credentials: &Credentials) -> Result<(Image, Vec<Image>)> {
+    async fn pull_once(
+        &self,
+        reference: &Reference,
+        credentials: &Credentials,
+        registry_config: Option<&Path>,
+    ) -> Result<(Image, Vec<Image>)> {
         let name = reference.whole();
         let credentials = match &self.auth_file {
             Some(file) if credentials.is_empty() => {
@@ -116,7 +154,7 @@ impl Images {
             }
             _ => credentials.clone(),
         };
-        let fetched = self.puller.fetch(&self.store, reference, &credentials).await?;
+        let fetched = self.puller.fetch(&self.store, reference, &credentials, registry_config).await?;
         let image_config = match fetched.config.media_type.as_str() {
             format::WASM_CONFIG_V0 | format::WASM_CONFIG_V1 => format::ImageConfig::default(),
             _ => format::parse_config(&name, &fetched.config_json)?,
@@ -215,21 +253,24 @@ impl Images {
         }
         let staging = self.store.rootfs_staging();
         let unpacked = tokio::task::spawn_blocking({
-            let staging = staging.clone();
-            let target = target.clone();
+            // The staging directory is removed on failure by the same blocking
+            // task, so that no exit path of the pull can leave it behind.
             move || -> Result<()> {
-                std::fs::create_dir_all(&staging)
-                    .map_err(|e| Error::internal(format!("creating {}", staging.display()), e))?;
-                unpack::unpack_layers(&plan, &staging)?;
-                std::fs::rename(&staging, &target)
-                    .map_err(|e| Error::internal(format!("publishing {}", target.display()), e))
+                let unpacked = std::fs::create_dir_all(&staging)
+                    .map_err(|e| Error::internal(format!("creating {}", staging.display()), e))
+                    .and_then(|()| unpack::unpack_layers(&plan, &staging))
+                    .and_then(|()| {
+                        std::fs::rename(&staging, &target)
+                            .map_err(|e| Error::internal(format!("publishing {}", target.display()), e))
+                    });
+                if unpacked.is_err() {
+                    let _ = std::fs::remove_dir_all(&staging);
+                }
+                unpacked
             }
         })
         .await
         .map_err(|e| Error::internal(format!("unpacking {name}"), e))?;
-        if unpacked.is_err() {
-            let _ = tokio::fs::remove_dir_all(&staging).await;
-        }
         unpacked.map_err(|e| e.about_image(name))
     }
 

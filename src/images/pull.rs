@@ -3,6 +3,7 @@
 
 use base64::Engine as _;
 use std::collections::HashMap;
+use std::path::Path;
 
 use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
 use oci_client::errors::{OciDistributionError, OciErrorCode};
@@ -11,6 +12,7 @@ use oci_client::{Client, Reference};
 use serde::Deserialize;
 
 use super::format::{self, Layout};
+use super::hosts;
 use super::store::{Store, sha256_digest};
 use crate::error::{Error, Result};
 use crate::wasm::WasmKind;
@@ -136,99 +138,246 @@ pub struct RegistryOptions {
     pub mirrors: Vec<String>,
 }
 
+/// Why one source did not give the image.
+#[derive(Debug)]
+enum Fail {
+    /// The source could not serve it (unreachable, refused our credentials,
+    /// does not have it): the next source may.
+    Source(Error),
+    /// The content is wrong (digest, size, format), or the image is not wasm:
+    /// the same digest from another source would be the same.
+    Content(Error),
+}
+
+impl From<Error> for Fail {
+    fn from(error: Error) -> Self {
+        Fail::Content(error)
+    }
+}
+
+/// One place to fetch an image from: a mirror, or the registry itself.
+#[derive(Debug, Clone)]
+struct Source {
+    /// `host[:port]` to connect to; the reference is rewritten to it.
+    host: String,
+    /// Plain http instead of https.
+    http: bool,
+    /// PEM certificates trusted for this host, besides the system's.
+    ca_pems: Vec<Vec<u8>>,
+    /// Accept any certificate (hosts.toml `skip_verify`).
+    skip_verify: bool,
+    /// `mirror` or `registry`, for messages and logs.
+    role: &'static str,
+    /// Why this source cannot be used, if it cannot (checked before any request).
+    unusable: Option<String>,
+}
+
+impl Source {
+    /// `mirror http://127.0.0.1:5000`, for messages.
+    fn label(&self) -> String {
+        format!("{} {}://{}", self.role, if self.http { "http" } else { "https" }, self.host)
+    }
+
+    /// What identifies the client settings, for the cache of anonymous clients.
+    fn client_key(&self) -> String {
+        let ca: Vec<u8> = self.ca_pems.concat();
+        format!("{}|{}|{}|{}", self.http, self.skip_verify, self.host, sha256_digest(&ca))
+    }
+}
+
+/// What the manifest and config of one source say the image is.
+struct Identified {
+    manifest_bytes: Vec<u8>,
+    manifest_digest: String,
+    manifest: Manifest,
+    config: Descriptor,
+    config_json: Vec<u8>,
+    layout: Layout,
+}
+
 pub struct Puller {
-    insecure: Vec<String>,
-    /// PEM CA certificates of registries that trust a CA of their own.
-    ca_pem: HashMap<String, Vec<u8>>,
-    mirrors: HashMap<String, Vec<String>>,
-    /// Clients for anonymous pulls, per registry, sharing their token caches.
+    /// `[registries]` and `insecure_registries`, by `host[:port]`.
+    registries: HashMap<String, RegistryOptions>,
+    /// Clients for anonymous pulls, per source settings, sharing their token caches.
     anonymous: std::sync::Mutex<HashMap<String, Client>>,
     limits: Limits,
 }
 
 impl Puller {
     pub fn new(registries: &HashMap<String, RegistryOptions>, limits: Limits) -> Self {
-        Self {
-            insecure: registries.iter().filter(|(_, o)| o.insecure).map(|(h, _)| h.clone()).collect(),
-            ca_pem: registries.iter().filter_map(|(h, o)| Some((h.clone(), o.ca_pem.clone()?))).collect(),
-            mirrors: registries
-                .iter()
-                .filter(|(_, options)| !options.mirrors.is_empty())
-                .map(|(host, options)| (host.clone(), options.mirrors.clone()))
-                .collect(),
-            anonymous: std::sync::Mutex::new(HashMap::new()),
-            limits,
-        }
+        Self { registries: registries.clone(), anonymous: std::sync::Mutex::new(HashMap::new()), limits }
     }
 
-    /// A client for one pull from `registry`. An oci-client `Client` keeps the
+    /// A client for one pull from `source`. An oci-client `Client` keeps the
     /// first credentials it is given per registry and caches tokens, so a pull
     /// with credentials gets a client of its own: one pod's pull secret must
     /// never serve another pod's pull, nor a wrong password spoil the next.
-    fn client(&self, registry: &str, credentials: &Credentials) -> Client {
+    fn client(&self, source: &Source, credentials: &Credentials) -> Client {
         let new_client = || {
             Client::new(ClientConfig {
-                protocol: ClientProtocol::HttpsExcept(self.insecure.clone()),
+                protocol: if source.http { ClientProtocol::Http } else { ClientProtocol::Https },
+                accept_invalid_certificates: source.skip_verify,
                 connect_timeout: Some(std::time::Duration::from_secs(10)),
                 read_timeout: Some(std::time::Duration::from_secs(60)),
-                extra_root_certificates: self
-                    .ca_pem
-                    .get(registry)
-                    .map(|pem| vec![Certificate { encoding: CertificateEncoding::Pem, data: pem.clone() }])
-                    .unwrap_or_default(),
+                extra_root_certificates: source
+                    .ca_pems
+                    .iter()
+                    .map(|pem| Certificate { encoding: CertificateEncoding::Pem, data: pem.clone() })
+                    .collect(),
                 ..ClientConfig::default()
             })
         };
         if !credentials.is_empty() {
             return new_client();
         }
-        self.anonymous.lock().unwrap().entry(registry.to_owned()).or_insert_with(new_client).clone()
+        self.anonymous.lock().unwrap().entry(source.client_key()).or_insert_with(new_client).clone()
     }
 
-    /// Fetches the image from the first of its registry's mirrors that has it,
-    /// or else from the registry itself.
-    pub async fn fetch(&self, store: &Store, reference: &Reference, credentials: &Credentials) -> Result<Fetched> {
-        let name = reference.whole();
-        for mirror in self.mirrors.get(reference.registry()).into_iter().flatten() {
-            let source = match (reference.tag(), reference.digest()) {
-                (Some(tag), Some(digest)) => Reference::with_tag_and_digest(
-                    mirror.clone(),
-                    reference.repository().to_owned(),
-                    tag.to_owned(),
-                    digest.to_owned(),
-                ),
-                (_, Some(digest)) => {
-                    Reference::with_digest(mirror.clone(), reference.repository().to_owned(), digest.to_owned())
+    /// The `[registries]` / `insecure_registries` settings of a host.
+    fn options(&self, host: &str) -> RegistryOptions {
+        self.registries.get(host).cloned().unwrap_or_default()
+    }
+
+    /// The sources of `reference`'s registry, in the order to try them.
+    ///
+    /// Precedence: when `registry_config` (containerd's hosts directory) has
+    /// a hosts.toml for the registry (its own directory, else `_default`),
+    /// that file lists the sources, and `[registries."HOST"].mirrors` is not
+    /// used for it; otherwise those mirrors, then the registry. How a source
+    /// is reached adds up both: plain http if its hosts.toml url is `http://`
+    /// or its host is insecure in `[registries]`/`insecure_registries`; the CA
+    /// files of both are trusted.
+    async fn sources(&self, reference: &Reference, registry_config: Option<&Path>) -> Vec<Source> {
+        let registry = reference.registry().to_owned();
+        let by_tag = reference.digest().is_none();
+        let hosts = match registry_config {
+            Some(dir) => {
+                let dir = dir.to_owned();
+                let registry = registry.clone();
+                tokio::task::spawn_blocking(move || hosts::load(&dir, &registry)).await.unwrap_or_else(|e| {
+                    tracing::error!(error = %e, "reading the registry hosts directory failed");
+                    None
+                })
+            }
+            None => None,
+        };
+        let Some((file, entries)) = hosts else {
+            let mut sources: Vec<Source> =
+                self.options(&registry).mirrors.iter().map(|mirror| self.legacy_source(mirror, "mirror")).collect();
+            sources.push(self.legacy_source(&registry, "registry"));
+            return sources;
+        };
+        let mut sources = Vec::with_capacity(entries.len());
+        for entry in entries {
+            let host = if entry.host.is_empty() { registry.clone() } else { entry.host.clone() };
+            let options = self.options(&host);
+            let mut ca_pems: Vec<Vec<u8>> = options.ca_pem.into_iter().collect();
+            let mut unusable = None;
+            for ca in &entry.ca_files {
+                match tokio::fs::read(ca).await {
+                    Ok(pem) => ca_pems.push(pem),
+                    Err(e) => unusable = Some(format!("cannot read its CA file {}: {e}", ca.display())),
                 }
-                (tag, None) => Reference::with_tag(
-                    mirror.clone(),
-                    reference.repository().to_owned(),
-                    tag.unwrap_or("latest").to_owned(),
-                ),
+            }
+            if !entry.pull || (by_tag && !entry.resolve) {
+                let needs = if by_tag { "\"pull\" and \"resolve\"" } else { "\"pull\"" };
+                unusable = Some(format!("{} does not give it the capabilities {needs}", file.display()));
+            }
+            if entry.path != "/v2" {
+                unusable = Some(format!(
+                    "its API path {:?} (a path prefix or override_path) is not one wasmrun can use (only /v2)",
+                    entry.path
+                ));
+            }
+            if !entry.unused_keys.is_empty() {
+                tracing::debug!(file = %file.display(), %host, keys = ?entry.unused_keys, "hosts.toml keys wasmrun does not use");
+            }
+            sources.push(Source {
+                http: entry.http || options.insecure,
+                host,
+                ca_pems,
+                skip_verify: entry.skip_verify,
+                role: if entry.upstream { "registry" } else { "mirror" },
+                unusable,
+            });
+        }
+        sources
+    }
+
+    /// A source configured by `[registries]` and `insecure_registries` only.
+    fn legacy_source(&self, host: &str, role: &'static str) -> Source {
+        let options = self.options(host);
+        Source {
+            host: host.to_owned(),
+            http: options.insecure,
+            ca_pems: options.ca_pem.into_iter().collect(),
+            skip_verify: false,
+            role,
+            unusable: None,
+        }
+    }
+
+    /// Fetches the image from the first of its sources that has it (see
+    /// [`Puller::sources`]). An answer that the image is not wasm, from any
+    /// source, ends the pull with [`Error::NotWasm`]; so does content that is
+    /// wrong (DataLoss, ResourceExhausted, InvalidArgument), with its error.
+    /// When no source gives the manifest and config, whether the image is wasm
+    /// is unknown: [`Error::Unfetchable`], holding the error that names the
+    /// image and each source's failure.
+    pub async fn fetch(
+        &self,
+        store: &Store,
+        reference: &Reference,
+        credentials: &Credentials,
+        registry_config: Option<&Path>,
+    ) -> Result<Fetched> {
+        let name = reference.whole();
+        let auth = credentials.registry_auth(&name)?;
+        let sources = self.sources(reference, registry_config).await;
+        let mut failures: Vec<(String, Error)> = Vec::new();
+        let mut identified_once = false;
+        for source in &sources {
+            let label = source.label();
+            if let Some(why) = &source.unusable {
+                tracing::debug!(image = %name, source = %label, %why, "skipping a source");
+                failures.push((label, Error::FailedPrecondition(format!("not used: {why}"))));
+                continue;
+            }
+            let at_source = at_host(reference, &source.host);
+            let client = self.client(source, credentials);
+            let attempt = match self.identify(&client, store, &at_source, &name, &auth).await {
+                Ok(identified) => {
+                    identified_once = true;
+                    self.fetch_layers(&client, store, &at_source, &name, identified).await
+                }
+                Err(fail) => Err(fail),
             };
-            match self.fetch_from(&self.client(mirror, credentials), store, &source, &name, credentials).await {
+            match attempt {
                 Ok(fetched) => return Ok(fetched),
-                Err(e) => tracing::warn!(image = %name, %mirror, error = %e, "mirror failed; trying the next source"),
+                Err(Fail::Content(e)) => return Err(e),
+                Err(Fail::Source(e)) => {
+                    tracing::warn!(image = %name, source = %label, error = %e, "a source could not serve the image");
+                    failures.push((label, e));
+                }
             }
         }
-        self.fetch_from(&self.client(reference.registry(), credentials), store, reference, &name, credentials).await
+        let error = all_failed(&name, failures);
+        if identified_once { Err(error) } else { Err(Error::Unfetchable(Box::new(error))) }
     }
 
-    /// Fetches the manifest (resolving an index to its wasm entry), the config
-    /// and the layers into `store`. Blobs already stored are not fetched again,
-    /// so pulling an image that is present costs one manifest request. (oci-client
+    /// Fetches the manifest (resolving an index to its wasm entry) and the
+    /// config, and tells the image's layout: whether it is wasm. (oci-client
     /// adds a `GET /v2/` before each request to a registry that asks for no
     /// authentication: it caches tokens, not their absence.)
-    async fn fetch_from(
+    async fn identify(
         &self,
         client: &Client,
         store: &Store,
         reference: &Reference,
         name: &str,
-        credentials: &Credentials,
-    ) -> Result<Fetched> {
-        let auth = credentials.registry_auth(name)?;
-        let (mut manifest_bytes, mut manifest_digest) = self.fetch_manifest(client, reference, &auth, name).await?;
+        auth: &RegistryAuth,
+    ) -> Result<Identified, Fail> {
+        let (mut manifest_bytes, mut manifest_digest) = self.fetch_manifest(client, reference, auth, name).await?;
         let mut manifest = parse_manifest(name, &manifest_bytes)?;
         if !manifest.manifests.is_empty() {
             let entry = format::pick_platform(&manifest.manifests).ok_or_else(|| {
@@ -241,7 +390,7 @@ impl Puller {
                 Some(bytes) => (bytes, entry.digest.clone()),
                 None => {
                     let by_digest = reference.clone_with_digest(entry.digest.clone());
-                    self.fetch_manifest(client, &by_digest, &auth, name).await?
+                    self.fetch_manifest(client, &by_digest, auth, name).await?
                 }
             };
             manifest = parse_manifest(name, &manifest_bytes)?;
@@ -257,6 +406,21 @@ impl Puller {
             .await
             .map_err(|e| Error::internal(format!("reading config {} of {name}", config.digest), e))?;
         let layout = format::detect(name, &manifest, &config, &config_json)?;
+        Ok(Identified { manifest_bytes, manifest_digest, manifest, config, config_json, layout })
+    }
+
+    /// Fetches the layers of an image `identify` found to be wasm into
+    /// `store`. Blobs already stored are not fetched again, so pulling an
+    /// image that is present costs one manifest request.
+    async fn fetch_layers(
+        &self,
+        client: &Client,
+        store: &Store,
+        reference: &Reference,
+        name: &str,
+        identified: Identified,
+    ) -> Result<Fetched, Fail> {
+        let Identified { manifest_bytes, manifest_digest, manifest, config, config_json, layout } = identified;
         match &layout {
             Layout::Artifact { layer, .. } => {
                 let not_wasm = || {
@@ -298,24 +462,24 @@ impl Puller {
         reference: &Reference,
         auth: &RegistryAuth,
         name: &str,
-    ) -> Result<(Vec<u8>, String)> {
+    ) -> Result<(Vec<u8>, String), Fail> {
         let accepted = [OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_MANIFEST_LIST];
         let (bytes, digest) = client
             .pull_manifest_raw(reference, auth, &accepted)
             .await
             .map_err(|e| registry_error(name, "fetch the manifest", e))?;
         if bytes.len() as u64 > self.limits.max_manifest_bytes {
-            return Err(Error::ResourceExhausted(format!(
+            return Err(Fail::Content(Error::ResourceExhausted(format!(
                 "image {name}: manifest {digest} is {} bytes, over the limit of {} (max_manifest_bytes)",
                 bytes.len(),
                 self.limits.max_manifest_bytes
-            )));
+            ))));
         }
         let actual = sha256_digest(&bytes);
         if actual != digest {
-            return Err(Error::DataLoss(format!(
+            return Err(Fail::Content(Error::DataLoss(format!(
                 "image {name}: manifest {digest} does not match its content ({actual})"
-            )));
+            ))));
         }
         Ok((bytes.to_vec(), digest))
     }
@@ -330,7 +494,7 @@ impl Puller {
         name: &str,
         descriptor: &Descriptor,
         check: impl FnOnce(&[u8]) -> Result<()>,
-    ) -> Result<()> {
+    ) -> Result<(), Fail> {
         if store.has_blob(&descriptor.digest).await {
             return Ok(());
         }
@@ -342,7 +506,7 @@ impl Puller {
             ))
         };
         if descriptor.size > limit {
-            return Err(over_limit(descriptor.size));
+            return Err(Fail::Content(over_limit(descriptor.size)));
         }
         // No credentials here: oci-client reuses the token the manifest fetch obtained.
         let mut writer = store.blob_writer(&descriptor.digest, limit).await?;
@@ -350,15 +514,15 @@ impl Puller {
         if let Err(e) = fetched {
             writer.discard().await;
             if writer.over_limit() {
-                return Err(over_limit(limit + 1));
+                return Err(Fail::Content(over_limit(limit + 1)));
             }
             return Err(registry_error(name, &format!("fetch blob {}", descriptor.digest), e));
         }
         if let Err(e) = check(writer.header()) {
             writer.discard().await;
-            return Err(e);
+            return Err(Fail::Content(e));
         }
-        writer.commit().await
+        Ok(writer.commit().await?)
     }
 }
 
@@ -386,10 +550,14 @@ fn parse_manifest(name: &str, bytes: &[u8]) -> Result<Manifest> {
     })
 }
 
-/// Turns a registry failure into an error that says which image, what step, and why.
-fn registry_error(name: &str, step: &str, error: OciDistributionError) -> Error {
+/// Turns a registry failure into an error that says which image, what step,
+/// and why, and tells whether another source might do better: a source that
+/// cannot be reached, refuses us or lacks the image is a [`Fail::Source`];
+/// content that does not match its digest or cannot be parsed is a
+/// [`Fail::Content`].
+fn registry_error(name: &str, step: &str, error: OciDistributionError) -> Fail {
     let message = format!("pull {name}: could not {step}: {error}");
-    match &error {
+    let source = match &error {
         OciDistributionError::ImageManifestNotFoundError(_) => Error::NotFound(message),
         OciDistributionError::AuthenticationFailure(_) | OciDistributionError::UnauthorizedError { .. } => {
             Error::Unauthenticated(message)
@@ -420,14 +588,55 @@ fn registry_error(name: &str, step: &str, error: OciDistributionError) -> Error 
                 Error::Unavailable(message)
             }
         }
-        OciDistributionError::DigestError(_) => Error::DataLoss(message),
+        OciDistributionError::DigestError(_) => return Fail::Content(Error::DataLoss(message)),
         OciDistributionError::ManifestParsingError(_)
         | OciDistributionError::UnsupportedMediaTypeError(_)
         | OciDistributionError::UnsupportedSchemaVersionError(_)
-        | OciDistributionError::SpecViolationError(_)
-        | OciDistributionError::UrlParseError(_) => Error::InvalidArgument(message),
+        | OciDistributionError::SpecViolationError(_) => return Fail::Content(Error::InvalidArgument(message)),
         OciDistributionError::RequestError(cause) => Error::Unavailable(format!("{message} ({})", error_chain(cause))),
         _ => Error::Unavailable(message),
+    };
+    Fail::Source(source)
+}
+
+/// The error of a pull every source failed: with one source, its own error;
+/// with several, one naming each source's failure, of the kind of the last
+/// (the registry itself, or the hosts.toml `server`), so that a missing image
+/// stays NotFound and a refused login Unauthenticated.
+fn all_failed(name: &str, failures: Vec<(String, Error)>) -> Error {
+    if failures.len() == 1 {
+        let (label, error) = failures.into_iter().next().expect("one failure");
+        return match error {
+            Error::FailedPrecondition(m) => {
+                Error::FailedPrecondition(format!("pull {name}: its only source, {label}, is {m}"))
+            }
+            other => other,
+        };
+    }
+    let listed: Vec<String> = failures.iter().map(|(label, error)| format!("{label}: {error}")).collect();
+    let message = format!("pull {name}: no source could serve the image: {}", listed.join("; "));
+    match failures.last().map(|(_, error)| error) {
+        Some(Error::NotFound(_)) => Error::NotFound(message),
+        Some(Error::Unauthenticated(_)) => Error::Unauthenticated(message),
+        Some(Error::ResourceExhausted(_)) => Error::ResourceExhausted(message),
+        Some(Error::FailedPrecondition(_)) | None => Error::FailedPrecondition(message),
+        Some(_) => Error::Unavailable(message),
+    }
+}
+
+/// `reference` with its registry replaced by `host` (a mirror), keeping
+/// repository, tag and digest: the image keeps the name it was pulled by.
+fn at_host(reference: &Reference, host: &str) -> Reference {
+    if host == reference.registry() {
+        return reference.clone();
+    }
+    let repository = reference.repository().to_owned();
+    match (reference.tag(), reference.digest()) {
+        (Some(tag), Some(digest)) => {
+            Reference::with_tag_and_digest(host.to_owned(), repository, tag.to_owned(), digest.to_owned())
+        }
+        (_, Some(digest)) => Reference::with_digest(host.to_owned(), repository, digest.to_owned()),
+        (tag, None) => Reference::with_tag(host.to_owned(), repository, tag.unwrap_or("latest").to_owned()),
     }
 }
 
@@ -446,6 +655,37 @@ fn error_chain(error: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_source_failing_names_each_with_the_kind_of_the_last() {
+        let failures = vec![
+            ("mirror http://m:1".to_owned(), Error::Unavailable("connection refused".into())),
+            ("registry https://r.io".to_owned(), Error::NotFound("manifest unknown".into())),
+        ];
+        let error = all_failed("r.io/x:v1", failures);
+        assert!(matches!(&error, Error::NotFound(_)), "{error:?}");
+        let message = error.to_string();
+        for part in ["r.io/x:v1", "mirror http://m:1: connection refused", "registry https://r.io: manifest unknown"] {
+            assert!(message.contains(part), "{part:?} missing from {message:?}");
+        }
+        // One source: its own error, unchanged.
+        let error =
+            all_failed("r.io/x:v1", vec![("registry https://r.io".into(), Error::Unauthenticated("no".into()))]);
+        assert!(matches!(&error, Error::Unauthenticated(m) if m == "no"), "{error:?}");
+    }
+
+    #[test]
+    fn a_mirror_keeps_repository_tag_and_digest() {
+        let digest = format!("sha256:{}", "a".repeat(64));
+        let reference = Reference::try_from(format!("r.io:5000/team/x:v1@{digest}").as_str()).unwrap();
+        let at = at_host(&reference, "m:1");
+        assert_eq!(
+            (at.registry(), at.repository(), at.tag(), at.digest()),
+            ("m:1", "team/x", Some("v1"), Some(digest.as_str()))
+        );
+        let at = at_host(&Reference::try_from("r.io/x").unwrap(), "m:1");
+        assert_eq!((at.registry(), at.tag()), ("m:1", Some("latest")));
+    }
 
     #[test]
     fn credentials_become_registry_auth() {

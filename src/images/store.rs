@@ -3,7 +3,9 @@
 //!
 //! A blob is written to `tmp/`, hashed while it is written, fsynced, checked
 //! against its digest and only then renamed into `blobs/sha256/<hex>`: a blob
-//! under `blobs/` is always whole and verified. The index is one JSON file,
+//! under `blobs/` is always whole and verified. A temporary file never
+//! outlives its writer: a [`BlobWriter`] dropped without a commit (an error, a
+//! cancelled future, a panic) removes its file. The index is one JSON file,
 //! replaced atomically (write, fsync, rename) on every change.
 
 use std::collections::{BTreeMap, HashSet};
@@ -152,6 +154,7 @@ impl Store {
             header: Vec::with_capacity(8),
             written: 0,
             limit,
+            done: false,
         })
     }
 
@@ -343,7 +346,9 @@ pub fn sha256_digest(bytes: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
 }
 
-/// Writes a blob to a temporary file while hashing it; `commit` verifies and publishes it.
+/// Writes a blob to a temporary file while hashing it; `commit` verifies and
+/// publishes it. Dropped without a successful `commit` (or after `discard`),
+/// its temporary file is removed, whatever path led there.
 pub struct BlobWriter {
     file: tokio::fs::File,
     tmp: PathBuf,
@@ -353,6 +358,8 @@ pub struct BlobWriter {
     header: Vec<u8>,
     written: u64,
     limit: u64,
+    /// The temporary file is gone: renamed into place, or removed.
+    done: bool,
 }
 
 impl BlobWriter {
@@ -387,11 +394,39 @@ impl BlobWriter {
             self.discard().await;
             return Err(Error::internal(format!("storing blob {}", self.expected), e));
         }
+        self.done = true;
         Ok(())
     }
 
-    pub async fn discard(&self) {
+    /// Removes the temporary file now (rather than when the writer is dropped).
+    pub async fn discard(&mut self) {
+        self.done = true;
         let _ = tokio::fs::remove_file(&self.tmp).await;
+    }
+}
+
+impl Drop for BlobWriter {
+    /// A writer that was neither committed nor discarded (its future was
+    /// cancelled, or an error returned early) removes its temporary file: on
+    /// the blocking pool inside a runtime, so no async worker waits on the
+    /// disk, else in place. A runtime shutting down may refuse the task; the
+    /// store's start (`load`) empties `tmp/` then.
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let tmp = std::mem::take(&mut self.tmp);
+        let remove = move || {
+            if let Err(e) = std::fs::remove_file(&tmp)
+                && e.kind() != io::ErrorKind::NotFound
+            {
+                tracing::warn!(path = %tmp.display(), error = %e, "cannot remove an unfinished blob");
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn_blocking(remove)),
+            Err(_) => remove(),
+        }
     }
 }
 
@@ -458,6 +493,29 @@ mod tests {
 
         store.put_blob(&digest, b"expected").await.unwrap();
         assert_eq!(std::fs::read(store.blob_path(&digest).unwrap()).unwrap(), b"expected");
+    }
+
+    #[tokio::test]
+    async fn a_writer_dropped_unfinished_removes_its_temporary_file() {
+        let store = Store::open(temp_dir("dropped")).await.unwrap();
+        let digest = sha256_digest(b"partial");
+        let mut writer = store.blob_writer(&digest, 1024).await.unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut writer, b"part").await.unwrap();
+        assert_eq!(std::fs::read_dir(store.dir().join("tmp")).unwrap().count(), 1);
+        drop(writer);
+        // The removal runs on the blocking pool: wait for it, boundedly.
+        for _ in 0..1000 {
+            if std::fs::read_dir(store.dir().join("tmp")).unwrap().count() == 0 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert_eq!(std::fs::read_dir(store.dir().join("tmp")).unwrap().count(), 0, "the partial blob stayed");
+        assert!(!store.has_blob(&digest).await);
+
+        // A committed writer's file is the blob: dropping it removes nothing.
+        store.put_blob(&digest, b"partial").await.unwrap();
+        assert!(store.has_blob(&digest).await);
     }
 
     #[tokio::test]

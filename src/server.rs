@@ -60,6 +60,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         registries: registry_options(&config)?,
         limits: Limits { max_manifest_bytes: config.max_manifest_bytes, max_blob_bytes: config.max_blob_bytes },
         auth_file: config.auth_file.clone(),
+        registry_config: config.registry_config_path.clone(),
     };
     let images = Arc::new(Images::open(&config.root, options, engine.clone()).await?);
     let pods = Arc::new(Pods::new(images.clone(), engine, &config.state));

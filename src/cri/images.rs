@@ -71,8 +71,7 @@ impl ImageService for ImageHandler {
                 registry_token: auth.registry_token,
             })
             .unwrap_or_default();
-        let registry_config = self.parts.config.registry_config_path.as_deref();
-        match self.parts.images.pull(&name, &credentials, registry_config).await {
+        match self.parts.images.pull(&name, &credentials).await {
             Ok(image) => Ok(Response::new(api::PullImageResponse { image_ref: image.id })),
             // Not wasm: the backing runtime's image, pulled by the backing runtime.
             Err(Error::NotWasm(why)) => match &self.parts.backing {

@@ -28,6 +28,8 @@ pub struct PullOptions {
     pub limits: Limits,
     /// A docker config.json with default credentials per registry.
     pub auth_file: Option<PathBuf>,
+    /// containerd's hosts directory (`registry_config_path`); see [`hosts`].
+    pub registry_config: Option<PathBuf>,
 }
 
 /// The image service: every image operation the CRI needs, on one store.
@@ -63,7 +65,7 @@ impl Images {
     pub async fn open(root: &Path, options: PullOptions, engine: Arc<Engine>) -> Result<Self> {
         Ok(Self {
             store: store::Store::open(root.join("images")).await?,
-            puller: pull::Puller::new(&options.registries, options.limits),
+            puller: pull::Puller::new(&options.registries, options.limits, options.registry_config),
             engine,
             limits: options.limits,
             auth_file: options.auth_file,
@@ -80,39 +82,28 @@ impl Images {
     /// fails and cleans up after itself; a later pull of the same image waits
     /// for it and finds its blobs.
     ///
-    /// `registry_config` is containerd's hosts directory (`registry_config_path`),
-    /// read at every pull as containerd reads it at every resolve; see
-    /// [`hosts`] for its rules and `Puller::sources` for how it combines with
-    /// `[registries]`. An image no source could give fails with
-    /// [`Error::Unfetchable`].
-    pub async fn pull(
-        self: &Arc<Self>,
-        name: &str,
-        credentials: &Credentials,
-        registry_config: Option<&Path>,
-    ) -> Result<Image> {
+    /// The sources tried are the registry's mirrors, from containerd's hosts
+    /// directory (`registry_config_path`, read at every pull; see [`hosts`]
+    /// for its rules and `Puller::sources` for how it combines with
+    /// `[registries]`), then the registry. An image no source could give
+    /// fails with [`Error::Unfetchable`].
+    pub async fn pull(self: &Arc<Self>, name: &str, credentials: &Credentials) -> Result<Image> {
         let reference = parse_reference(name)?;
         let images = Arc::clone(self);
         let credentials = credentials.clone();
-        let registry_config = registry_config.map(Path::to_owned);
-        tokio::spawn(async move { images.pull_detached(reference, credentials, registry_config).await })
+        tokio::spawn(async move { images.pull_detached(reference, credentials).await })
             .await
             .map_err(|e| Error::internal(format!("pulling {name}"), e))?
     }
 
     /// The pull itself, one at a time per reference; see [`Images::pull`].
-    async fn pull_detached(
-        &self,
-        reference: Reference,
-        credentials: Credentials,
-        registry_config: Option<PathBuf>,
-    ) -> Result<Image> {
+    async fn pull_detached(&self, reference: Reference, credentials: Credentials) -> Result<Image> {
         let key = normalized(&reference);
         let lock = self.pulls.lock().unwrap().entry(key.clone()).or_default().clone();
         let pulled = {
             let _one_at_a_time = lock.lock().await;
             let _not_garbage_yet = self.store.pulling().await;
-            self.pull_once(&reference, &credentials, registry_config.as_deref()).await
+            self.pull_once(&reference, &credentials).await
         };
         {
             let mut pulls = self.pulls.lock().unwrap();
@@ -141,12 +132,7 @@ impl Images {
     }
 
     /// Pulls and indexes; returns the image and the images it took the last name of.
-    async fn pull_once(
-        &self,
-        reference: &Reference,
-        credentials: &Credentials,
-        registry_config: Option<&Path>,
-    ) -> Result<(Image, Vec<Image>)> {
+    async fn pull_once(&self, reference: &Reference, credentials: &Credentials) -> Result<(Image, Vec<Image>)> {
         let name = reference.whole();
         let credentials = match &self.auth_file {
             Some(file) if credentials.is_empty() => {
@@ -154,7 +140,7 @@ impl Images {
             }
             _ => credentials.clone(),
         };
-        let fetched = self.puller.fetch(&self.store, reference, &credentials, registry_config).await?;
+        let fetched = self.puller.fetch(&self.store, reference, &credentials).await?;
         let image_config = match fetched.config.media_type.as_str() {
             format::WASM_CONFIG_V0 | format::WASM_CONFIG_V1 => format::ImageConfig::default(),
             _ => format::parse_config(&name, &fetched.config_json)?,

@@ -3,7 +3,7 @@
 
 use base64::Engine as _;
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
 use oci_client::errors::{OciDistributionError, OciErrorCode};
@@ -201,11 +201,23 @@ pub struct Puller {
     /// Clients for anonymous pulls, per source settings, sharing their token caches.
     anonymous: std::sync::Mutex<HashMap<String, Client>>,
     limits: Limits,
+    /// containerd's hosts directory (`registry_config_path`), read at every
+    /// pull as containerd reads it at every resolve.
+    registry_config: Option<PathBuf>,
 }
 
 impl Puller {
-    pub fn new(registries: &HashMap<String, RegistryOptions>, limits: Limits) -> Self {
-        Self { registries: registries.clone(), anonymous: std::sync::Mutex::new(HashMap::new()), limits }
+    pub fn new(
+        registries: &HashMap<String, RegistryOptions>,
+        limits: Limits,
+        registry_config: Option<PathBuf>,
+    ) -> Self {
+        Self {
+            registries: registries.clone(),
+            anonymous: std::sync::Mutex::new(HashMap::new()),
+            limits,
+            registry_config,
+        }
     }
 
     /// A client for one pull from `source`. An oci-client `Client` keeps the
@@ -324,16 +336,10 @@ impl Puller {
     /// When no source gives the manifest and config, whether the image is wasm
     /// is unknown: [`Error::Unfetchable`], holding the error that names the
     /// image and each source's failure.
-    pub async fn fetch(
-        &self,
-        store: &Store,
-        reference: &Reference,
-        credentials: &Credentials,
-        registry_config: Option<&Path>,
-    ) -> Result<Fetched> {
+    pub async fn fetch(&self, store: &Store, reference: &Reference, credentials: &Credentials) -> Result<Fetched> {
         let name = reference.whole();
         let auth = credentials.registry_auth(&name)?;
-        let sources = self.sources(reference, registry_config).await;
+        let sources = self.sources(reference, self.registry_config.as_deref()).await;
         let mut failures: Vec<(String, Error)> = Vec::new();
         let mut identified_once = false;
         for source in &sources {

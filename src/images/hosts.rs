@@ -56,20 +56,8 @@ struct HostFields {
 struct HostsFile {
     #[serde(default)]
     server: Option<String>,
-    #[serde(default)]
-    capabilities: Vec<String>,
-    #[serde(default)]
-    ca: Option<OneOrMany>,
-    #[serde(default)]
-    skip_verify: Option<bool>,
-    #[serde(default)]
-    override_path: bool,
-    #[serde(default)]
-    client: Option<toml::Value>,
-    #[serde(default)]
-    header: Option<toml::Table>,
-    #[serde(default)]
-    dial_timeout: Option<String>,
+    #[serde(flatten)]
+    server_fields: HostFields,
     /// Mirrors, each with the span of its table so that file order is kept.
     #[serde(default)]
     host: BTreeMap<String, toml::Spanned<HostFields>>,
@@ -177,16 +165,7 @@ pub fn parse(host_dir: &Path, text: &str) -> Result<Vec<HostEntry>, String> {
     for (url, fields) in mirrors {
         entries.push(entry(host_dir, url, fields.get_ref(), false)?);
     }
-    let server = HostFields {
-        capabilities: file.capabilities,
-        ca: file.ca,
-        skip_verify: file.skip_verify,
-        override_path: file.override_path,
-        client: file.client,
-        header: file.header,
-        dial_timeout: file.dial_timeout,
-    };
-    entries.push(entry(host_dir, file.server.as_deref().unwrap_or(""), &server, true)?);
+    entries.push(entry(host_dir, file.server.as_deref().unwrap_or(""), &file.server_fields, true)?);
     Ok(entries)
 }
 

@@ -29,5 +29,6 @@ mod limits;
 mod pods;
 mod registries;
 mod resources;
+mod rootfs;
 mod streaming;
 mod termination;

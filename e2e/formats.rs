@@ -168,7 +168,8 @@ async fn a_docker_compat_image_with_a_gzip_layer_takes_its_entrypoint_cmd_and_en
 
     let (status, lines) = run(&daemon, &image, "docker-compat", &[], &[], &[("OVERRIDDEN", "cri")]).await;
     assert_eq!(status.exit_code, 0, "{status:#?}");
-    // A WASI preview 1 module cannot be started in a directory: it gets the image's WorkingDir as $PWD.
+    // WASI preview 1 has no working directory: a module gets the image's WorkingDir as $PWD
+    // (and preopened as `.`, see e2e/rootfs.rs).
     for line in ["arg[0]=hello.wasm", "arg[1]=from-cmd", "env:FROM_IMAGE=yes", "env:OVERRIDDEN=cri", "env:PWD=/app"] {
         assert!(has_line(&lines, "stdout", line), "no {line:?} in {lines:#?}");
     }

@@ -13,7 +13,7 @@ use crate::images::Image;
 use crate::logs::{ContainerLog, OpenedLog};
 use crate::wasm::{
     Compiled, CpuBandwidth, EXIT_NOT_STARTED, Engine, Exit, ExitReason, ExitWaiter, Guest, GuestSpec, Limits,
-    ModuleSource, Mount, UsageSnapshot,
+    ModuleSource, Mount, Root, UsageSnapshot,
 };
 
 /// How long a stop waits for a killed guest to be gone. A guest yields every
@@ -54,6 +54,8 @@ pub struct Container {
     pub process: Process,
     pub log_path: Option<PathBuf>,
     pub mounts: Vec<Mount>,
+    /// A compat image's filesystem as the guest's `/`: the image's own tree, read-only.
+    pub root: Option<Root>,
     /// `<state>/containers/<id>`: host files of the container's own, removed with it.
     pub scratch_dir: PathBuf,
     pub created_at: i64,
@@ -74,6 +76,7 @@ pub(super) struct NewContainer {
     pub process: Process,
     pub log_path: Option<PathBuf>,
     pub mounts: Vec<Mount>,
+    pub root: Option<Root>,
     pub scratch_dir: PathBuf,
     pub compiled: Arc<Compiled>,
     pub module_source: ModuleSource,
@@ -102,6 +105,7 @@ impl Container {
             process: new.process,
             log_path: new.log_path,
             mounts: new.mounts,
+            root: new.root,
             scratch_dir: new.scratch_dir,
             created_at: crate::durable::now_nanos(),
             module_source: new.module_source,
@@ -143,6 +147,7 @@ impl Container {
             argv: self.process.argv.clone(),
             env: self.process.env.clone(),
             working_dir: Some(self.process.working_dir.clone()).filter(|dir| !dir.is_empty()),
+            root: self.root.clone(),
             mounts: self.mounts.clone(),
             limits,
             scratch_dir: Some(self.scratch_dir.clone()),

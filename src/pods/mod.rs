@@ -225,13 +225,8 @@ impl Pods {
         let log_path = container::log_path(&sandbox, &config)?;
         let image = self.images.require(image_name)?;
         let process = container::Process::new(&image, &config);
-        let mut mounts = container::mounts(&config)?;
-        if let Some(rootfs) = self.images.rootfs(&image)? {
-            // A compat image's filesystem is the guest's `/`, read-only; the
-            // container's own mounts go on top of it.
-            let root = wasm::Mount { host_path: rootfs.display().to_string(), guest_path: "/".into(), readonly: true };
-            mounts.insert(0, root);
-        }
+        let mounts = container::mounts(&config)?;
+        let image_rootfs = self.images.rootfs(&image)?;
         let name = format!("{}/{}/{}", sandbox.id, metadata.name, metadata.attempt);
         // Reserve the name before the slow part, so two racing creates cannot both win.
         if !self.registry.lock().unwrap().names.insert(name.clone()) {
@@ -254,8 +249,13 @@ impl Pods {
             }
         };
         let id = new_id();
+        let scratch_dir = self.containers_dir.join(&id);
+        // A compat image's filesystem is the guest's `/`, read-only; the
+        // container's own mounts go on top of it.
+        let root = image_rootfs.map(|host_path| wasm::Root { host_path, readonly: true });
         let container = Arc::new(Container::new(container::NewContainer {
-            scratch_dir: self.containers_dir.join(&id),
+            scratch_dir,
+            root,
             id,
             pod_id: sandbox.id.clone(),
             reserved_name: name,

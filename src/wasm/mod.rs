@@ -9,6 +9,7 @@
 mod compile;
 mod file_mounts;
 mod guest;
+mod layout;
 mod limits;
 
 use std::path::Path;
@@ -17,7 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 pub use compile::{Compiled, ModuleSource, WasmSource};
-pub use guest::{EXIT_NOT_STARTED, Exit, ExitReason, ExitWaiter, Guest, GuestSpec, Mount};
+pub use guest::{EXIT_NOT_STARTED, Exit, ExitReason, ExitWaiter, Guest, GuestSpec, Mount, Root};
 pub use limits::{CpuBandwidth, Limits, Usage, UsageSnapshot};
 
 use crate::error::{Error, Result};

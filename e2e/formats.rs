@@ -134,6 +134,8 @@ async fn a_compat_image_runs_with_its_filesystem_as_a_read_only_root() {
     let pod = Pod::run(&daemon, "compat").await;
     let out = scratch_dir("compat-out");
     let mut config = container_config("compat", &image, &[], &[], &[]);
+    config.linux.get_or_insert_with(Default::default).security_context =
+        Some(wasmrun::api::LinuxContainerSecurityContext { readonly_rootfs: true, ..Default::default() });
     config.mounts = vec![wasmrun::api::Mount {
         container_path: "/out".into(),
         host_path: out.display().to_string(),

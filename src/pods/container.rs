@@ -54,7 +54,8 @@ pub struct Container {
     pub process: Process,
     pub log_path: Option<PathBuf>,
     pub mounts: Vec<Mount>,
-    /// A compat image's filesystem as the guest's `/`: the image's own tree, read-only.
+    /// A compat image's filesystem as the guest's `/`: the image's own tree,
+    /// read-only, or an overlay of the container's own under `scratch_dir`.
     pub root: Option<Root>,
     /// `<state>/containers/<id>`: host files of the container's own, removed with it.
     pub scratch_dir: PathBuf,
@@ -332,6 +333,12 @@ pub(super) fn log_path(sandbox: &Sandbox, config: &api::ContainerConfig) -> Resu
         )));
     }
     Ok(Some(Path::new(directory).join(relative)))
+}
+
+/// Whether the container's root filesystem is read-only
+/// (`linux.security_context.readonly_rootfs`; Kubernetes' default is writable).
+pub(super) fn readonly_rootfs(config: &api::ContainerConfig) -> bool {
+    config.linux.as_ref().and_then(|linux| linux.security_context.as_ref()).is_some_and(|sc| sc.readonly_rootfs)
 }
 
 /// Mounts as the guest sees them: each container path must be absolute.

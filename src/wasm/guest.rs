@@ -44,7 +44,7 @@ pub struct GuestSpec {
 pub struct Root {
     /// The directory the guest sees as `/`.
     pub host_path: PathBuf,
-    /// Whether writes are refused.
+    /// Whether writes are refused (as on a read-only filesystem, EROFS).
     pub readonly: bool,
 }
 
@@ -143,6 +143,9 @@ impl ExitWaiter {
 pub(super) struct GuestState {
     pub wasi: WasiP1Ctx,
     limiter: MemoryLimiter,
+    /// The preview 1 descriptors of the read-only root's preopens, where a
+    /// refused write is EROFS (see `read_only_root`).
+    pub read_only_root_fds: Vec<u32>,
 }
 
 /// Components reach the same WASI context as modules do.
@@ -227,7 +230,13 @@ fn build_store(
             wasi.env("PWD", dir);
         }
     }
-    let state = GuestState { wasi: wasi.build_p1(), limiter: MemoryLimiter { usage } };
+    // Preview 1 numbers the preopens from 3 on, in order, after stdin, stdout and stderr.
+    let read_only_root_fds = (3..)
+        .zip(preopens)
+        .filter(|(_, preopen)| preopen.in_root && preopen.mount.readonly)
+        .map(|(fd, _)| fd)
+        .collect();
+    let state = GuestState { wasi: wasi.build_p1(), limiter: MemoryLimiter { usage }, read_only_root_fds };
     let mut store = wasmtime::Store::new(engine, state);
     store.limiter(|state| &mut state.limiter);
     store.set_epoch_deadline(1);

@@ -11,6 +11,7 @@ mod file_mounts;
 mod guest;
 mod layout;
 mod limits;
+mod read_only_root;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -83,6 +84,7 @@ impl Engine {
         let mut module = wasmtime::Linker::new(&engine);
         wasmtime_wasi::p1::add_to_linker_async(&mut module, |state: &mut guest::GuestState| &mut state.wasi)
             .map_err(|e| wasm_error("linking WASI preview 1", e))?;
+        read_only_root::add_to_linker(&mut module).map_err(|e| wasm_error("linking WASI preview 1", e))?;
         let mut component = wasmtime::component::Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut component).map_err(|e| wasm_error("linking WASI 0.2", e))?;
 

@@ -8,20 +8,28 @@ set -euo pipefail
 cd "$(dirname "$0")"
 export DEBIAN_FRONTEND=noninteractive
 
-# Debian packages, each for:
+# Debian packages, each with what shows it is installed:
 #   docker-registry          the real OCI registry the tests start on 127.0.0.1
 #   buildah                  builds the compat images the tests push, as users build them
 #   containerd runc          the backing runtime of the forwarding tests
 #   gcc libc6-dev            static Linux programs (pause, hello) its pods run
+#   clang lld wasi-libc libclang-rt-dev-wasm32
+#                            the C fixtures (e2e/fixtures-c), compiled against wasi-libc
 #   curl                     the download `cargo bench -- pull` compares pulls with
-packages=(docker-registry buildah containerd runc gcc libc6-dev curl)
-commands=(docker-registry buildah containerd runc gcc gcc curl)
+have() { command -v "$1" >/dev/null; }
+have_file() { compgen -G "$1" >/dev/null; }
 missing=()
-for i in "${!packages[@]}"; do
-  command -v "${commands[$i]}" >/dev/null || missing+=("${packages[$i]}")
-done
-# The static libc (libc6-dev) is a file, not a command.
-[ -e "/usr/lib/$(gcc -dumpmachine 2>/dev/null || echo x86_64-linux-gnu)/libc.a" ] || missing+=(libc6-dev)
+have docker-registry || missing+=(docker-registry)
+have buildah || missing+=(buildah)
+have containerd || missing+=(containerd)
+have runc || missing+=(runc)
+have gcc || missing+=(gcc)
+have_file "/usr/lib/*-linux-gnu/libc.a" || missing+=(libc6-dev)
+have clang || missing+=(clang)
+have wasm-ld || missing+=(lld)
+have_file "/usr/lib/wasm32-wasi/libc.a" || missing+=(wasi-libc)
+have_file "/usr/lib/llvm-*/lib/clang/*/lib/wasi/libclang_rt.builtins-wasm32.a" || missing+=(libclang-rt-dev-wasm32)
+have curl || missing+=(curl)
 if [ "${#missing[@]}" -gt 0 ]; then
   sudo=()
   [ "$(id -u)" -eq 0 ] || sudo=(sudo)

@@ -11,6 +11,12 @@
 //!   starts are launched together (one row per N of `--start-parallel`), each
 //!   start a sample; rounds are repeated until `--start-samples` samples. The
 //!   pods are stopped and removed after each round, untimed.
+//! - wasmrun, compat: the same `hello` program as the one file of a compat
+//!   image (an OCI image whose Entrypoint is the .wasm file), measured the
+//!   same way twice: with `readonly_rootfs` (the guest's `/` is the image's
+//!   unpacked tree) and without (Kubernetes' default: each container gets an
+//!   overlay of its own, mounted by CreateContainer and unmounted when its pod
+//!   is removed, untimed). Left out with `--no-compat`.
 //! - the floor: wasmtime and wasmtime-wasi in this process, module compiled
 //!   once, an `InstancePre` with a WASI preview 1 linker; each sample is a new
 //!   Store and WASI context (stdout and stderr in memory, the same argv and
@@ -77,6 +83,9 @@ pub struct Args {
     /// Leave out the containerd + runc rows.
     #[arg(long)]
     pub no_peer: bool,
+    /// Leave out the compat image rows (read-only and writable root).
+    #[arg(long)]
+    pub no_compat: bool,
     /// The wasmrun daemon's `--log-level` (`debug` logs every CRI call with its duration, at a cost).
     #[arg(long, value_name = "LEVEL", default_value = "info")]
     pub start_log_level: String,
@@ -92,6 +101,8 @@ struct Target {
     line: &'static str,
     /// Pods on the host network (containerd: no CNI here).
     host_network: bool,
+    /// For a compat image: the containers' `readonly_rootfs`.
+    readonly_rootfs: Option<bool>,
 }
 
 /// One timed start.
@@ -216,6 +227,7 @@ pub async fn run(args: &Args) {
         image: image.name.clone(),
         line: WASM_LINE,
         host_network: false,
+        readonly_rootfs: None,
     };
 
     eprintln!("start: {} warm-up starts on wasmrun", args.start_warmup);
@@ -227,6 +239,20 @@ pub async fn run(args: &Args) {
         let samples = args.start_samples as usize;
         eprintln!("start: wasmrun, {parallel} at a time, {samples} samples");
         rows.push(measure(&wasmrun, &watcher, "wasmrun", parallel, samples).await);
+    }
+    if !args.no_compat {
+        let compat = push_compat_hello().await;
+        harness::pull(&daemon, &compat).await;
+        for (readonly, label) in [(true, "wasmrun compat, read-only root"), (false, "wasmrun compat, writable root")] {
+            let target = Target { image: compat.clone(), readonly_rootfs: Some(readonly), ..wasmrun.clone() };
+            eprintln!("start: {} warm-up starts on {label}", args.start_warmup);
+            notes.extend(warm_up(&target, &watcher, args.start_warmup as usize).await.0);
+            for &parallel in &parallels {
+                let samples = args.start_samples as usize;
+                eprintln!("start: {label}, {parallel} at a time, {samples} samples");
+                rows.push(measure(&target, &watcher, label, parallel, samples).await);
+            }
+        }
     }
     // What one CRI call costs with no work behind it: the transport's share of each of the three calls.
     let mut version = Latencies::default();
@@ -315,7 +341,7 @@ pub async fn run(args: &Args) {
     header.extend(parallels.iter().map(|n| format!("parallel {n}")));
     header.push("target".into());
     let mut ratios = Table::new(&header.iter().map(String::as_str).collect::<Vec<_>>());
-    let wasmrun_at = |n: usize| rows.iter().find(|r| r.parallel == n).and_then(Row::p50);
+    let wasmrun_at = |n: usize| rows.iter().find(|r| r.label == "wasmrun" && r.parallel == n).and_then(Row::p50);
     for (floor_row, target) in floor_rows.iter().zip(["≤ 5 (at parallel 1)", "-"]) {
         let mut cells = vec![format!("wasmrun / {}", floor_row.label.trim_start_matches("floor: "))];
         cells.extend(parallels.iter().map(|&n| ratio(wasmrun_at(n), floor_row.p50())));
@@ -367,6 +393,23 @@ ContainerStatus usage.instantiate_nanos, read after the sample), compare with th
 parallel: starts launched together, each one a sample (rounds repeated, pods stopped and removed between rounds, \
 untimed).
 ";
+
+/// Pushes `hello` as a compat image (one tar layer holding `/hello.wasm`, its
+/// Entrypoint; platform wasip1/wasm); returns its name.
+async fn push_compat_hello() -> String {
+    let layer = harness::tar_layer(&[("hello.wasm", &harness::fixture("hello"), 0o755)], false);
+    let config = serde_json::json!({"architecture": "wasm", "os": "wasip1",
+        "config": {"Entrypoint": ["/hello.wasm"]}, "rootfs": {"type": "layers", "diff_ids": []}});
+    let parts = harness::ImageParts {
+        config_media_type: "application/vnd.oci.image.config.v1+json".into(),
+        config: serde_json::to_vec(&config).expect("serialize the image config"),
+        layers: vec![("application/vnd.oci.image.layer.v1.tar".into(), layer)],
+        ..harness::ImageParts::default()
+    };
+    let host = harness::registry().host();
+    harness::push_image(&host, "bench-hello-compat", "v1", &parts).await;
+    format!("{host}/bench-hello-compat:v1")
+}
 
 /// Why containerd cannot run here, if it cannot.
 fn peer_unavailable(args: &Args) -> Option<String> {
@@ -423,6 +466,7 @@ async fn peer(args: &Args, watcher: &Arc<Watcher>, rows: &mut Vec<Row>, notes: &
         image,
         line: harness::LINUX_HELLO_LINE,
         host_network: true,
+        readonly_rootfs: None,
     };
     let warmup = (args.start_warmup as usize).min(3);
     eprintln!("start: {warmup} warm-up starts on containerd");
@@ -552,7 +596,11 @@ fn prepare(target: &Target, watcher: &Arc<Watcher>, name: &str) -> Result<Prepar
     } else {
         harness::pod_config(name, &uid)
     };
-    let container = harness::container_config("hello", &target.image, &[], &[], &[]);
+    let mut container = harness::container_config("hello", &target.image, &[], &[], &[]);
+    if let Some(readonly_rootfs) = target.readonly_rootfs {
+        container.linux.get_or_insert_with(Default::default).security_context =
+            Some(wasmrun::api::LinuxContainerSecurityContext { readonly_rootfs, ..Default::default() });
+    }
     let log = Path::new(&pod.log_directory).join(&container.log_path);
     let dir = log.parent().expect("a log path has a directory");
     std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;

@@ -134,6 +134,8 @@ async fn a_compat_image_runs_with_its_filesystem_as_a_read_only_root() {
     let pod = Pod::run(&daemon, "compat").await;
     let out = scratch_dir("compat-out");
     let mut config = container_config("compat", &image, &[], &[], &[]);
+    config.linux.get_or_insert_with(Default::default).security_context =
+        Some(wasmrun::api::LinuxContainerSecurityContext { readonly_rootfs: true, ..Default::default() });
     config.mounts = vec![wasmrun::api::Mount {
         container_path: "/out".into(),
         host_path: out.display().to_string(),
@@ -168,7 +170,8 @@ async fn a_docker_compat_image_with_a_gzip_layer_takes_its_entrypoint_cmd_and_en
 
     let (status, lines) = run(&daemon, &image, "docker-compat", &[], &[], &[("OVERRIDDEN", "cri")]).await;
     assert_eq!(status.exit_code, 0, "{status:#?}");
-    // A WASI preview 1 module cannot be started in a directory: it gets the image's WorkingDir as $PWD.
+    // WASI preview 1 has no working directory: a module gets the image's WorkingDir as $PWD
+    // (and preopened as `.`, see e2e/rootfs.rs).
     for line in ["arg[0]=hello.wasm", "arg[1]=from-cmd", "env:FROM_IMAGE=yes", "env:OVERRIDDEN=cri", "env:PWD=/app"] {
         assert!(has_line(&lines, "stdout", line), "no {line:?} in {lines:#?}");
     }

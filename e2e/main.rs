@@ -4,10 +4,11 @@
 //! the whole test process.
 //!
 //! Requires what `.ci/run` installs: docker-registry, buildah, containerd,
-//! runc, gcc with a static libc, oras (Python), wkg, and the wasm32-wasip1 and
-//! wasm32-wasip2 Rust targets (the guest programs in e2e/fixtures and
-//! e2e/fixtures-p2 are built on first use; the hand-written ones in
-//! e2e/fixtures-wat are compiled from text by the tests).
+//! runc, gcc with a static libc, oras (Python), wkg, the wasm32-wasip1 and
+//! wasm32-wasip2 Rust targets, and clang, lld and wasi-libc (the guest
+//! programs in e2e/fixtures, e2e/fixtures-p2 and e2e/fixtures-c are built on
+//! first use; the hand-written ones in e2e/fixtures-wat are compiled from
+//! text by the tests).
 
 mod harness;
 
@@ -31,5 +32,6 @@ mod mirrors;
 mod pods;
 mod registries;
 mod resources;
+mod rootfs;
 mod streaming;
 mod termination;

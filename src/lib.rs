@@ -21,4 +21,5 @@ pub mod logs;
 pub mod pods;
 pub mod route;
 pub mod server;
+pub mod sys;
 pub mod wasm;

@@ -187,6 +187,33 @@ impl Drop for Daemon {
                 let _ = child.wait();
             }
         }
+        unmount_below(&self.state());
+    }
+}
+
+/// Detaches every mount at or below `dir`, deepest first: the writable roots
+/// of the containers a test did not remove, which a stopped daemon leaves
+/// mounted until its next start.
+fn unmount_below(dir: &Path) {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(mountinfo) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return;
+    };
+    let mut points: Vec<PathBuf> = mountinfo
+        .lines()
+        .filter_map(|line| line.split(' ').nth(4))
+        .map(PathBuf::from)
+        .filter(|point| point.starts_with(dir))
+        .collect();
+    points.sort_by_key(|point| std::cmp::Reverse(point.components().count()));
+    for point in points {
+        let Ok(path) = std::ffi::CString::new(point.as_os_str().as_bytes()) else {
+            continue;
+        };
+        // SAFETY: `path` is a NUL-terminated string that outlives the call.
+        unsafe {
+            libc::umount2(path.as_ptr(), libc::MNT_DETACH);
+        }
     }
 }
 

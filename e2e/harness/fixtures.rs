@@ -22,7 +22,7 @@ const LEAKY_ENV: &[&str] = &[
 ];
 
 /// The bytes of the fixture `name` (`hello`, `exit-code`, `longline`, `spin`,
-/// `sleeper`, `trap`, `files`, `memhog`, `termination`): a WASI preview 1 module.
+/// `sleeper`, `trap`, `files`, `memhog`, `termination`, `fsops`): a WASI preview 1 module.
 pub fn fixture(name: &str) -> Vec<u8> {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     read(BUILT.get_or_init(|| build("e2e/fixtures", "wasm32-wasip1")), name)
@@ -32,6 +32,49 @@ pub fn fixture(name: &str) -> Vec<u8> {
 pub fn fixture_p2(name: &str) -> Vec<u8> {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     read(BUILT.get_or_init(|| build("e2e/fixtures-p2", "wasm32-wasip2")), name)
+}
+
+/// Debian's packages for the C fixtures: clang and lld with the wasm32
+/// builtins, and wasi-libc.
+pub const C_FIXTURE_INSTALL: &str = "apt-get install -y clang lld wasi-libc libclang-rt-dev-wasm32";
+
+/// The bytes of the C fixture `name` of e2e/fixtures-c (`fsops`: `fsops.c`):
+/// a WASI preview 1 module compiled against wasi-libc by clang.
+pub fn fixture_c(name: &str) -> Vec<u8> {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    read(BUILT.get_or_init(build_c), name)
+}
+
+/// Compiles every `.c` file of e2e/fixtures-c with
+/// `clang --target=wasm32-wasi -O2`; returns the directory holding the .wasm files.
+fn build_c() -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = root.join("target").join("fixtures").join("wasm32-wasi-c");
+    std::fs::create_dir_all(&out).unwrap_or_else(|e| panic!("cannot create {}: {e}", out.display()));
+    let sources = std::fs::read_dir(root.join("e2e/fixtures-c")).expect("list e2e/fixtures-c");
+    for source in sources.flatten().map(|entry| entry.path()) {
+        if source.extension().is_none_or(|ext| ext != "c") {
+            continue;
+        }
+        let name = source.file_stem().expect("a file name").to_string_lossy().into_owned();
+        let output = Command::new("clang")
+            .args(["--target=wasm32-wasi", "-O2", "-Wall", "-Werror", "-Wl,--strip-all", "-o"])
+            .arg(out.join(format!("{name}.wasm")))
+            .arg(&source)
+            .output()
+            .unwrap_or_else(|e| {
+                panic!("cannot run clang to build {} ({e}); install `{C_FIXTURE_INSTALL}`", source.display())
+            });
+        if !output.status.success() {
+            panic!(
+                "building {} failed ({}); are the packages installed (`{C_FIXTURE_INSTALL}`)?\n{}",
+                source.display(),
+                output.status,
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+    }
+    out
 }
 
 /// The hand-written fixture `file` of e2e/fixtures-wat, compiled from text.

@@ -32,7 +32,7 @@ use std::time::Duration;
 pub use containerd::*;
 pub use cri::*;
 pub use daemon::Daemon;
-pub use fixtures::{fixture, fixture_p2, wat_fixture};
+pub use fixtures::{fixture, fixture_c, fixture_p2, wat_fixture};
 pub use logs::*;
 pub use oci::*;
 pub use registry::{auth_registry, registry, start_own_registry, tls_registry};

@@ -223,14 +223,37 @@ pub fn oras_push_artifact(repo: &str, tag: &str, module: &[u8]) -> String {
 /// `application/vnd.oci.image.layer.v1.tar+gzip` layer whose tar entry is the
 /// path without its leading `/`). Returns `127.0.0.1:PORT/repo:tag`.
 pub fn buildah_compat_image(repo: &str, tag: &str, module: &[u8], module_path_in_image: &str, os: &str) -> String {
+    let image = BuildahImage {
+        files: &[(module_path_in_image, module)],
+        entrypoint: module_path_in_image,
+        os,
+        working_dir: None,
+    };
+    buildah_compat_image_with(repo, tag, &image)
+}
+
+/// What [`buildah_compat_image_with`] builds.
+pub struct BuildahImage<'a> {
+    /// Each file's absolute path in the image and its content (`buildah copy`
+    /// makes the directories leading to it).
+    pub files: &'a [(&'a str, &'a [u8])],
+    /// The Entrypoint, one absolute path (a .wasm file among `files`).
+    pub entrypoint: &'a str,
+    /// The platform's os, e.g. "wasip1"; its architecture is `wasm`.
+    pub os: &'a str,
+    /// The image's WorkingDir (`buildah config --workingdir`), if any.
+    pub working_dir: Option<&'a str>,
+}
+
+/// Builds a compat image as [`buildah_compat_image`] does, with several files
+/// (in one layer per `buildah copy`) and an optional WorkingDir, and pushes it.
+/// Returns `127.0.0.1:PORT/repo:tag`.
+pub fn buildah_compat_image_with(repo: &str, tag: &str, image: &BuildahImage) -> String {
     let buildah = require_program("buildah", &[], BUILDAH_INSTALL);
     let reference = format!("{}/{repo}:{tag}", registry().host());
     let dir = scratch_dir("buildah");
     let tmp = dir.join("tmp");
     std::fs::create_dir_all(&tmp).unwrap_or_else(|e| panic!("cannot create {}: {e}", tmp.display()));
-    let file_name = Path::new(module_path_in_image).file_name().map(|n| n.to_owned()).unwrap_or("module.wasm".into());
-    let file = dir.join(&file_name);
-    write_file(&file, module);
     let storage = dir.join("storage");
     let run_root = dir.join("run");
     let buildah_cmd = |args: &[&str]| {
@@ -249,25 +272,25 @@ pub fn buildah_compat_image(repo: &str, tag: &str, module: &[u8], module_path_in
 
     let container = run_tool("buildah from scratch", &mut buildah_cmd(&["from", "scratch"])).stdout.trim().to_owned();
     assert!(!container.is_empty(), "buildah from scratch printed no container name");
-    let mut copy = buildah_cmd(&["copy", &container]);
-    copy.arg(&file).arg(module_path_in_image);
-    run_tool("buildah copy", &mut copy);
-    let entrypoint = serde_json::to_string(&[module_path_in_image]).expect("serialize entrypoint");
-    run_tool(
-        "buildah config",
-        &mut buildah_cmd(&[
-            "config",
-            "--entrypoint",
-            &entrypoint,
-            "--os",
-            os,
-            "--arch",
-            "wasm",
-            "--annotation",
-            &format!("{COMPAT_VARIANT_ANNOTATION}=compat"),
-            &container,
-        ]),
-    );
+    for (index, (path_in_image, content)) in image.files.iter().enumerate() {
+        let name = Path::new(path_in_image).file_name().map(|n| n.to_owned()).unwrap_or("file".into());
+        let source = dir.join(format!("{index}"));
+        std::fs::create_dir_all(&source).unwrap_or_else(|e| panic!("cannot create {}: {e}", source.display()));
+        let file = source.join(name);
+        write_file(&file, content);
+        let mut copy = buildah_cmd(&["copy", &container]);
+        copy.arg(&file).arg(path_in_image);
+        run_tool("buildah copy", &mut copy);
+    }
+    let entrypoint = serde_json::to_string(&[image.entrypoint]).expect("serialize entrypoint");
+    let mut config = vec!["config", "--entrypoint", &entrypoint, "--os", image.os, "--arch", "wasm", "--annotation"];
+    let annotation = format!("{COMPAT_VARIANT_ANNOTATION}=compat");
+    config.push(&annotation);
+    if let Some(working_dir) = image.working_dir {
+        config.extend(["--workingdir", working_dir]);
+    }
+    config.push(&container);
+    run_tool("buildah config", &mut buildah_cmd(&config));
     let local = format!("localhost/{repo}:{tag}");
     run_tool("buildah commit", &mut buildah_cmd(&["commit", "--quiet", "--format", "oci", &container, &local]));
     run_tool(

@@ -218,6 +218,9 @@ fn verbose_info(container: &Container, view: &ContainerView) -> serde_json::Valu
         "argv": container.process.argv,
         "env": container.process.env.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>(),
         "working_dir": container.process.working_dir,
+        "root": container.root.as_ref().map(|root| serde_json::json!({
+            "host_path": root.host_path, "readonly": root.readonly,
+        })),
         "mounts": container.mounts.iter().map(|m| serde_json::json!({
             "host_path": m.host_path, "guest_path": m.guest_path, "readonly": m.readonly,
         })).collect::<Vec<_>>(),

@@ -9,7 +9,6 @@ use std::collections::HashSet;
 use std::ffi::OsStr;
 use std::fmt::Display;
 use std::io::{self, BufReader, Read, Write};
-use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 
@@ -74,13 +73,13 @@ pub fn unpack_layers(layers: &[Layer], rootfs: &Path) -> Result<()> {
     for layer in layers {
         Applier { root: &root, layer, created: HashSet::new(), bytes: 0 }.apply()?;
     }
-    // One syncfs makes the whole tree durable, far cheaper than an fsync per file.
-    // SAFETY: the fd belongs to `root`, open for the duration of the call.
-    if unsafe { libc::syncfs(root.as_raw_fd()) } != 0 {
-        let error = io::Error::last_os_error();
-        tracing::warn!(rootfs = %rootfs.display(), %error, "syncfs of the unpacked rootfs failed");
-    }
-    Ok(())
+    // One syncfs makes the whole tree durable, far cheaper than an fsync per
+    // file; it needs a descriptor open for reading, which cap-std's `Dir` (an
+    // O_PATH descriptor) is not. The tree is renamed into place only after
+    // this, so a failure here fails the pull rather than publishing an image
+    // that a power loss could leave half written.
+    crate::sys::syncfs(rootfs)
+        .map_err(|e| Error::internal(format!("syncing the unpacked rootfs {} to disk", rootfs.display()), e))
 }
 
 type Entry<'a> = tar::Entry<'a, Box<dyn Read>>;

@@ -13,7 +13,7 @@ use crate::images::Image;
 use crate::logs::{ContainerLog, OpenedLog};
 use crate::wasm::{
     Compiled, CpuBandwidth, EXIT_NOT_STARTED, Engine, Exit, ExitReason, ExitWaiter, Guest, GuestSpec, Limits,
-    ModuleSource, Mount, UsageSnapshot,
+    ModuleSource, Mount, Root, UsageSnapshot,
 };
 
 /// How long a stop waits for a killed guest to be gone. A guest yields every
@@ -54,6 +54,9 @@ pub struct Container {
     pub process: Process,
     pub log_path: Option<PathBuf>,
     pub mounts: Vec<Mount>,
+    /// A compat image's filesystem as the guest's `/`: the image's own tree,
+    /// read-only, or an overlay of the container's own under `scratch_dir`.
+    pub root: Option<Root>,
     /// `<state>/containers/<id>`: host files of the container's own, removed with it.
     pub scratch_dir: PathBuf,
     pub created_at: i64,
@@ -74,6 +77,7 @@ pub(super) struct NewContainer {
     pub process: Process,
     pub log_path: Option<PathBuf>,
     pub mounts: Vec<Mount>,
+    pub root: Option<Root>,
     pub scratch_dir: PathBuf,
     pub compiled: Arc<Compiled>,
     pub module_source: ModuleSource,
@@ -102,6 +106,7 @@ impl Container {
             process: new.process,
             log_path: new.log_path,
             mounts: new.mounts,
+            root: new.root,
             scratch_dir: new.scratch_dir,
             created_at: crate::durable::now_nanos(),
             module_source: new.module_source,
@@ -143,6 +148,7 @@ impl Container {
             argv: self.process.argv.clone(),
             env: self.process.env.clone(),
             working_dir: Some(self.process.working_dir.clone()).filter(|dir| !dir.is_empty()),
+            root: self.root.clone(),
             mounts: self.mounts.clone(),
             limits,
             scratch_dir: Some(self.scratch_dir.clone()),
@@ -322,6 +328,12 @@ pub(super) fn log_path(sandbox: &Sandbox, config: &api::ContainerConfig) -> Resu
         )));
     }
     Ok(Some(Path::new(directory).join(relative)))
+}
+
+/// Whether the container's root filesystem is read-only
+/// (`linux.security_context.readonly_rootfs`; Kubernetes' default is writable).
+pub(super) fn readonly_rootfs(config: &api::ContainerConfig) -> bool {
+    config.linux.as_ref().and_then(|linux| linux.security_context.as_ref()).is_some_and(|sc| sc.readonly_rootfs)
 }
 
 /// Mounts as the guest sees them: each container path must be absolute.

@@ -10,6 +10,7 @@ mod container;
 mod events;
 mod filter;
 mod listing;
+mod rootfs;
 mod sandbox;
 
 use std::collections::{HashMap, HashSet};
@@ -77,7 +78,9 @@ impl Pods {
     pub fn new(images: Arc<Images>, engine: Arc<Engine>, state_dir: &Path) -> Self {
         let containers_dir = state_dir.join("containers");
         // Containers live in memory only: whatever an earlier daemon left here
-        // belongs to no container any more.
+        // belongs to no container any more. Its root filesystems may still be
+        // mounted there (it was killed): unmounted first, never deleted through.
+        rootfs::release_all(&containers_dir);
         if let Err(e) = std::fs::remove_dir_all(&containers_dir)
             && e.kind() != std::io::ErrorKind::NotFound
         {
@@ -228,13 +231,8 @@ impl Pods {
         let log_path = container::log_path(&sandbox, &config)?;
         let image = self.images.require(image_name)?;
         let process = container::Process::new(&image, &config);
-        let mut mounts = container::mounts(&config)?;
-        if let Some(rootfs) = self.images.rootfs(&image)? {
-            // A compat image's filesystem is the guest's `/`, read-only; the
-            // container's own mounts go on top of it.
-            let root = wasm::Mount { host_path: rootfs.display().to_string(), guest_path: "/".into(), readonly: true };
-            mounts.insert(0, root);
-        }
+        let mounts = container::mounts(&config)?;
+        let image_rootfs = self.images.rootfs(&image)?;
         let name = format!("{}/{}/{}", sandbox.id, metadata.name, metadata.attempt);
         // Reserve the name before the slow part, so two racing creates cannot both win.
         if !self.registry.lock().unwrap().names.insert(name.clone()) {
@@ -257,8 +255,24 @@ impl Pods {
             }
         };
         let id = new_id();
+        let scratch_dir = self.containers_dir.join(&id);
+        // A compat image's filesystem is the guest's `/`; the container's own
+        // mounts go on top of it.
+        let root = match image_rootfs {
+            Some(image_rootfs) => {
+                match rootfs::prepare(&id, image_rootfs, &scratch_dir, container::readonly_rootfs(&config)).await {
+                    Ok(root) => Some(root),
+                    Err(e) => {
+                        self.registry.lock().unwrap().names.remove(&name);
+                        return Err(e);
+                    }
+                }
+            }
+            None => None,
+        };
         let container = Arc::new(Container::new(container::NewContainer {
-            scratch_dir: self.containers_dir.join(&id),
+            scratch_dir,
+            root,
             id,
             pod_id: sandbox.id.clone(),
             reserved_name: name,
@@ -372,7 +386,10 @@ impl Pods {
             self.container_changes.record();
             // Stopped, so its file mounts are copied back and nothing uses the
             // directory. A leftover is harmless (the next daemon start clears
-            // it), so it does not fail a removal that has happened.
+            // it), so it does not fail a removal that has happened. Its root
+            // filesystem, if it has one of its own, is unmounted first: its
+            // writes go with the directory.
+            rootfs::release(&container.id, &container.scratch_dir).await;
             match tokio::fs::remove_dir_all(&container.scratch_dir).await {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                     tracing::warn!(container = %container.id, dir = %container.scratch_dir.display(), error = %e, "cannot remove the container's scratch directory");

@@ -10,8 +10,8 @@ use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder};
 
 use super::compile::{Compiled, Program};
-use super::file_mounts;
 use super::limits::{CpuMeter, Limits, MemoryLimiter, Usage};
+use super::{file_mounts, layout};
 use crate::error::{Error, Result};
 use crate::logs::{GuestOutput, LogWriter};
 
@@ -27,7 +27,11 @@ pub const EXIT_NOT_STARTED: i32 = 128;
 pub struct GuestSpec {
     pub argv: Vec<String>,
     pub env: Vec<(String, String)>,
+    /// An absolute guest path; relative paths resolve against it (see `layout`).
     pub working_dir: Option<String>,
+    /// The guest's `/`: a compat image's filesystem. `None` for an artifact,
+    /// which sees only its mounts.
+    pub root: Option<Root>,
     pub mounts: Vec<Mount>,
     pub limits: Limits,
     /// A host directory of the container's own, for the copies that stand in
@@ -35,6 +39,16 @@ pub struct GuestSpec {
     pub scratch_dir: Option<PathBuf>,
 }
 
+/// A container's root filesystem on the host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Root {
+    /// The directory the guest sees as `/`.
+    pub host_path: PathBuf,
+    /// Whether writes are refused (as on a read-only filesystem, EROFS).
+    pub readonly: bool,
+}
+
+/// A host directory (or file) the guest sees at `guest_path`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Mount {
     pub host_path: String,
@@ -129,6 +143,9 @@ impl ExitWaiter {
 pub(super) struct GuestState {
     pub wasi: WasiP1Ctx,
     limiter: MemoryLimiter,
+    /// The preview 1 descriptors of the read-only root's preopens, where a
+    /// refused write is EROFS (see `read_only_root`).
+    pub read_only_root_fds: Vec<u32>,
 }
 
 /// Components reach the same WASI context as modules do.
@@ -149,18 +166,19 @@ pub(super) async fn start(
 ) -> Result<Guest> {
     let GuestOutput { stdout, stderr, done: log_done } = output;
     let usage = Arc::new(Usage::new(spec.limits, default_memory_limit));
-    let has_mounts = !spec.mounts.is_empty();
+    let has_mounts = !spec.mounts.is_empty() || spec.root.is_some();
     let prepare = {
         let (engine, usage) = (engine.clone(), usage.clone());
         move || {
             let prepared = file_mounts::prepare(spec.mounts.clone(), spec.scratch_dir.clone())?;
-            let store = build_store(&engine, &spec, &prepared.preopens, stdout, stderr, usage)?;
+            let preopens = layout::preopens(spec.root.as_ref(), spec.working_dir.as_deref(), prepared.preopens);
+            let store = build_store(&engine, &spec, &preopens, stdout, stderr, usage)?;
             Ok::<_, Error>((store, prepared.files))
         }
     };
-    // Mounts are opened (and file mounts copied) from the host's filesystem,
-    // which is blocking I/O; a guest without mounts needs none, and skips the
-    // hop to a blocking thread that would be most of its start.
+    // The root and the mounts are opened (and file mounts copied) from the
+    // host's filesystem, which is blocking I/O; a guest without any needs
+    // none, and skips the hop to a blocking thread that would be most of its start.
     let (store, files) = if has_mounts {
         executor.spawn_blocking(prepare).await.map_err(|e| Error::internal("preparing a guest's mounts", e))??
     } else {
@@ -184,7 +202,7 @@ pub(super) async fn start(
 fn build_store(
     engine: &wasmtime::Engine,
     spec: &GuestSpec,
-    preopens: &[Mount],
+    preopens: &[layout::Preopen],
     stdout: LogWriter,
     stderr: LogWriter,
     usage: Arc<Usage>,
@@ -192,7 +210,7 @@ fn build_store(
     let mut wasi = WasiCtxBuilder::new();
     wasi.args(&spec.argv).envs(&spec.env);
     wasi.stdout(OutputStream::new(stdout)).stderr(OutputStream::new(stderr));
-    for mount in preopens {
+    for layout::Preopen { mount, .. } in preopens {
         let perms = if mount.readonly { FsPerms::ReadOnly } else { FsPerms::ReadWrite };
         wasi.preopened_dir(&mount.host_path, &mount.guest_path, perms).map_err(|e| {
             Error::InvalidArgument(format!(
@@ -203,15 +221,23 @@ fn build_store(
     }
     if let Some(dir) = &spec.working_dir {
         // Components read this as `wasi:cli/environment.initial-cwd`. WASI
-        // preview 1 has no such notion (wasi-libc starts every module in `/`),
-        // so modules get the directory as $PWD, as a shell would give it.
+        // preview 1 has no such notion (wasi-libc starts every module in `/`):
+        // modules get the directory as $PWD, as a shell would give it, which
+        // Go reads, and as the `.` preopen, which wasi-libc resolves relative
+        // paths in (see `layout`).
         wasi.initial_cwd(dir);
         if !spec.env.iter().any(|(key, _)| key == "PWD") {
             wasi.env("PWD", dir);
         }
     }
-    let mut store =
-        wasmtime::Store::new(engine, GuestState { wasi: wasi.build_p1(), limiter: MemoryLimiter { usage } });
+    // Preview 1 numbers the preopens from 3 on, in order, after stdin, stdout and stderr.
+    let read_only_root_fds = (3..)
+        .zip(preopens)
+        .filter(|(_, preopen)| preopen.in_root && preopen.mount.readonly)
+        .map(|(fd, _)| fd)
+        .collect();
+    let state = GuestState { wasi: wasi.build_p1(), limiter: MemoryLimiter { usage }, read_only_root_fds };
+    let mut store = wasmtime::Store::new(engine, state);
     store.limiter(|state| &mut state.limiter);
     store.set_epoch_deadline(1);
     store.epoch_deadline_async_yield_and_update(1);

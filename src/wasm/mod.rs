@@ -9,7 +9,9 @@
 mod compile;
 mod file_mounts;
 mod guest;
+mod layout;
 mod limits;
+mod read_only_root;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -17,7 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 pub use compile::{Compiled, ModuleSource, WasmSource};
-pub use guest::{EXIT_NOT_STARTED, Exit, ExitReason, ExitWaiter, Guest, GuestSpec, Mount};
+pub use guest::{EXIT_NOT_STARTED, Exit, ExitReason, ExitWaiter, Guest, GuestSpec, Mount, Root};
 pub use limits::{CpuBandwidth, Limits, Usage, UsageSnapshot};
 
 use crate::error::{Error, Result};
@@ -82,6 +84,7 @@ impl Engine {
         let mut module = wasmtime::Linker::new(&engine);
         wasmtime_wasi::p1::add_to_linker_async(&mut module, |state: &mut guest::GuestState| &mut state.wasi)
             .map_err(|e| wasm_error("linking WASI preview 1", e))?;
+        read_only_root::add_to_linker(&mut module).map_err(|e| wasm_error("linking WASI preview 1", e))?;
         let mut component = wasmtime::component::Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut component).map_err(|e| wasm_error("linking WASI 0.2", e))?;
 

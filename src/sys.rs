@@ -1,0 +1,158 @@
+//! The few calls into the kernel that need `unsafe`: syncing a filesystem,
+//! mounting a container's root filesystem, and unmounting it. Everything else
+//! goes through std, cap-std or tokio.
+//!
+//! All of these block: call them off the async workers.
+
+use std::ffi::{CString, OsStr};
+use std::fs::File;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+fn c_path(path: &Path) -> io::Result<CString> {
+    CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, format!("{} contains a NUL byte", path.display())))
+}
+
+/// Flushes every dirty page and inode of the filesystem holding `dir` to disk
+/// (`syncfs(2)`). The directory is opened for reading, since `syncfs` refuses
+/// an `O_PATH` descriptor (EBADF).
+pub fn syncfs(dir: &Path) -> io::Result<()> {
+    let file = File::open(dir)?;
+    // SAFETY: the descriptor belongs to `file`, which stays open for the call.
+    if unsafe { libc::syncfs(file.as_raw_fd()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Mounts an overlay at `target` (an existing, empty directory): `lower` read
+/// only, every change going to `upper`, with `work` as overlayfs's scratch
+/// directory on the same filesystem as `upper` (`mount -t overlay overlay
+/// -o lowerdir=…,upperdir=…,workdir=… target`, as containerd's overlay
+/// snapshotter does). No setuid bits or device files work through it.
+///
+/// Errors: `EPERM` when the process may not mount (it lacks CAP_SYS_ADMIN);
+/// `InvalidInput` for a path holding `,`, `:` or `\`, which the option string
+/// cannot carry; whatever else mount(2) answers (`EINVAL` when the upper
+/// directory's filesystem cannot be an overlay's upper layer).
+pub fn mount_overlay(lower: &Path, upper: &Path, work: &Path, target: &Path) -> io::Result<()> {
+    for path in [lower, upper, work] {
+        if path.as_os_str().as_bytes().iter().any(|b| matches!(b, b',' | b':' | b'\\')) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{} holds `,`, `:` or `\\`, which an overlay mount option cannot carry", path.display()),
+            ));
+        }
+    }
+    let mut options = b"lowerdir=".to_vec();
+    options.extend_from_slice(lower.as_os_str().as_bytes());
+    options.extend_from_slice(b",upperdir=");
+    options.extend_from_slice(upper.as_os_str().as_bytes());
+    options.extend_from_slice(b",workdir=");
+    options.extend_from_slice(work.as_os_str().as_bytes());
+    let options = CString::new(options)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "an overlay path contains a NUL byte"))?;
+    let target = c_path(target)?;
+    // SAFETY: every pointer is a NUL-terminated string that outlives the call.
+    let result = unsafe {
+        libc::mount(
+            c"overlay".as_ptr(),
+            target.as_ptr(),
+            c"overlay".as_ptr(),
+            libc::MS_NOSUID | libc::MS_NODEV,
+            options.as_ptr().cast(),
+        )
+    };
+    if result != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Detaches the mount at `target` (`umount2(target, MNT_DETACH)`): it is gone
+/// from the tree at once, and freed when nothing uses it any more.
+/// Errors: `EINVAL` when `target` is not a mount point, `EPERM` without
+/// CAP_SYS_ADMIN.
+pub fn unmount(target: &Path) -> io::Result<()> {
+    let target = c_path(target)?;
+    // SAFETY: `target` is a NUL-terminated string that outlives the call.
+    if unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The mount points at or below `dir`, deepest first (so they can be
+/// unmounted in that order), from `/proc/self/mountinfo`.
+pub fn mounts_under(dir: &Path) -> io::Result<Vec<PathBuf>> {
+    let mountinfo = std::fs::read("/proc/self/mountinfo")?;
+    let mut found =
+        parse_mount_points(&mountinfo).into_iter().filter(|point| point.starts_with(dir)).collect::<Vec<_>>();
+    found.sort_by_key(|point| std::cmp::Reverse(point.components().count()));
+    found.dedup();
+    Ok(found)
+}
+
+/// The mount point (fifth field) of each line of a mountinfo file, with the
+/// kernel's octal escapes (`\040` for a space, `\011`, `\012`, `\134`) undone.
+fn parse_mount_points(mountinfo: &[u8]) -> Vec<PathBuf> {
+    mountinfo
+        .split(|&b| b == b'\n')
+        .filter_map(|line| line.split(|&b| b == b' ').nth(4))
+        .map(|field| PathBuf::from(OsStr::from_bytes(&unescape(field))))
+        .collect()
+}
+
+fn unescape(field: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(field.len());
+    let mut i = 0;
+    while i < field.len() {
+        let octal = field.get(i + 1..i + 4).filter(|digits| field[i] == b'\\' && digits.iter().all(u8::is_ascii_digit));
+        match octal.and_then(|digits| u8::from_str_radix(std::str::from_utf8(digits).ok()?, 8).ok()) {
+            Some(byte) => {
+                out.push(byte);
+                i += 4;
+            }
+            None => {
+                out.push(field[i]);
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_mount_points_from_mountinfo() {
+        let mountinfo = b"22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/vda rw\n\
+            98 22 0:50 / /run/wasmrun/containers/a\\040b/rootfs rw - overlay overlay rw,lowerdir=/x\n\
+            99 22 0:51 / /run/wasmrun/containers/c/rootfs rw - overlay overlay rw\n";
+        assert_eq!(
+            parse_mount_points(mountinfo),
+            [
+                PathBuf::from("/"),
+                PathBuf::from("/run/wasmrun/containers/a b/rootfs"),
+                PathBuf::from("/run/wasmrun/containers/c/rootfs")
+            ]
+        );
+    }
+
+    #[test]
+    fn syncs_a_directory() {
+        syncfs(&std::env::temp_dir()).expect("syncfs of the temporary directory");
+    }
+
+    #[test]
+    fn refuses_overlay_paths_the_options_cannot_carry() {
+        let dir = std::env::temp_dir();
+        let error = mount_overlay(Path::new("/a:b"), &dir, &dir, &dir).unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::InvalidInput, "{error}");
+    }
+}

@@ -271,7 +271,7 @@ fn copy_file(from: &Path, to: &Path, hash: bool) -> Result<Option<[u8; 32]>, Cop
 
 /// An absolute guest path without `.`, repeated or trailing slashes; `None`
 /// for a relative path or one with `..`, which has no one meaning in WASI.
-fn normalize(guest_path: &str) -> Option<PathBuf> {
+pub(super) fn normalize(guest_path: &str) -> Option<PathBuf> {
     let mut components = Path::new(guest_path).components();
     if components.next() != Some(Component::RootDir) {
         return None;

@@ -39,10 +39,11 @@
 //! Go programs see neither.
 
 use std::io;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 use cap_std::fs::Dir;
 
+use super::file_mounts::normalize;
 use super::guest::{Mount, Root};
 
 /// The preopens of a guest, in order: see the module documentation. `mounts`
@@ -198,24 +199,6 @@ fn top_level_dirs(root: &Root) -> Vec<std::ffi::OsString> {
         tracing::warn!(root = %root.host_path.display(), error = %e, "cannot list the root filesystem");
         Vec::new()
     })
-}
-
-/// An absolute guest path without `.`, repeated or trailing slashes; `None`
-/// for a relative path or one with `..`.
-fn normalize(guest_path: &str) -> Option<PathBuf> {
-    let mut components = Path::new(guest_path).components();
-    if components.next() != Some(Component::RootDir) {
-        return None;
-    }
-    let mut path = PathBuf::from("/");
-    for component in components {
-        match component {
-            Component::Normal(name) => path.push(name),
-            Component::CurDir => {}
-            Component::RootDir | Component::ParentDir | Component::Prefix(_) => return None,
-        }
-    }
-    Some(path)
 }
 
 #[cfg(test)]

@@ -22,16 +22,6 @@ async fn run(
     (status, lines)
 }
 
-/// A host directory mounted at `container_path`.
-fn mount(container_path: &str, host_path: &Path, readonly: bool) -> wasmrun::api::Mount {
-    wasmrun::api::Mount {
-        container_path: container_path.into(),
-        host_path: host_path.display().to_string(),
-        readonly,
-        ..Default::default()
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_component_gets_its_args_env_working_dir_and_mounts() {
     let daemon = Daemon::start().await;

@@ -29,15 +29,6 @@ fn fs_image(repo: &str, working_dir: Option<&str>) -> String {
     buildah_compat_image_with(&format!("e2e/{repo}"), "v1", &image)
 }
 
-fn mount(container_path: &str, host_path: &Path, readonly: bool) -> wasmrun::api::Mount {
-    wasmrun::api::Mount {
-        container_path: container_path.into(),
-        host_path: host_path.display().to_string(),
-        readonly,
-        ..Default::default()
-    }
-}
-
 fn set_readonly_rootfs(config: &mut wasmrun::api::ContainerConfig) {
     let linux = config.linux.get_or_insert_with(Default::default);
     linux.security_context = Some(LinuxContainerSecurityContext { readonly_rootfs: true, ..Default::default() });

@@ -349,6 +349,10 @@ impl<IO: AsyncRead + Unpin> AsyncRead for AuthorityFix<IO> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
         loop {
+            if this.position == Position::Blind && this.output.is_empty() && this.input.is_empty() {
+                // Nothing held back and nothing more to read: straight from the socket.
+                return Pin::new(&mut this.io).poll_read(cx, buf);
+            }
             if !this.output.is_empty() {
                 let n = this.output.len().min(buf.remaining());
                 buf.put_slice(&this.output[..n]);

@@ -306,3 +306,13 @@ pub async fn image_status(
         .into_inner()
         .image
 }
+
+/// A CRI mount of the host directory `host_path` at `container_path`.
+pub fn mount(container_path: &str, host_path: &std::path::Path, readonly: bool) -> wasmrun::api::Mount {
+    wasmrun::api::Mount {
+        container_path: container_path.into(),
+        host_path: host_path.display().to_string(),
+        readonly,
+        ..Default::default()
+    }
+}

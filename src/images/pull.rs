@@ -3,7 +3,7 @@
 
 use base64::Engine as _;
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
 use oci_client::errors::{OciDistributionError, OciErrorCode};
@@ -259,10 +259,10 @@ impl Puller {
     /// is reached adds up both: plain http if its hosts.toml url is `http://`
     /// or its host is insecure in `[registries]`/`insecure_registries`; the CA
     /// files of both are trusted.
-    async fn sources(&self, reference: &Reference, registry_config: Option<&Path>) -> Vec<Source> {
+    async fn sources(&self, reference: &Reference) -> Vec<Source> {
         let registry = reference.registry().to_owned();
         let by_tag = reference.digest().is_none();
-        let hosts = match registry_config {
+        let hosts = match &self.registry_config {
             Some(dir) => {
                 let dir = dir.to_owned();
                 let registry = registry.clone();
@@ -339,7 +339,7 @@ impl Puller {
     pub async fn fetch(&self, store: &Store, reference: &Reference, credentials: &Credentials) -> Result<Fetched> {
         let name = reference.whole();
         let auth = credentials.registry_auth(&name)?;
-        let sources = self.sources(reference, self.registry_config.as_deref()).await;
+        let sources = self.sources(reference).await;
         let mut failures: Vec<(String, Error)> = Vec::new();
         let mut identified_once = false;
         for source in &sources {

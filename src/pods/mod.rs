@@ -389,7 +389,7 @@ impl Pods {
             // it), so it does not fail a removal that has happened. Its root
             // filesystem, if it has one of its own, is unmounted first: its
             // writes go with the directory.
-            rootfs::release(&container.id, &container.scratch_dir).await;
+            rootfs::release(&container.id, container.root.as_ref()).await;
             match tokio::fs::remove_dir_all(&container.scratch_dir).await {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                     tracing::warn!(container = %container.id, dir = %container.scratch_dir.display(), error = %e, "cannot remove the container's scratch directory");

@@ -76,19 +76,22 @@ fn mount(image_rootfs: &Path, dir: &Path) -> io::Result<PathBuf> {
     Ok(merged)
 }
 
-/// Unmounts the overlay of the container whose scratch directory is
-/// `scratch_dir`, if it has one, so that its directory can be deleted. A
-/// failure is logged: the next daemon start unmounts what is left.
-pub(super) async fn release(container_id: &str, scratch_dir: &Path) {
-    let merged = scratch_dir.join(DIR_NAME).join("merged");
-    let unmounted = tokio::task::spawn_blocking(move || crate::sys::unmount(&merged)).await;
+/// Unmounts the overlay of a container's writable `root` (a read-only root
+/// is the image's own tree, and an artifact has none: nothing to do), so that
+/// its scratch directory can be deleted. A failure is logged: the next daemon
+/// start unmounts what is left.
+pub(super) async fn release(container_id: &str, root: Option<&Root>) {
+    let Some(root) = root.filter(|root| !root.readonly) else {
+        return;
+    };
+    let merged = root.host_path.clone();
+    let unmounted = tokio::task::spawn_blocking(move || crate::sys::unmount(&merged))
+        .await
+        .unwrap_or_else(|e| Err(io::Error::other(e)));
     match unmounted {
-        Ok(Ok(())) => tracing::debug!(container = container_id, "root filesystem unmounted"),
-        // Not a mount point (never mounted, or a read-only root), or no directory at all.
-        Ok(Err(e)) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOENT)) => {}
-        Ok(Err(e)) => {
-            tracing::warn!(container = container_id, error = %e, "cannot unmount the container's root filesystem")
-        }
+        Ok(()) => tracing::debug!(container = container_id, "root filesystem unmounted"),
+        // Not a mount point any more, or no directory at all.
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOENT)) => {}
         Err(e) => {
             tracing::warn!(container = container_id, error = %e, "cannot unmount the container's root filesystem")
         }

@@ -66,11 +66,13 @@ pub(super) fn preopens(root: Option<&Root>, working_dir: Option<&str>, mounts: V
             None
         }
     });
-    let root_dir =
-        |path: &Path| Preopen { mount: Mount::dir(&root_host(root, path), path, root_readonly(root)), in_root: true };
+    let root_dir = |root: &Root, path: &Path| Preopen {
+        mount: Mount::dir(&root_host(root, path), path, root.readonly),
+        in_root: true,
+    };
     let mut preopens = Vec::new();
     let Some(working_dir) = working_dir.filter(|dir| dir != Path::new("/")) else {
-        preopens.extend(root.map(|_| root_dir(Path::new("/"))));
+        preopens.extend(root.map(|root| root_dir(root, Path::new("/"))));
         preopens.extend(mounts.into_iter().map(|mount| Preopen { mount, in_root: false }));
         return preopens;
     };
@@ -101,7 +103,7 @@ pub(super) fn preopens(root: Option<&Root>, working_dir: Option<&str>, mounts: V
             }
         }
         None => root.and_then(|root| match working_dir_in_root(root, &working_dir) {
-            Ok(()) => Some(Preopen { mount: Mount::dir(&root_host(Some(root), &working_dir), Path::new("."), root.readonly), in_root: true }),
+            Ok(()) => Some(Preopen { mount: Mount::dir(&root_host(root, &working_dir), Path::new("."), root.readonly), in_root: true }),
             Err(e) => {
                 tracing::warn!(working_dir = %working_dir.display(), error = %e, "the working directory is not a directory of the root filesystem: relative paths resolve against `/`");
                 None
@@ -110,12 +112,12 @@ pub(super) fn preopens(root: Option<&Root>, working_dir: Option<&str>, mounts: V
     };
 
     if let Some(root) = root {
-        preopens.push(root_dir(Path::new("/")));
+        preopens.push(root_dir(root, Path::new("/")));
         if working.is_some() {
             for name in top_level_dirs(root) {
                 let path = Path::new("/").join(&name);
                 if !mount_paths.contains(&path) {
-                    preopens.push(root_dir(&path));
+                    preopens.push(root_dir(root, &path));
                 }
             }
         }
@@ -145,16 +147,11 @@ impl Mount {
     }
 }
 
-fn root_readonly(root: Option<&Root>) -> bool {
-    root.is_none_or(|root| root.readonly)
-}
-
 /// The host path of `guest_path` (absolute, normalized) in the root.
-fn root_host(root: Option<&Root>, guest_path: &Path) -> PathBuf {
-    let root = root.map(|root| root.host_path.as_path()).unwrap_or(Path::new("/nonexistent"));
+fn root_host(root: &Root, guest_path: &Path) -> PathBuf {
     match guest_path.strip_prefix("/").unwrap_or(guest_path) {
-        relative if relative.as_os_str().is_empty() => root.to_owned(),
-        relative => root.join(relative),
+        relative if relative.as_os_str().is_empty() => root.host_path.clone(),
+        relative => root.host_path.join(relative),
     }
 }
 

@@ -19,7 +19,7 @@ use crate::backing::Backing;
 use crate::config::Config;
 use crate::cri::{ImageHandler, Parts, RuntimeHandler};
 use crate::images::{Images, Limits, PullOptions, RegistryOptions};
-use crate::pods::Pods;
+use crate::pods::{ImagePrograms, Pods};
 use crate::route::Router;
 use crate::wasm::Engine;
 
@@ -63,7 +63,8 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         registry_config: config.registry_config_path.clone(),
     };
     let images = Arc::new(Images::open(&config.root, options, engine.clone()).await?);
-    let pods = Arc::new(Pods::new(images.clone(), engine, &config.state));
+    let programs = Arc::new(ImagePrograms { images: images.clone(), engine: engine.clone() });
+    let pods = Arc::new(Pods::open(programs, engine, &config.root, &config.state).await?);
     let backing = config
         .backing_endpoint
         .as_deref()

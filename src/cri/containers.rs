@@ -148,7 +148,7 @@ pub(super) async fn update_container_resources(
     let linux = request
         .linux
         .ok_or_else(|| Status::invalid_argument("UpdateContainerResources: linux resources are required"))?;
-    container.update_resources(linux)?;
+    parts.pods.update_container_resources(&container.id, linux).await?;
     Ok(api::UpdateContainerResourcesResponse {})
 }
 

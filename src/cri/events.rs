@@ -3,8 +3,6 @@
 
 use std::pin::Pin;
 
-use tokio_stream::wrappers::BroadcastStream;
-use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 use tokio_stream::{Stream, StreamExt};
 use tonic::Status;
 
@@ -16,13 +14,7 @@ pub type EventStream = Pin<Box<dyn Stream<Item = Result<api::ContainerEventRespo
 
 pub(super) async fn get_container_events(parts: &Parts, request: api::GetEventsRequest) -> Result<EventStream, Status> {
     let owned = parts.clone();
-    let local = BroadcastStream::new(parts.pods.subscribe()).filter_map(move |event| match event {
-        Ok(event) => Some(Ok(response(&owned, event))),
-        Err(BroadcastStreamRecvError::Lagged(missed)) => {
-            tracing::warn!(missed, "a GetContainerEvents subscriber fell behind and missed events");
-            None
-        }
-    });
+    let local = parts.pods.subscribe().map(move |event| Ok(response(&owned, event)));
     let Some(backing) = &parts.backing else {
         return Ok(Box::pin(local));
     };

@@ -17,7 +17,7 @@ pub(super) async fn run_pod_sandbox(
         request.config.as_ref().ok_or_else(|| Status::invalid_argument("RunPodSandbox: config is required"))?;
     match parts.router.pod(&request.runtime_handler, &config.annotations)? {
         Side::Wasm => {
-            let sandbox = parts.pods.run_pod(config.clone(), &request.runtime_handler)?;
+            let sandbox = parts.pods.run_pod(config.clone(), &request.runtime_handler).await?;
             Ok(api::RunPodSandboxResponse { pod_sandbox_id: sandbox.id.clone() })
         }
         Side::Backing => {

@@ -1,48 +1,26 @@
-//! A container: a compiled module, the config kubelet gave, and its state
-//! machine Created → Running → Exited.
+//! A container: the config kubelet gave, the program it runs, and its
+//! lifecycle (`lifecycle.rs`). `Pods` drives it; the container keeps its
+//! state consistent under one lock and knows nothing of events or records.
 
 use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
+use tokio::sync::{OnceCell, watch};
+
 use super::Sandbox;
+use super::lifecycle::{ContainerState, Lifecycle, StopAction, Transition};
 use super::listing::KeptEntry;
 use crate::api;
 use crate::error::{Error, Result};
 use crate::images::Image;
-use crate::logs::{ContainerLog, OpenedLog};
-use crate::wasm::{
-    Compiled, CpuBandwidth, EXIT_NOT_STARTED, Engine, Exit, ExitReason, ExitWaiter, Guest, GuestSpec, Limits,
-    ModuleSource, Mount, Root, UsageSnapshot,
-};
+use crate::logs::ContainerLog;
+use crate::wasm::{Compiled, CpuBandwidth, Exit, Guest, GuestSpec, Limits, ModuleSource, Mount, Root, UsageSnapshot};
 
-/// How long a stop waits for a killed guest to be gone. A guest yields every
-/// epoch tick, so this is only reached if something is badly wrong.
+/// How long a stop waits for a killed guest's exit to be recorded. A guest
+/// yields every epoch tick, so this is only reached if something is badly wrong.
 const STOP_GRACE: Duration = Duration::from_secs(10);
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ContainerState {
-    Created,
-    Running,
-    Exited,
-    /// CRI's unknown state; no container of ours is ever in it.
-    Unknown,
-}
-
-enum Phase {
-    Created,
-    /// StartContainer is opening the log and building the guest.
-    Starting,
-    Started {
-        guest: Guest,
-        log: Arc<ContainerLog>,
-        started_at: i64,
-    },
-    /// StartContainer failed: the container never ran.
-    StartFailed {
-        exit: Exit,
-    },
-}
 
 pub struct Container {
     pub id: String,
@@ -59,16 +37,38 @@ pub struct Container {
     pub root: Option<Root>,
     /// `<state>/containers/<id>`: host files of the container's own, removed with it.
     pub scratch_dir: PathBuf,
+    /// Unix time in nanoseconds.
     pub created_at: i64,
+    /// Where its compiled code came from when it was created.
     pub module_source: ModuleSource,
-    compiled: Arc<Compiled>,
+    /// The compiled program: set at creation, or at the first start of a
+    /// container recovered after a restart (`Pods::start_container`).
+    pub(super) compiled: OnceCell<Arc<Compiled>>,
     resources: Mutex<Option<api::LinuxContainerResources>>,
-    phase: Mutex<Phase>,
+    inner: Mutex<Inner>,
+    /// True once the guest's end is recorded (the one exit path); a stop waits for it.
+    ended: watch::Sender<bool>,
+    /// Held while the container's record is written, so records are written
+    /// one at a time, each from the state at its writing; true once the
+    /// record is deleted (nothing is written after).
+    pub(super) record_lock: tokio::sync::Mutex<bool>,
     /// The container's entry of a ListContainers response.
     pub(super) list_entry: KeptEntry<ContainerState>,
 }
 
-pub(super) struct NewContainer {
+/// What changes as the container lives: its lifecycle and, while it runs,
+/// the handles of its guest.
+struct Inner {
+    life: Lifecycle,
+    guest: Option<Guest>,
+    log: Option<Arc<ContainerLog>>,
+    /// The guest's counters, kept after it ended.
+    usage: Option<Arc<crate::wasm::Usage>>,
+}
+
+/// What a container is made of; the same for a new container and one
+/// recovered from its record.
+pub(super) struct Parts {
     pub id: String,
     pub pod_id: String,
     pub reserved_name: String,
@@ -79,8 +79,10 @@ pub(super) struct NewContainer {
     pub mounts: Vec<Mount>,
     pub root: Option<Root>,
     pub scratch_dir: PathBuf,
-    pub compiled: Arc<Compiled>,
+    pub created_at: i64,
     pub module_source: ModuleSource,
+    pub resources: Option<api::LinuxContainerResources>,
+    pub life: Lifecycle,
 }
 
 /// A consistent snapshot of a container's state, for status and list calls.
@@ -95,54 +97,101 @@ pub struct ContainerView {
 }
 
 impl Container {
-    pub(super) fn new(new: NewContainer) -> Self {
-        let resources = new.config.linux.as_ref().and_then(|linux| linux.resources.clone());
+    pub(super) fn new(parts: Parts, compiled: Option<Arc<Compiled>>) -> Self {
+        let ended = matches!(parts.life.phase, super::lifecycle::Phase::Exited { .. });
         Self {
-            id: new.id,
-            pod_id: new.pod_id,
-            reserved_name: new.reserved_name,
-            config: new.config,
-            image: new.image,
-            process: new.process,
-            log_path: new.log_path,
-            mounts: new.mounts,
-            root: new.root,
-            scratch_dir: new.scratch_dir,
-            created_at: crate::durable::now_nanos(),
-            module_source: new.module_source,
-            compiled: new.compiled,
-            resources: Mutex::new(resources),
-            phase: Mutex::new(Phase::Created),
+            id: parts.id,
+            pod_id: parts.pod_id,
+            reserved_name: parts.reserved_name,
+            config: parts.config,
+            image: parts.image,
+            process: parts.process,
+            log_path: parts.log_path,
+            mounts: parts.mounts,
+            root: parts.root,
+            scratch_dir: parts.scratch_dir,
+            created_at: parts.created_at,
+            module_source: parts.module_source,
+            compiled: OnceCell::new_with(compiled),
+            resources: Mutex::new(parts.resources),
+            inner: Mutex::new(Inner { life: parts.life, guest: None, log: None, usage: None }),
+            ended: watch::Sender::new(ended),
+            record_lock: tokio::sync::Mutex::new(false),
             list_entry: KeptEntry::default(),
         }
     }
 
     pub fn state(&self) -> ContainerState {
-        match &*self.phase.lock().unwrap() {
-            Phase::Created | Phase::Starting => ContainerState::Created,
-            Phase::StartFailed { .. } => ContainerState::Exited,
-            Phase::Started { guest, .. } if guest.has_ended() => ContainerState::Exited,
-            Phase::Started { .. } => ContainerState::Running,
-        }
+        self.inner.lock().unwrap().life.state()
+    }
+
+    /// The lifecycle now (a copy).
+    pub(super) fn lifecycle(&self) -> Lifecycle {
+        self.inner.lock().unwrap().life.clone()
+    }
+
+    /// The resources as last set (CreateContainer or UpdateContainerResources).
+    pub(super) fn resources(&self) -> Option<api::LinuxContainerResources> {
+        self.resources.lock().unwrap().clone()
     }
 
     pub fn view(&self) -> ContainerView {
-        let resources = self.resources.lock().unwrap().clone();
-        let phase = self.phase.lock().unwrap();
-        let (state, started_at, exit, usage) = match &*phase {
-            Phase::Created | Phase::Starting => (ContainerState::Created, 0, None, UsageSnapshot::default()),
-            Phase::StartFailed { exit } => (ContainerState::Exited, 0, Some(exit.clone()), UsageSnapshot::default()),
-            Phase::Started { guest, started_at, .. } => {
-                let exit = guest.exit();
-                let state = if exit.is_some() { ContainerState::Exited } else { ContainerState::Running };
-                (state, *started_at, exit, guest.usage.snapshot())
-            }
-        };
-        ContainerView { state, started_at, exit, resources, usage }
+        let resources = self.resources();
+        let inner = self.inner.lock().unwrap();
+        ContainerView {
+            state: inner.life.state(),
+            started_at: inner.life.started_at(),
+            exit: inner.life.exit().cloned(),
+            resources,
+            usage: inner.usage.as_ref().map(|usage| usage.snapshot()).unwrap_or_default(),
+        }
+    }
+
+    /// Applies a transition that needs no guest handle: Start, Remove.
+    /// Errors: FailedPrecondition naming the container and its phase.
+    pub(super) fn apply(&self, transition: Transition) -> Result<()> {
+        self.inner
+            .lock()
+            .unwrap()
+            .life
+            .apply(transition)
+            .map_err(|refused| Error::FailedPrecondition(format!("container {}: {refused}", self.id)))
+    }
+
+    /// Records that the guest runs (Starting → Running) and keeps its handles.
+    pub(super) fn set_running(&self, guest: Guest, log: ContainerLog, started_at: i64) -> Result<()> {
+        let mut inner = self.inner.lock().unwrap();
+        inner
+            .life
+            .apply(Transition::Started { at: started_at })
+            .map_err(|refused| Error::internal(format!("container {}", self.id), anyhow::anyhow!("{refused}")))?;
+        inner.usage = Some(guest.usage.clone());
+        inner.guest = Some(guest);
+        inner.log = Some(Arc::new(log));
+        Ok(())
+    }
+
+    /// Records the end (`Exited`, `StartFailed` or `Recovered`), lets the
+    /// guest's handles go, and wakes whoever waits for it. Only
+    /// `Pods::record_exit` calls this: the one exit path.
+    pub(super) fn end(&self, transition: Transition) -> Result<()> {
+        let mut inner = self.inner.lock().unwrap();
+        inner
+            .life
+            .apply(transition)
+            .map_err(|refused| Error::internal(format!("container {}", self.id), anyhow::anyhow!("{refused}")))?;
+        inner.guest = None;
+        inner.log = None;
+        Ok(())
+    }
+
+    /// Wakes the stops waiting for the recorded end (see `end`).
+    pub(super) fn wake_stoppers(&self) {
+        self.ended.send_replace(true);
     }
 
     /// The guest's view: argv, env, working dir, mounts and limits.
-    fn guest_spec(&self) -> GuestSpec {
+    pub(super) fn guest_spec(&self) -> GuestSpec {
         let limits = self.resources.lock().unwrap().as_ref().map(limits_of).unwrap_or_default();
         GuestSpec {
             argv: self.process.argv.clone(),
@@ -155,91 +204,51 @@ impl Container {
         }
     }
 
-    pub(super) async fn start(&self, engine: &Engine) -> Result<()> {
-        {
-            let mut phase = self.phase.lock().unwrap();
-            if !matches!(*phase, Phase::Created) {
-                return Err(Error::FailedPrecondition(format!(
-                    "container {} cannot be started: it is {}",
-                    self.id,
-                    describe(&phase)
-                )));
-            }
-            *phase = Phase::Starting;
-        }
-        // Taken before the guest runs, so that started_at <= finished_at even
-        // for a guest that is done before `engine.start` returns.
-        let started_at = crate::durable::now_nanos();
-        let started = async {
-            let OpenedLog { log, output } = ContainerLog::open(self.log_path.clone())
-                .await
-                .map_err(|e| Error::internal(format!("opening the log of container {}", self.id), e))?;
-            let guest = engine.start(self.compiled.clone(), self.guest_spec(), output).await?;
-            Ok::<_, Error>((guest, log))
-        }
-        .await;
-        let mut phase = self.phase.lock().unwrap();
-        match started {
-            Ok((guest, log)) => {
-                *phase = Phase::Started { guest, log: Arc::new(log), started_at };
-                Ok(())
-            }
-            Err(e) => {
-                *phase = Phase::StartFailed {
-                    exit: Exit {
-                        code: EXIT_NOT_STARTED,
-                        reason: ExitReason::StartError,
-                        message: e.to_string(),
-                        finished_at: crate::durable::now_nanos(),
-                    },
-                };
-                Err(e)
-            }
-        }
-    }
-
-    /// Ends the guest if it runs, and waits until it is gone and its output written.
+    /// Ends the guest if it runs, and waits until its exit is recorded (its
+    /// output written, its file mounts copied back). Nothing to do for a
+    /// container that does not run. Errors: FailedPrecondition while it is
+    /// being started (as containerd refuses); Internal if the guest does not end.
     pub(super) async fn stop(&self) -> Result<()> {
-        let waiter = {
-            let mut phase = self.phase.lock().unwrap();
-            match &mut *phase {
-                Phase::Started { guest, .. } if !guest.has_ended() => {
-                    guest.kill();
-                    guest.waiter()
+        let mut ended = self.ended.subscribe();
+        {
+            let mut inner = self.inner.lock().unwrap();
+            match inner.life.stop_action() {
+                StopAction::Nothing => return Ok(()),
+                StopAction::Refuse => {
+                    return Err(Error::FailedPrecondition(format!(
+                        "container {} is being started: stop it once StartContainer has returned",
+                        self.id
+                    )));
                 }
-                _ => return Ok(()),
+                StopAction::Kill => {
+                    if let Some(guest) = inner.guest.as_mut() {
+                        guest.kill();
+                    }
+                }
             }
-        };
-        match tokio::time::timeout(STOP_GRACE, waiter.wait()).await {
-            Ok(exit) => {
-                tracing::info!(container = %self.id, code = exit.code, "container stopped");
+        }
+        match tokio::time::timeout(STOP_GRACE, ended.wait_for(|ended| *ended)).await {
+            Ok(_) => {
+                tracing::info!(container = %self.id, "container stopped");
                 Ok(())
             }
             Err(_) => Err(Error::internal(
                 format!("stopping container {}", self.id),
-                anyhow::anyhow!("the guest did not end within {STOP_GRACE:?} of being killed"),
+                anyhow::anyhow!("the guest's exit was not recorded within {STOP_GRACE:?} of killing it"),
             )),
-        }
-    }
-
-    /// Something to wait on for the guest's end, once it has started.
-    pub(super) fn exit_waiter(&self) -> Option<ExitWaiter> {
-        match &*self.phase.lock().unwrap() {
-            Phase::Started { guest, .. } => Some(guest.waiter()),
-            _ => None,
         }
     }
 
     pub async fn reopen_log(&self) -> Result<()> {
         let log = {
-            let phase = self.phase.lock().unwrap();
-            match &*phase {
-                Phase::Started { guest, log, .. } if !guest.has_ended() => log.clone(),
-                other => {
+            let inner = self.inner.lock().unwrap();
+            match (&inner.log, inner.life.state()) {
+                (Some(log), ContainerState::Running) => log.clone(),
+                _ => {
                     return Err(Error::FailedPrecondition(format!(
                         "container {} is {}: only a running container's log can be reopened",
                         self.id,
-                        describe(other)
+                        inner.life.describe()
                     )));
                 }
             }
@@ -250,9 +259,9 @@ impl Container {
     /// Records new resources. The memory limit applies to the running guest at
     /// its next memory growth, the CPU quota at its next yield; the other
     /// fields are kept and reported.
-    pub fn update_resources(&self, resources: api::LinuxContainerResources) -> Result<()> {
+    pub(super) fn update_resources(&self, resources: api::LinuxContainerResources) -> Result<()> {
         super::checks::resources_of(&format!("UpdateContainerResources of container {}", self.id), &resources)?;
-        if let Phase::Started { guest, .. } = &*self.phase.lock().unwrap() {
+        if let Some(guest) = &self.inner.lock().unwrap().guest {
             guest.set_limits(limits_of(&resources));
         }
         *self.resources.lock().unwrap() = Some(resources);
@@ -269,17 +278,8 @@ fn limits_of(resources: &api::LinuxContainerResources) -> Limits {
     }
 }
 
-fn describe(phase: &Phase) -> &'static str {
-    match phase {
-        Phase::Created => "created",
-        Phase::Starting => "starting",
-        Phase::Started { guest, .. } if !guest.has_ended() => "running",
-        Phase::Started { .. } | Phase::StartFailed { .. } => "exited",
-    }
-}
-
 /// What the guest is started with, from the image config and the CRI config.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Process {
     pub argv: Vec<String>,
     pub env: Vec<(String, String)>,

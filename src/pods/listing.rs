@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use bytes::{BufMut, Bytes, BytesMut};
 
 /// Counts the changes a list shows (pods run, stopped and removed;
-/// containers created, started and removed). Each is counted once it is
+/// containers created, started, ended and removed). Each is counted once it is
 /// visible in the registry and the object's state.
 #[derive(Default)]
 pub(super) struct Changes(AtomicU64);
@@ -27,36 +27,28 @@ impl Changes {
     }
 }
 
-/// The state a list was made in: it differs as soon as anything a list
-/// shows has changed. Counts grow only after a change is visible, and are
-/// read before the containers are, so an answer shows every change its
-/// generation counts (and perhaps later ones): it is never older than it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct Generation {
-    pub changes: u64,
-    pub ended_guests: u64,
-}
-
-/// The last answer to a list without a filter, and the generation (`G`)
-/// it was made in.
-pub(super) struct UnfilteredList<G> {
+/// The last answer to a list without a filter, and the count of changes
+/// ([`Changes`]) it was made at. A count grows only after its change is
+/// visible, and is read before the objects are, so an answer shows every
+/// change its count includes (and perhaps later ones): it is never older than it.
+pub(super) struct UnfilteredList {
     /// Held while an answer is made, so that answers are made one at a time
     /// and the one kept is always the newest: a list never shows a pod or
     /// container in an older state than a list before it did.
-    last: tokio::sync::Mutex<Option<(G, Bytes)>>,
+    last: tokio::sync::Mutex<Option<(u64, Bytes)>>,
 }
 
-impl<G> Default for UnfilteredList<G> {
+impl Default for UnfilteredList {
     fn default() -> Self {
         Self { last: tokio::sync::Mutex::new(None) }
     }
 }
 
-impl<G: Copy + PartialEq> UnfilteredList<G> {
+impl UnfilteredList {
     /// The kept answer if nothing changed since it was made, or a new one from `make`.
-    pub async fn get_or_make(&self, generation: impl FnOnce() -> G, make: impl FnOnce() -> Bytes) -> Bytes {
+    pub async fn get_or_make(&self, changes: impl FnOnce() -> u64, make: impl FnOnce() -> Bytes) -> Bytes {
         let mut last = self.last.lock().await;
-        let now = generation();
+        let now = changes();
         if let Some((made_in, answer)) = &*last
             && *made_in == now
         {
@@ -106,10 +98,6 @@ pub(super) fn concat(entries: Vec<Bytes>) -> Bytes {
 mod tests {
     use super::*;
 
-    fn generation(changes: u64, ended_guests: u64) -> Generation {
-        Generation { changes, ended_guests }
-    }
-
     #[tokio::test]
     async fn an_answer_is_made_again_only_when_its_generation_changed() {
         let list = UnfilteredList::default();
@@ -118,12 +106,12 @@ mod tests {
             made.set(made.get() + 1);
             Bytes::from_static(text.as_bytes())
         };
-        assert_eq!(list.get_or_make(|| generation(1, 0), || make("a")).await, "a");
-        assert_eq!(list.get_or_make(|| generation(1, 0), || make("b")).await, "a");
+        assert_eq!(list.get_or_make(|| 1, || make("a")).await, "a");
+        assert_eq!(list.get_or_make(|| 1, || make("b")).await, "a");
         assert_eq!(made.get(), 1);
-        assert_eq!(list.get_or_make(|| generation(2, 0), || make("c")).await, "c");
-        assert_eq!(list.get_or_make(|| generation(2, 1), || make("d")).await, "d");
-        assert_eq!(list.get_or_make(|| generation(2, 1), || make("e")).await, "d");
+        assert_eq!(list.get_or_make(|| 2, || make("c")).await, "c");
+        assert_eq!(list.get_or_make(|| 3, || make("d")).await, "d");
+        assert_eq!(list.get_or_make(|| 3, || make("e")).await, "d");
         assert_eq!(made.get(), 3);
     }
 

@@ -1,48 +1,63 @@
-//! Pods and containers, kept in memory: their identities, their state
-//! machines, and the guests behind running containers.
+//! Pods and containers: their identities, their state machines
+//! (`lifecycle.rs`), their records on disk (`records.rs`), and the guests
+//! behind running containers.
 //!
 //! A container moves Created → Running → Exited and never back. Names
 //! (pod: namespace, name, uid, attempt; container: pod, name, attempt) are
 //! reserved until the object is removed, so a retried create is refused.
+//!
+//! A guest's end is learned in one place, [`Pods::record_exit`]: it records
+//! the transition, writes the record, counts the change for the list caches,
+//! wakes a waiting stop and sends the event, in that order.
 
 mod checks;
 mod container;
 mod events;
 mod filter;
+mod lifecycle;
 mod listing;
+mod programs;
+mod records;
 mod rootfs;
 mod sandbox;
+#[cfg(test)]
+mod tests;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
+use tokio_stream::Stream;
 
-pub use container::{Container, ContainerState, ContainerView};
+pub use container::{Container, ContainerView};
 pub use events::{ContainerEvent, EventKind};
 pub use filter::{ContainerFilter, PodFilter};
+pub use lifecycle::{ContainerState, EXIT_LOST};
+pub use programs::{ImagePrograms, Programs};
 pub use sandbox::{Sandbox, SandboxState};
 
 use crate::api;
 use crate::error::{Error, Result};
-use crate::images::Images;
-use crate::wasm::{self, Engine};
+use crate::logs::{ContainerLog, OpenedLog};
+use crate::wasm::{self, EXIT_NOT_STARTED, Engine};
+use lifecycle::{Lifecycle, Phase, Transition};
+use records::{ContainerRecord, PhaseRecord, Proto, Records, RootRecord};
 
 pub struct Pods {
-    images: Arc<Images>,
+    programs: Arc<dyn Programs>,
     engine: Arc<Engine>,
     /// `<state>/containers`: each container's scratch directory is in it, named by its id.
     containers_dir: PathBuf,
+    records: Records,
     registry: Mutex<Registry>,
     events: events::Events,
     /// Pods run, stopped and removed: what a pod list shows.
     pod_changes: listing::Changes,
-    unfiltered_pod_list: listing::UnfilteredList<u64>,
-    /// Containers created, started and removed: what a container list shows,
-    /// with the guests' exits.
+    unfiltered_pod_list: listing::UnfilteredList,
+    /// Containers created, started, ended and removed: what a container list shows.
     container_changes: listing::Changes,
-    unfiltered_container_list: listing::UnfilteredList<listing::Generation>,
+    unfiltered_container_list: listing::UnfilteredList,
 }
 
 #[derive(Default)]
@@ -73,38 +88,206 @@ fn new_id() -> String {
     hex::encode(rand::random::<[u8; 32]>())
 }
 
+/// The name a container reserves in its pod.
+fn container_name(pod_id: &str, metadata: &api::ContainerMetadata) -> String {
+    format!("{pod_id}/{}/{}", metadata.name, metadata.attempt)
+}
+
 impl Pods {
-    /// Pods and containers, with the containers' scratch directories under `state_dir`.
-    pub fn new(images: Arc<Images>, engine: Arc<Engine>, state_dir: &Path) -> Self {
+    /// Pods and containers as the records under `root` left them (see
+    /// `records.rs`), with the containers' scratch directories under
+    /// `state_dir`. Containers that ran when the daemon stopped come back
+    /// exited ([`EXIT_LOST`], reason Error), and each such exit is sent to
+    /// every GetContainerEvents subscriber. Errors: Internal when the record
+    /// directories cannot be made.
+    pub async fn open(programs: Arc<dyn Programs>, engine: Arc<Engine>, root: &Path, state_dir: &Path) -> Result<Self> {
         let containers_dir = state_dir.join("containers");
-        // Containers live in memory only: whatever an earlier daemon left here
-        // belongs to no container any more. Its root filesystems may still be
-        // mounted there (it was killed): unmounted first, never deleted through.
-        rootfs::release_all(&containers_dir);
-        if let Err(e) = std::fs::remove_dir_all(&containers_dir)
-            && e.kind() != std::io::ErrorKind::NotFound
-        {
-            tracing::warn!(dir = %containers_dir.display(), error = %e, "cannot remove the scratch directories of an earlier run");
-        }
-        Self {
-            images,
+        let (records, loaded) = {
+            let (root, containers_dir) = (root.to_owned(), containers_dir.clone());
+            tokio::task::spawn_blocking(move || {
+                clear_scratch(&containers_dir);
+                let records = Records::open(&root)?;
+                let loaded = records.load();
+                Ok::<_, Error>((records, loaded))
+            })
+            .await
+            .map_err(|e| Error::internal("loading the pod and container records", e))??
+        };
+        let pods = Self {
+            programs,
             engine,
             containers_dir,
+            records,
             registry: Mutex::new(Registry::default()),
             events: events::Events::new(),
             pod_changes: listing::Changes::default(),
             unfiltered_pod_list: listing::UnfilteredList::default(),
             container_changes: listing::Changes::default(),
             unfiltered_container_list: listing::UnfilteredList::default(),
+        };
+        pods.recover(loaded).await;
+        Ok(pods)
+    }
+
+    /// Puts the loaded records back in the registry.
+    async fn recover(&self, loaded: records::Loaded) {
+        let now = crate::durable::now_nanos();
+        for record in loaded.sandboxes {
+            let Some(metadata) = record.config.0.metadata.as_ref() else {
+                self.records.set_aside(&self.records.sandbox_path(&record.id), "it has no metadata");
+                continue;
+            };
+            let name = sandbox::reserved_name(metadata);
+            let sandbox =
+                Sandbox::new(record.id, record.config.0, record.runtime_handler, record.created_at, record.ready);
+            let mut registry = self.registry.lock().unwrap();
+            registry.names.insert(name);
+            registry.sandboxes.insert(sandbox.id.clone(), Arc::new(sandbox));
+        }
+        let (mut created, mut ended) = (0, 0);
+        for record in loaded.containers {
+            let path = self.records.container_path(&record.id);
+            let (container, ended_now) = match self.recover_container(record, now).await {
+                Ok(recovered) => recovered,
+                Err(why) => {
+                    self.records.set_aside(&path, &why);
+                    continue;
+                }
+            };
+            let container = Arc::new(container);
+            if container.lifecycle().phase == Phase::Created {
+                created += 1;
+            }
+            if ended_now {
+                ended += 1;
+                self.events.recovered(&container.id, &container.pod_id, now);
+                self.persist_container(&container).await;
+            }
+            let mut registry = self.registry.lock().unwrap();
+            registry.names.insert(container.reserved_name.clone());
+            registry.containers.insert(container.id.clone(), container);
+        }
+        let registry = self.registry.lock().unwrap();
+        tracing::info!(
+            pods = registry.sandboxes.len(),
+            containers = registry.containers.len(),
+            created,
+            ended_by_restart = ended,
+            "recovered pods and containers"
+        );
+    }
+
+    /// A container from its record: a running one as exited at `now`, a
+    /// created one with its writable root mounted again; and whether it
+    /// ended now. Errors: why the record cannot be used.
+    async fn recover_container(&self, record: ContainerRecord, now: i64) -> Result<(Container, bool), String> {
+        if self.pod(&record.pod_id).map(|pod| pod.id != record.pod_id).unwrap_or(true) {
+            return Err(format!("its pod sandbox {} is not recorded", record.pod_id));
+        }
+        let metadata = record.config.0.metadata.clone().ok_or("it has no metadata")?;
+        let mounts = container::mounts(&record.config.0).map_err(|e| e.to_string())?;
+        let mut life = Lifecycle { phase: record.phase.phase()?, removing: false };
+        let mut ended_now = false;
+        if matches!(life.phase, Phase::Running { .. }) {
+            life.apply(Transition::Recovered { at: now }).map_err(|refused| refused.to_string())?;
+            ended_now = true;
+        }
+        let scratch_dir = self.containers_dir.join(&record.id);
+        let mut root = record.root.map(|root| wasm::Root { host_path: root.host_path, readonly: root.readonly });
+        // The scratch directories were cleared: a created container's
+        // writable root is mounted again (it never ran: its upper layer was empty).
+        if life.phase == Phase::Created
+            && let Some(wasm::Root { readonly: false, .. }) = root
+        {
+            let mounted = async {
+                let image_rootfs = self
+                    .programs
+                    .rootfs(&record.image)?
+                    .ok_or_else(|| Error::FailedPrecondition(format!("image {} has no filesystem", record.image.id)))?;
+                rootfs::prepare(&record.id, image_rootfs, &scratch_dir, false).await
+            }
+            .await;
+            match mounted {
+                Ok(mounted) => root = Some(mounted),
+                Err(e) => {
+                    life.apply(Transition::Start).map_err(|refused| refused.to_string())?;
+                    life.apply(Transition::StartFailed(not_started(format!(
+                        "its root filesystem could not be mounted again after the runtime restarted: {e}"
+                    ))))
+                    .map_err(|refused| refused.to_string())?;
+                    ended_now = true;
+                }
+            }
+        }
+        let container = Container::new(
+            container::Parts {
+                reserved_name: container_name(&record.pod_id, &metadata),
+                id: record.id,
+                pod_id: record.pod_id,
+                config: record.config.0,
+                image: record.image,
+                process: record.process,
+                log_path: record.log_path,
+                mounts,
+                root,
+                scratch_dir,
+                created_at: record.created_at,
+                module_source: record.module_source,
+                resources: record.resources.map(|resources| resources.0),
+                life,
+            },
+            None,
+        );
+        Ok((container, ended_now))
+    }
+
+    /// Writes the pod's record as it is now; a failure is logged.
+    async fn persist_sandbox(&self, sandbox: &Sandbox) {
+        let deleted = sandbox.record_lock.lock().await;
+        if *deleted {
+            return;
+        }
+        if let Err(e) = self.records.save_sandbox(&sandbox.record()).await {
+            tracing::warn!(pod = %sandbox.id, error = %e, "cannot record the pod sandbox");
         }
     }
 
-    /// Every container event from now on.
-    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<ContainerEvent> {
+    /// Writes the container's record as it is now; a failure is logged.
+    async fn persist_container(&self, container: &Container) {
+        if let Err(e) = self.try_persist_container(container).await {
+            tracing::warn!(container = %container.id, error = %e, "cannot record the container");
+        }
+    }
+
+    async fn try_persist_container(&self, container: &Container) -> Result<()> {
+        let deleted = container.record_lock.lock().await;
+        if *deleted {
+            return Ok(());
+        }
+        let life = container.lifecycle();
+        let record = ContainerRecord {
+            version: records::VERSION,
+            id: container.id.clone(),
+            pod_id: container.pod_id.clone(),
+            config: Proto(container.config.clone()),
+            image: container.image.clone(),
+            process: container.process.clone(),
+            log_path: container.log_path.clone(),
+            root: container.root.as_ref().map(RootRecord::of),
+            module_source: container.module_source,
+            created_at: container.created_at,
+            resources: container.resources().map(Proto),
+            phase: PhaseRecord::of(&life.phase),
+        };
+        self.records.save_container(&record).await
+    }
+
+    /// The recovered exits, then every container event from now on.
+    pub fn subscribe(&self) -> impl Stream<Item = ContainerEvent> + Send + 'static {
         self.events.subscribe()
     }
 
-    pub fn run_pod(&self, config: api::PodSandboxConfig, runtime_handler: &str) -> Result<Arc<Sandbox>> {
+    pub async fn run_pod(&self, config: api::PodSandboxConfig, runtime_handler: &str) -> Result<Arc<Sandbox>> {
         let metadata = config
             .metadata
             .as_ref()
@@ -114,13 +297,17 @@ impl Pods {
         }
         checks::sandbox_config(&config)?;
         let name = sandbox::reserved_name(metadata);
-        let sandbox = Arc::new(Sandbox::new(new_id(), config, runtime_handler.to_owned()));
-        let mut registry = self.registry.lock().unwrap();
-        if !registry.names.insert(name.clone()) {
+        let sandbox =
+            Arc::new(Sandbox::new(new_id(), config, runtime_handler.to_owned(), crate::durable::now_nanos(), true));
+        if !self.registry.lock().unwrap().names.insert(name.clone()) {
             return Err(Error::AlreadyExists(format!("pod sandbox {name} already exists: remove it first")));
         }
-        registry.sandboxes.insert(sandbox.id.clone(), sandbox.clone());
-        drop(registry);
+        // Recorded before it is visible: a pod kubelet was told of is never lost.
+        if let Err(e) = self.records.save_sandbox(&sandbox.record()).await {
+            self.registry.lock().unwrap().names.remove(&name);
+            return Err(e);
+        }
+        self.registry.lock().unwrap().sandboxes.insert(sandbox.id.clone(), sandbox.clone());
         self.pod_changes.record();
         tracing::info!(pod = %sandbox.id, %name, "pod sandbox ready");
         Ok(sandbox)
@@ -170,9 +357,12 @@ impl Pods {
         for container in self.containers_of(&sandbox.id) {
             container.stop().await?;
         }
-        sandbox.mark_not_ready();
-        self.pod_changes.record();
-        tracing::info!(pod = %sandbox.id, "pod sandbox stopped");
+        if sandbox.state() == SandboxState::Ready {
+            sandbox.mark_not_ready();
+            self.persist_sandbox(&sandbox).await;
+            self.pod_changes.record();
+            tracing::info!(pod = %sandbox.id, "pod sandbox stopped");
+        }
         Ok(())
     }
 
@@ -195,6 +385,11 @@ impl Pods {
         };
         self.pod_changes.record();
         if removed {
+            let mut deleted = sandbox.record_lock.lock().await;
+            *deleted = true;
+            if let Err(e) = self.records.delete_sandbox(&sandbox.id).await {
+                tracing::warn!(pod = %sandbox.id, error = %e, "cannot delete the pod sandbox's record");
+            }
             tracing::info!(pod = %sandbox.id, "pod sandbox removed");
         }
         Ok(())
@@ -229,11 +424,11 @@ impl Pods {
         }
         checks::container_config(&config)?;
         let log_path = container::log_path(&sandbox, &config)?;
-        let image = self.images.require(image_name)?;
+        let image = self.programs.image(image_name)?;
         let process = container::Process::new(&image, &config);
         let mounts = container::mounts(&config)?;
-        let image_rootfs = self.images.rootfs(&image)?;
-        let name = format!("{}/{}/{}", sandbox.id, metadata.name, metadata.attempt);
+        let image_rootfs = self.programs.rootfs(&image)?;
+        let name = container_name(&sandbox.id, metadata);
         // Reserve the name before the slow part, so two racing creates cannot both win.
         if !self.registry.lock().unwrap().names.insert(name.clone()) {
             return Err(Error::AlreadyExists(format!(
@@ -241,16 +436,14 @@ impl Pods {
                 metadata.name, metadata.attempt, sandbox.id
             )));
         }
-        let prepared = async {
-            let argv0 = process.argv.first().map(String::as_str).unwrap_or_default();
-            let program = self.images.program(&image, argv0, &process.working_dir).await?;
-            self.engine.prepare(&program.digest, program.kind, program.source).await
-        }
-        .await;
-        let (compiled, module_source) = match prepared {
+        let release_name = || {
+            self.registry.lock().unwrap().names.remove(&name);
+        };
+        let argv0 = process.argv.first().map(String::as_str).unwrap_or_default();
+        let (compiled, module_source) = match self.programs.program(&image, argv0, &process.working_dir).await {
             Ok(prepared) => prepared,
             Err(e) => {
-                self.registry.lock().unwrap().names.remove(&name);
+                release_name();
                 return Err(e.about_image(image_name));
             }
         };
@@ -263,27 +456,40 @@ impl Pods {
                 match rootfs::prepare(&id, image_rootfs, &scratch_dir, container::readonly_rootfs(&config)).await {
                     Ok(root) => Some(root),
                     Err(e) => {
-                        self.registry.lock().unwrap().names.remove(&name);
+                        release_name();
                         return Err(e);
                     }
                 }
             }
             None => None,
         };
-        let container = Arc::new(Container::new(container::NewContainer {
-            scratch_dir,
-            root,
-            id,
-            pod_id: sandbox.id.clone(),
-            reserved_name: name,
-            config,
-            image,
-            process,
-            log_path,
-            mounts,
-            compiled,
-            module_source,
-        }));
+        let resources = config.linux.as_ref().and_then(|linux| linux.resources.clone());
+        let container = Arc::new(Container::new(
+            container::Parts {
+                scratch_dir,
+                root,
+                id,
+                pod_id: sandbox.id.clone(),
+                reserved_name: name.clone(),
+                config,
+                image,
+                process,
+                log_path,
+                mounts,
+                created_at: crate::durable::now_nanos(),
+                module_source,
+                resources,
+                life: Lifecycle::default(),
+            },
+            Some(compiled),
+        ));
+        // Recorded before it is visible: a container kubelet was told of is never lost.
+        if let Err(e) = self.try_persist_container(&container).await {
+            release_name();
+            rootfs::release(&container.id, container.root.as_ref()).await;
+            let _ = tokio::fs::remove_dir_all(&container.scratch_dir).await;
+            return Err(e);
+        }
         self.registry.lock().unwrap().containers.insert(container.id.clone(), container.clone());
         self.container_changes.record();
         self.events.send(&container.id, &sandbox.id, EventKind::Created);
@@ -324,14 +530,15 @@ impl Pods {
         if !filter.selects_all() {
             return make();
         }
-        let generation = || listing::Generation {
-            changes: self.container_changes.count(),
-            ended_guests: self.engine.ended_guests(),
-        };
-        self.unfiltered_container_list.get_or_make(generation, make).await
+        self.unfiltered_container_list.get_or_make(|| self.container_changes.count(), make).await
     }
 
-    pub async fn start_container(&self, id: &str) -> Result<()> {
+    /// Starts a created container's guest. The guest's end is recorded by
+    /// [`Pods::record_exit`], from a task that waits for it. Errors:
+    /// FailedPrecondition when the pod is not ready or the container is not
+    /// created; a failed start (its log, its mounts) ends the container with
+    /// [`EXIT_NOT_STARTED`], reason StartError, and is returned.
+    pub async fn start_container(self: &Arc<Self>, id: &str) -> Result<()> {
         let container = self.container(id)?;
         let sandbox = self.pod(&container.pod_id)?;
         if sandbox.state() != SandboxState::Ready {
@@ -340,23 +547,61 @@ impl Pods {
                 sandbox.id, container.id
             )));
         }
-        let started = container.start(&self.engine).await;
-        self.container_changes.record();
-        let events = self.events.clone();
-        let (id, pod_id) = (container.id.clone(), container.pod_id.clone());
-        match (&started, container.exit_waiter()) {
-            (Ok(()), Some(waiter)) => {
-                events.send(&id, &pod_id, EventKind::Started);
-                tracing::info!(container = %id, "container started");
-                tokio::spawn(async move {
-                    waiter.wait().await;
-                    events.send(&id, &pod_id, EventKind::Stopped);
-                });
-            }
-            // It never ran: it is exited at once.
-            _ => events.send(&id, &pod_id, EventKind::Stopped),
+        container.apply(Transition::Start)?;
+        // Taken before the guest runs, so that started_at <= finished_at even
+        // for a guest that is done before `engine.start` returns.
+        let started_at = crate::durable::now_nanos();
+        let started = async {
+            let compiled = container
+                .compiled
+                .get_or_try_init(|| async {
+                    let argv0 = container.process.argv.first().map(String::as_str).unwrap_or_default();
+                    let (compiled, _) =
+                        self.programs.program(&container.image, argv0, &container.process.working_dir).await?;
+                    Ok::<_, Error>(compiled)
+                })
+                .await?
+                .clone();
+            let OpenedLog { log, output } = ContainerLog::open(container.log_path.clone())
+                .await
+                .map_err(|e| Error::internal(format!("opening the log of container {}", container.id), e))?;
+            let guest = self.engine.start(compiled, container.guest_spec(), output).await?;
+            Ok::<_, Error>((guest, log))
         }
-        started
+        .await;
+        let (guest, log) = match started {
+            Ok(started) => started,
+            Err(e) => {
+                self.record_exit(&container, Transition::StartFailed(not_started(e.to_string()))).await;
+                return Err(e);
+            }
+        };
+        let waiter = guest.waiter();
+        container.set_running(guest, log, started_at)?;
+        self.persist_container(&container).await;
+        self.container_changes.record();
+        self.events.send(&container.id, &container.pod_id, EventKind::Started);
+        tracing::info!(container = %container.id, "container started");
+        let pods = self.clone();
+        tokio::spawn(async move {
+            let exit = waiter.wait().await;
+            pods.record_exit(&container, Transition::Exited(exit)).await;
+        });
+        Ok(())
+    }
+
+    /// The one exit path: records the container's end (`transition`), writes
+    /// its record, counts the change for the list caches, wakes a stop
+    /// waiting for it, and sends the STOPPED event.
+    async fn record_exit(&self, container: &Container, transition: Transition) {
+        if let Err(e) = container.end(transition) {
+            tracing::error!(container = %container.id, error = %e, "a container's end does not fit its state");
+            return;
+        }
+        self.persist_container(container).await;
+        self.container_changes.record();
+        container.wake_stoppers();
+        self.events.send(&container.id, &container.pod_id, EventKind::Stopped);
     }
 
     /// Ends a running container's guest. WASI preview 1 has no signals, so there
@@ -369,11 +614,26 @@ impl Pods {
         }
     }
 
+    /// Records new resources of a container (see `Container::update_resources`) and writes its record.
+    pub async fn update_container_resources(&self, id: &str, resources: api::LinuxContainerResources) -> Result<()> {
+        let container = self.container(id)?;
+        container.update_resources(resources)?;
+        self.persist_container(&container).await;
+        Ok(())
+    }
+
+    /// Removes a container, stopping it first if it runs. Removing a missing
+    /// container, or one already being removed, is fine. Errors:
+    /// FailedPrecondition while it is being started (as containerd refuses).
     pub async fn remove_container(&self, id: &str) -> Result<()> {
         let Ok(container) = self.container(id) else {
             return Ok(());
         };
         container.stop().await?;
+        if container.lifecycle().removing {
+            return Ok(());
+        }
+        container.apply(Transition::Remove)?;
         let removed = {
             let mut registry = self.registry.lock().unwrap();
             let removed = registry.containers.remove(&container.id).is_some();
@@ -384,6 +644,14 @@ impl Pods {
         };
         if removed {
             self.container_changes.record();
+            {
+                let mut deleted = container.record_lock.lock().await;
+                *deleted = true;
+                if let Err(e) = self.records.delete_container(&container.id).await {
+                    tracing::warn!(container = %container.id, error = %e, "cannot delete the container's record");
+                }
+            }
+            self.events.forget(&container.id);
             // Stopped, so its file mounts are copied back and nothing uses the
             // directory. A leftover is harmless (the next daemon start clears
             // it), so it does not fail a removal that has happened. Its root
@@ -400,6 +668,25 @@ impl Pods {
             tracing::info!(container = %container.id, "container removed");
         }
         Ok(())
+    }
+}
+
+/// The exit of a container whose guest never ran, as containerd reports it.
+fn not_started(message: String) -> Exit {
+    Exit { code: EXIT_NOT_STARTED, reason: ExitReason::StartError, message, finished_at: crate::durable::now_nanos() }
+}
+
+/// Clears what an earlier daemon left in `containers_dir`: containers'
+/// scratch directories hold nothing a recovered container needs (an exited
+/// one never runs again; a created one never ran, and gets its root mounted
+/// again). Its root filesystems may still be mounted there (it was killed):
+/// unmounted first, never deleted through. Blocking.
+fn clear_scratch(containers_dir: &Path) {
+    rootfs::release_all(containers_dir);
+    if let Err(e) = std::fs::remove_dir_all(containers_dir)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!(dir = %containers_dir.display(), error = %e, "cannot remove the scratch directories of an earlier run");
     }
 }
 

@@ -4,6 +4,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::listing::KeptEntry;
+use super::records::{Proto, SandboxRecord};
 use crate::api;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,19 +21,42 @@ pub struct Sandbox {
     /// Unix time in nanoseconds.
     pub created_at: i64,
     ready: AtomicBool,
+    /// Held while the pod's record is written (see `Container::record_lock`);
+    /// true once the record is deleted.
+    pub(super) record_lock: tokio::sync::Mutex<bool>,
     /// The pod's entry of a ListPodSandbox response.
     pub(super) list_entry: KeptEntry<SandboxState>,
 }
 
 impl Sandbox {
-    pub(super) fn new(id: String, config: api::PodSandboxConfig, runtime_handler: String) -> Self {
+    /// A pod as run now (ready), or as recovered from its record.
+    pub(super) fn new(
+        id: String,
+        config: api::PodSandboxConfig,
+        runtime_handler: String,
+        created_at: i64,
+        ready: bool,
+    ) -> Self {
         Self {
             id,
             config,
             runtime_handler,
-            created_at: crate::durable::now_nanos(),
-            ready: AtomicBool::new(true),
+            created_at,
+            ready: AtomicBool::new(ready),
+            record_lock: tokio::sync::Mutex::new(false),
             list_entry: KeptEntry::default(),
+        }
+    }
+
+    /// What is written to disk of the pod now.
+    pub(super) fn record(&self) -> SandboxRecord {
+        SandboxRecord {
+            version: super::records::VERSION,
+            id: self.id.clone(),
+            config: Proto(self.config.clone()),
+            runtime_handler: self.runtime_handler.clone(),
+            created_at: self.created_at,
+            ready: self.state() == SandboxState::Ready,
         }
     }
 

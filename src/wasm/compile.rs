@@ -30,7 +30,7 @@ pub(super) enum Program {
 }
 
 /// Where a container's compiled code came from; shown in ContainerStatus' verbose info.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum ModuleSource {
     /// Compiled for this call.

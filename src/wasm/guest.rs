@@ -75,6 +75,13 @@ impl ExitReason {
             ExitReason::StartError => "StartError",
         }
     }
+
+    /// The reason [`ExitReason::as_str`] spells `text`.
+    pub fn parse(text: &str) -> Option<Self> {
+        [ExitReason::Completed, ExitReason::Error, ExitReason::OomKilled, ExitReason::StartError]
+            .into_iter()
+            .find(|reason| reason.as_str() == text)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -32,6 +32,7 @@ mod mirrors;
 mod pods;
 mod registries;
 mod resources;
+mod restart;
 mod rootfs;
 mod streaming;
 mod termination;

@@ -7,7 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
-use wasmrun::api::{LinuxContainerSecurityContext, RemoveContainerRequest};
+use wasmrun::api::{LinuxContainerSecurityContext, RemoveContainerRequest, StartContainerRequest};
 
 use crate::harness::*;
 
@@ -204,19 +204,35 @@ async fn a_daemon_killed_with_roots_mounted_starts_clean() {
     let image = format!("{host}/e2e/rootfs-killed:v1");
     pull(&daemon, &image).await;
     let pod = Pod::run(&daemon, "killed").await;
+    let mut ids = Vec::new();
     for name in ["a", "b"] {
-        pod.create(&daemon, &container_config(name, &image, &[], &["write:/x=y"], &[])).await;
+        ids.push(pod.create(&daemon, &container_config(name, &image, &[], &["write:/x=y", "read:/x"], &[])).await);
     }
     let containers = daemon.state().join("containers");
-    assert_eq!(mounts_below(&containers).len(), 2, "each created container has its root mounted");
+    let mounted = mounts_below(&containers);
+    assert_eq!(mounted.len(), 2, "each created container has its root mounted");
+    // A write through the overlay, as a running guest's would be, that a new mount must not show.
+    std::fs::write(mounted[0].join("left-behind"), "x").expect("write through the overlay");
 
     daemon.sigkill();
     let dir = daemon.dir().to_owned();
     let daemon = Daemon::start_with(Some(dir), &[]).await;
     assert_serving(&daemon).await;
-    assert_eq!(mounts_below(&containers), Vec::<PathBuf>::new(), "the killed daemon's mounts are left");
+    // The killed daemon's mounts were released and its scratch directories
+    // cleared; the two created containers, recovered, have a fresh root each.
+    let mounted = mounts_below(&containers);
+    assert_eq!(mounted.len(), 2, "the recovered containers' roots: {mounted:?}");
+    assert!(mounted.iter().all(|root| !root.join("left-behind").exists()), "a root kept the killed daemon's writes");
+    let mut rt = daemon.runtime();
+    rt.start_container(StartContainerRequest { container_id: ids[0].clone() }).await.expect("start a recovered one");
+    let status = wait_exited(&mut rt, &ids[0]).await;
+    assert_eq!(status.exit_code, 0, "{status:#?}");
+    for id in &ids {
+        rt.remove_container(RemoveContainerRequest { container_id: id.clone() }).await.expect("remove");
+    }
+    assert_eq!(mounts_below(&containers), Vec::<PathBuf>::new(), "removed containers' roots are left mounted");
     let left: Vec<_> = std::fs::read_dir(&containers).map(|dir| dir.flatten().collect()).unwrap_or_default();
-    assert!(left.is_empty(), "the killed daemon's containers are left: {left:?}");
+    assert!(left.is_empty(), "removed containers' directories are left: {left:?}");
     // The image itself is untouched and still runs.
     let pod = Pod::run(&daemon, "after").await;
     let (_, lines) =

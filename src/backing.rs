@@ -2,6 +2,8 @@
 //! not wasm. The channel is lazy: it connects on first use and reconnects by
 //! itself after the backing runtime restarts, so wasmrun starts and serves
 //! wasm pods whether or not the backing runtime is up.
+//!
+//! Only the front (`crate::front`) calls it: the wasm side knows nothing of it.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -43,12 +45,14 @@ impl Backing {
         Ok(Self { endpoint: endpoint.to_owned(), channel })
     }
 
+    /// The backing runtime's `RuntimeService`.
     pub fn runtime(&self) -> RuntimeServiceClient<Channel> {
         RuntimeServiceClient::new(self.channel.clone())
             .max_decoding_message_size(crate::server::MAX_MESSAGE)
             .max_encoding_message_size(crate::server::MAX_MESSAGE)
     }
 
+    /// The backing runtime's `ImageService`.
     pub fn images(&self) -> ImageServiceClient<Channel> {
         ImageServiceClient::new(self.channel.clone())
             .max_decoding_message_size(crate::server::MAX_MESSAGE)

@@ -16,6 +16,7 @@ pub mod config;
 pub mod cri;
 pub mod durable;
 pub mod error;
+pub mod front;
 pub mod images;
 pub mod logs;
 pub mod pods;

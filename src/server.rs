@@ -17,10 +17,10 @@ use crate::api::runtime_service_server::RuntimeServiceServer;
 use crate::authority::AuthorityFix;
 use crate::backing::Backing;
 use crate::config::Config;
-use crate::cri::{ImageHandler, Parts, RuntimeHandler};
+use crate::cri::Parts;
+use crate::front::Front;
 use crate::images::{Images, Limits, PullOptions, RegistryOptions};
 use crate::pods::{ImagePrograms, Pods};
-use crate::route::Router;
 use crate::wasm::Engine;
 
 /// kubelet allows CRI messages of up to 16 MiB (a ListContainers of a busy node).
@@ -70,8 +70,8 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         .as_deref()
         .map(|endpoint| Backing::new(endpoint, std::time::Duration::from_secs(config.backing_connect_timeout_secs)))
         .transpose()?;
-    let router = Router { wasm_handlers: config.wasm_handlers.clone(), has_backing: backing.is_some() };
-    let parts = Parts { config: Arc::new(config.clone()), pods, images, router, backing };
+    let parts = Parts { config: Arc::new(config.clone()), pods, images };
+    let front = Arc::new(Front::new(parts, backing));
 
     let listener = bind(&config.socket)?;
     let signalled = tokio::sync::Notify::new();
@@ -79,12 +79,12 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let served = tonic::transport::Server::builder()
         .layer(CallLogLayer)
         .add_service(
-            RuntimeServiceServer::new(RuntimeHandler::new(parts.clone()))
+            RuntimeServiceServer::from_arc(front.clone())
                 .max_decoding_message_size(MAX_MESSAGE)
                 .max_encoding_message_size(MAX_MESSAGE),
         )
         .add_service(
-            ImageServiceServer::new(ImageHandler::new(parts))
+            ImageServiceServer::from_arc(front)
                 .max_decoding_message_size(MAX_MESSAGE)
                 .max_encoding_message_size(MAX_MESSAGE),
         )

@@ -13,9 +13,6 @@ pub(super) async fn create_container(
     parts: &Parts,
     request: api::CreateContainerRequest,
 ) -> Result<api::CreateContainerResponse, Status> {
-    if let Some(backing) = super::sandboxes::backing_pod(parts, &request.pod_sandbox_id) {
-        return Ok(backing.runtime().create_container(request).await.map_err(|s| backing.status(s))?.into_inner());
-    }
     let config = request.config.ok_or_else(|| Status::invalid_argument("CreateContainer: config is required"))?;
     let container = parts.pods.create_container(&request.pod_sandbox_id, config).await?;
     Ok(api::CreateContainerResponse { container_id: container.id.clone() })
@@ -25,9 +22,6 @@ pub(super) async fn start_container(
     parts: &Parts,
     request: api::StartContainerRequest,
 ) -> Result<api::StartContainerResponse, Status> {
-    if let Some(backing) = backing_container(parts, &request.container_id) {
-        return Ok(backing.runtime().start_container(request).await.map_err(|s| backing.status(s))?.into_inner());
-    }
     parts.pods.start_container(&request.container_id).await?;
     Ok(api::StartContainerResponse {})
 }
@@ -36,9 +30,6 @@ pub(super) async fn stop_container(
     parts: &Parts,
     request: api::StopContainerRequest,
 ) -> Result<api::StopContainerResponse, Status> {
-    if let Some(backing) = backing_container(parts, &request.container_id) {
-        return Ok(backing.runtime().stop_container(request).await.map_err(|s| backing.status(s))?.into_inner());
-    }
     // The guest is ended at once (see `Pods::stop_container`), which honours any timeout.
     parts.pods.stop_container(&request.container_id).await?;
     Ok(api::StopContainerResponse {})
@@ -48,9 +39,6 @@ pub(super) async fn remove_container(
     parts: &Parts,
     request: api::RemoveContainerRequest,
 ) -> Result<api::RemoveContainerResponse, Status> {
-    if let Some(backing) = backing_container(parts, &request.container_id) {
-        return Ok(backing.runtime().remove_container(request).await.map_err(|s| backing.status(s))?.into_inner());
-    }
     parts.pods.remove_container(&request.container_id).await?;
     Ok(api::RemoveContainerResponse {})
 }
@@ -59,21 +47,12 @@ pub(super) async fn list_containers(
     parts: &Parts,
     request: api::ListContainersRequest,
 ) -> Result<api::ListContainersResponse, Status> {
-    let forwarded = request.clone();
     let filter = request.filter.map(container_filter).unwrap_or_default();
     let entries = parts
         .pods
         .encoded_container_list(&filter, |container, state| wire::encode_entry(&list_entry_of(container, state)))
         .await;
-    let mut response = wire::ListContainersResponse::from_encoded(entries);
-    response.containers.extend(
-        parts
-            .backing_list("ListContainers", |backing| async move {
-                backing.runtime().list_containers(forwarded).await.map(|r| r.into_inner().containers)
-            })
-            .await,
-    );
-    Ok(response)
+    Ok(wire::ListContainersResponse::from_encoded(entries))
 }
 
 fn list_entry_of(container: &Container, current: ContainerState) -> api::Container {
@@ -95,9 +74,6 @@ pub(super) async fn container_status(
     parts: &Parts,
     request: api::ContainerStatusRequest,
 ) -> Result<api::ContainerStatusResponse, Status> {
-    if let Some(backing) = backing_container(parts, &request.container_id) {
-        return Ok(backing.runtime().container_status(request).await.map_err(|s| backing.status(s))?.into_inner());
-    }
     let container = parts.pods.container(&request.container_id)?;
     let view = container.view();
     let mut info = HashMap::new();
@@ -136,14 +112,6 @@ pub(super) async fn update_container_resources(
     parts: &Parts,
     request: api::UpdateContainerResourcesRequest,
 ) -> Result<api::UpdateContainerResourcesResponse, Status> {
-    if let Some(backing) = backing_container(parts, &request.container_id) {
-        return Ok(backing
-            .runtime()
-            .update_container_resources(request)
-            .await
-            .map_err(|s| backing.status(s))?
-            .into_inner());
-    }
     let container = parts.pods.container(&request.container_id)?;
     let linux = request
         .linux
@@ -156,16 +124,8 @@ pub(super) async fn reopen_container_log(
     parts: &Parts,
     request: api::ReopenContainerLogRequest,
 ) -> Result<api::ReopenContainerLogResponse, Status> {
-    if let Some(backing) = backing_container(parts, &request.container_id) {
-        return Ok(backing.runtime().reopen_container_log(request).await.map_err(|s| backing.status(s))?.into_inner());
-    }
     parts.pods.container(&request.container_id)?.reopen_log().await?;
     Ok(api::ReopenContainerLogResponse {})
-}
-
-/// The backing runtime, when it (not wasmrun) owns container `id`.
-pub(super) fn backing_container<'a>(parts: &'a Parts, id: &str) -> Option<&'a crate::backing::Backing> {
-    parts.backing.as_ref().filter(|_| parts.pods.container(id).is_err())
 }
 
 fn container_filter(filter: api::ContainerFilter) -> ContainerFilter {

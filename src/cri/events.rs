@@ -1,5 +1,4 @@
-//! GetContainerEvents: wasmrun's own container events, merged with the
-//! backing runtime's stream when there is one.
+//! GetContainerEvents: wasmrun's own container events, as they happen.
 
 use std::pin::Pin;
 
@@ -10,32 +9,18 @@ use super::{Parts, containers, sandboxes};
 use crate::api;
 use crate::pods::{ContainerEvent, ContainerFilter, EventKind};
 
+/// The stream of GetContainerEvents; it ends only when the client goes away.
 pub type EventStream = Pin<Box<dyn Stream<Item = Result<api::ContainerEventResponse, Status>> + Send>>;
 
-pub(super) async fn get_container_events(parts: &Parts, request: api::GetEventsRequest) -> Result<EventStream, Status> {
+/// Events of every wasm container from now on; a subscriber that falls
+/// behind misses events (with a warning) and goes on.
+pub(super) async fn get_container_events(
+    parts: &Parts,
+    _request: api::GetEventsRequest,
+) -> Result<EventStream, Status> {
     let owned = parts.clone();
-    let local = parts.pods.subscribe().map(move |event| Ok(response(&owned, event)));
-    let Some(backing) = &parts.backing else {
-        return Ok(Box::pin(local));
-    };
-    match backing.runtime().get_container_events(request).await {
-        Ok(theirs) => {
-            let endpoint = backing.endpoint.clone();
-            // The backing stream ending (containerd restarting) must not end ours.
-            let theirs = theirs.into_inner().filter_map(move |event| match event {
-                Ok(event) => Some(Ok(event)),
-                Err(status) => {
-                    tracing::warn!(%endpoint, error = %status.message(), "the backing runtime's event stream failed");
-                    None
-                }
-            });
-            Ok(Box::pin(local.merge(theirs)))
-        }
-        Err(status) => {
-            tracing::warn!(endpoint = %backing.endpoint, error = %status.message(), "no events from the backing runtime");
-            Ok(Box::pin(local))
-        }
-    }
+    let events = parts.pods.subscribe().map(move |event| Ok(response(&owned, event)));
+    Ok(Box::pin(events))
 }
 
 /// The event as kubelet wants it: with its pod's status and its containers'.

@@ -1,34 +1,15 @@
-//! `runtime.v1.RuntimeService`: the trait, each RPC one line to its family's
-//! file; the runtime-wide calls (Version, Status, RuntimeConfig) are here.
+//! `runtime.v1.RuntimeService` of the wasm side: the trait, each RPC one line
+//! to its family's file; the runtime-wide calls (Version, Status,
+//! RuntimeConfig) are here.
 
 use std::collections::HashMap;
 
 use tonic::{Request, Response, Status};
 
-use super::{Parts, containers, events, sandboxes, stats, unsupported, verbose_json};
+use super::{Facade, containers, events, sandboxes, stats, unsupported, verbose_json};
 use crate::api;
 use crate::api::runtime_service_server::RuntimeService;
 use crate::config::CgroupDriver;
-
-/// How long Status waits for the backing runtime's, so that a slow backing
-/// runtime cannot hold up kubelet's health checks.
-const BACKING_STATUS_LIMIT: std::time::Duration = std::time::Duration::from_secs(2);
-
-fn backing_down(runtime_ready: &mut api::RuntimeCondition, endpoint: &str, why: &str) {
-    runtime_ready.status = false;
-    runtime_ready.reason = "BackingRuntimeUnavailable".into();
-    runtime_ready.message = format!("backing runtime {endpoint}: {why}; wasm pods are not affected");
-}
-
-pub struct RuntimeHandler {
-    parts: Parts,
-}
-
-impl RuntimeHandler {
-    pub fn new(parts: Parts) -> Self {
-        Self { parts }
-    }
-}
 
 type Reply<T> = Result<Response<T>, Status>;
 
@@ -40,7 +21,7 @@ macro_rules! delegate {
 }
 
 #[tonic::async_trait]
-impl RuntimeService for RuntimeHandler {
+impl RuntimeService for Facade {
     async fn version(&self, _request: Request<api::VersionRequest>) -> Reply<api::VersionResponse> {
         Ok(Response::new(api::VersionResponse {
             version: "0.1.0".into(),
@@ -50,39 +31,17 @@ impl RuntimeService for RuntimeHandler {
         }))
     }
 
+    /// wasmrun's own conditions: the runtime is ready once it serves. Wasm
+    /// pods share the host's network and need no CNI, so the network is ready
+    /// too, as far as wasmrun goes.
     async fn status(&self, request: Request<api::StatusRequest>) -> Reply<api::StatusResponse> {
         let condition = |kind: &str| api::RuntimeCondition { r#type: kind.into(), status: true, ..Default::default() };
         let mut info = HashMap::new();
         if request.get_ref().verbose {
             info.insert("config".to_owned(), verbose_json(&*self.parts.config));
         }
-        // The runtime is ready once it serves. Wasm pods share the host's
-        // network and need no CNI, so the network is ready too: as far as
-        // wasmrun goes. The backing runtime's own conditions are reported as they are.
-        let mut conditions = vec![condition("RuntimeReady"), condition("NetworkReady")];
-        if let Some(backing) = &self.parts.backing {
-            let asked = tokio::time::timeout(
-                BACKING_STATUS_LIMIT,
-                backing.runtime().status(api::StatusRequest { verbose: false }),
-            )
-            .await;
-            match asked {
-                Ok(Ok(answer)) => {
-                    let theirs = answer.into_inner().status.map(|s| s.conditions).unwrap_or_default();
-                    for ours in &mut conditions {
-                        if let Some(their) = theirs.iter().find(|c| c.r#type == ours.r#type && !c.status) {
-                            ours.status = false;
-                            ours.reason = their.reason.clone();
-                            ours.message = format!("backing runtime {}: {}", backing.endpoint, their.message);
-                        }
-                    }
-                }
-                Ok(Err(status)) => backing_down(&mut conditions[0], &backing.endpoint, status.message()),
-                Err(_) => backing_down(&mut conditions[0], &backing.endpoint, "no answer to Status in time"),
-            }
-        }
         Ok(Response::new(api::StatusResponse {
-            status: Some(api::RuntimeStatus { conditions }),
+            status: Some(api::RuntimeStatus { conditions: vec![condition("RuntimeReady"), condition("NetworkReady")] }),
             info,
             runtime_handlers: vec![api::RuntimeHandler {
                 name: String::new(),
@@ -95,11 +54,8 @@ impl RuntimeService for RuntimeHandler {
         }))
     }
 
-    async fn runtime_config(&self, request: Request<api::RuntimeConfigRequest>) -> Reply<api::RuntimeConfigResponse> {
-        // The cgroup driver is the backing runtime's: its pods have cgroups, ours do not.
-        if let Some(backing) = &self.parts.backing {
-            return backing.runtime().runtime_config(request.into_inner()).await.map_err(|s| backing.status(s));
-        }
+    /// The configured cgroup driver; wasm guests have no cgroups of their own.
+    async fn runtime_config(&self, _request: Request<api::RuntimeConfigRequest>) -> Reply<api::RuntimeConfigResponse> {
         let cgroup_driver = match self.parts.config.cgroup_driver {
             CgroupDriver::Systemd => api::CgroupDriver::Systemd,
             CgroupDriver::Cgroupfs => api::CgroupDriver::Cgroupfs,
@@ -113,9 +69,6 @@ impl RuntimeService for RuntimeHandler {
         &self,
         request: Request<api::UpdateRuntimeConfigRequest>,
     ) -> Reply<api::UpdateRuntimeConfigResponse> {
-        if let Some(backing) = &self.parts.backing {
-            return backing.runtime().update_runtime_config(request.into_inner()).await.map_err(|s| backing.status(s));
-        }
         // kubelet sends the node's pod CIDR here for CNI; wasm pods use the host network.
         let cidr = request.into_inner().runtime_config.and_then(|c| c.network_config).map(|n| n.pod_cidr);
         tracing::debug!(pod_cidr = ?cidr, "runtime config update: nothing to apply for wasm pods");

@@ -7,33 +7,20 @@ use tonic::Status;
 use super::{Parts, verbose_json, wire};
 use crate::api;
 use crate::pods::{PodFilter, Sandbox, SandboxState};
-use crate::route::Side;
 
 pub(super) async fn run_pod_sandbox(
     parts: &Parts,
     request: api::RunPodSandboxRequest,
 ) -> Result<api::RunPodSandboxResponse, Status> {
-    let config =
-        request.config.as_ref().ok_or_else(|| Status::invalid_argument("RunPodSandbox: config is required"))?;
-    match parts.router.pod(&request.runtime_handler, &config.annotations)? {
-        Side::Wasm => {
-            let sandbox = parts.pods.run_pod(config.clone(), &request.runtime_handler).await?;
-            Ok(api::RunPodSandboxResponse { pod_sandbox_id: sandbox.id.clone() })
-        }
-        Side::Backing => {
-            let backing = parts.backing_for("RunPodSandbox")?;
-            Ok(backing.runtime().run_pod_sandbox(request).await.map_err(|s| backing.status(s))?.into_inner())
-        }
-    }
+    let config = request.config.ok_or_else(|| Status::invalid_argument("RunPodSandbox: config is required"))?;
+    let sandbox = parts.pods.run_pod(config, &request.runtime_handler).await?;
+    Ok(api::RunPodSandboxResponse { pod_sandbox_id: sandbox.id.clone() })
 }
 
 pub(super) async fn stop_pod_sandbox(
     parts: &Parts,
     request: api::StopPodSandboxRequest,
 ) -> Result<api::StopPodSandboxResponse, Status> {
-    if let Some(backing) = backing_pod(parts, &request.pod_sandbox_id) {
-        return Ok(backing.runtime().stop_pod_sandbox(request).await.map_err(|s| backing.status(s))?.into_inner());
-    }
     parts.pods.stop_pod(&request.pod_sandbox_id).await?;
     Ok(api::StopPodSandboxResponse {})
 }
@@ -42,9 +29,6 @@ pub(super) async fn remove_pod_sandbox(
     parts: &Parts,
     request: api::RemovePodSandboxRequest,
 ) -> Result<api::RemovePodSandboxResponse, Status> {
-    if let Some(backing) = backing_pod(parts, &request.pod_sandbox_id) {
-        return Ok(backing.runtime().remove_pod_sandbox(request).await.map_err(|s| backing.status(s))?.into_inner());
-    }
     parts.pods.remove_pod(&request.pod_sandbox_id).await?;
     Ok(api::RemovePodSandboxResponse {})
 }
@@ -53,9 +37,6 @@ pub(super) async fn pod_sandbox_status(
     parts: &Parts,
     request: api::PodSandboxStatusRequest,
 ) -> Result<api::PodSandboxStatusResponse, Status> {
-    if let Some(backing) = backing_pod(parts, &request.pod_sandbox_id) {
-        return Ok(backing.runtime().pod_sandbox_status(request).await.map_err(|s| backing.status(s))?.into_inner());
-    }
     let sandbox = parts.pods.pod(&request.pod_sandbox_id)?;
     let mut info = HashMap::new();
     if request.verbose {
@@ -81,19 +62,10 @@ pub(super) async fn list_pod_sandbox(
     parts: &Parts,
     request: api::ListPodSandboxRequest,
 ) -> Result<api::ListPodSandboxResponse, Status> {
-    let forwarded = request.clone();
     let filter = request.filter.map(pod_filter).unwrap_or_default();
     let entries =
         parts.pods.encoded_pod_list(&filter, |pod, state| wire::encode_entry(&list_entry_of(pod, state))).await;
-    let mut response = api::ListPodSandboxResponse::from_encoded(entries);
-    response.items.extend(
-        parts
-            .backing_list("ListPodSandbox", |backing| async move {
-                backing.runtime().list_pod_sandbox(forwarded).await.map(|r| r.into_inner().items)
-            })
-            .await,
-    );
-    Ok(response)
+    Ok(api::ListPodSandboxResponse::from_encoded(entries))
 }
 
 fn list_entry_of(pod: &Sandbox, current: SandboxState) -> api::PodSandbox {
@@ -106,11 +78,6 @@ fn list_entry_of(pod: &Sandbox, current: SandboxState) -> api::PodSandbox {
         annotations: pod.config.annotations.clone(),
         runtime_handler: pod.runtime_handler.clone(),
     }
-}
-
-/// The backing runtime, when it (not wasmrun) owns pod `id`.
-pub(super) fn backing_pod<'a>(parts: &'a Parts, id: &str) -> Option<&'a crate::backing::Backing> {
-    parts.backing.as_ref().filter(|_| parts.pods.pod(id).is_err())
 }
 
 fn pod_filter(filter: api::PodSandboxFilter) -> PodFilter {

@@ -13,9 +13,6 @@ pub(super) async fn container_stats(
     parts: &Parts,
     request: api::ContainerStatsRequest,
 ) -> Result<api::ContainerStatsResponse, Status> {
-    if let Some(backing) = super::containers::backing_container(parts, &request.container_id) {
-        return Ok(backing.runtime().container_stats(request).await.map_err(|s| backing.status(s))?.into_inner());
-    }
     let container = parts.pods.container(&request.container_id)?;
     Ok(api::ContainerStatsResponse { stats: Some(container_stats_of(&container)) })
 }
@@ -24,7 +21,6 @@ pub(super) async fn list_container_stats(
     parts: &Parts,
     request: api::ListContainerStatsRequest,
 ) -> Result<api::ListContainerStatsResponse, Status> {
-    let forwarded = request.clone();
     let filter = request.filter.unwrap_or_default();
     let filter = ContainerFilter {
         id: Some(filter.id).filter(|id| !id.is_empty()),
@@ -32,15 +28,7 @@ pub(super) async fn list_container_stats(
         state: None,
         labels: filter.label_selector,
     };
-    let mut stats: Vec<api::ContainerStats> =
-        parts.pods.containers(&filter).iter().map(|c| container_stats_of(c)).collect();
-    stats.extend(
-        parts
-            .backing_list("ListContainerStats", |backing| async move {
-                backing.runtime().list_container_stats(forwarded).await.map(|r| r.into_inner().stats)
-            })
-            .await,
-    );
+    let stats = parts.pods.containers(&filter).iter().map(|c| container_stats_of(c)).collect();
     Ok(api::ListContainerStatsResponse { stats })
 }
 
@@ -48,9 +36,6 @@ pub(super) async fn pod_sandbox_stats(
     parts: &Parts,
     request: api::PodSandboxStatsRequest,
 ) -> Result<api::PodSandboxStatsResponse, Status> {
-    if let Some(backing) = super::sandboxes::backing_pod(parts, &request.pod_sandbox_id) {
-        return Ok(backing.runtime().pod_sandbox_stats(request).await.map_err(|s| backing.status(s))?.into_inner());
-    }
     let sandbox = parts.pods.pod(&request.pod_sandbox_id)?;
     Ok(api::PodSandboxStatsResponse { stats: Some(pod_stats_of(parts, &sandbox)) })
 }
@@ -59,19 +44,10 @@ pub(super) async fn list_pod_sandbox_stats(
     parts: &Parts,
     request: api::ListPodSandboxStatsRequest,
 ) -> Result<api::ListPodSandboxStatsResponse, Status> {
-    let forwarded = request.clone();
     let filter = request.filter.unwrap_or_default();
     let filter =
         PodFilter { id: Some(filter.id).filter(|id| !id.is_empty()), state: None, labels: filter.label_selector };
-    let mut stats: Vec<api::PodSandboxStats> =
-        parts.pods.pods(&filter).iter().map(|sandbox| pod_stats_of(parts, sandbox)).collect();
-    stats.extend(
-        parts
-            .backing_list("ListPodSandboxStats", |backing| async move {
-                backing.runtime().list_pod_sandbox_stats(forwarded).await.map(|r| r.into_inner().stats)
-            })
-            .await,
-    );
+    let stats = parts.pods.pods(&filter).iter().map(|sandbox| pod_stats_of(parts, sandbox)).collect();
     Ok(api::ListPodSandboxStatsResponse { stats })
 }
 

@@ -19,23 +19,14 @@ fn no_processes(parts: &Parts, container_id: &str, what: &str) -> Status {
 }
 
 pub(super) async fn exec_sync(parts: &Parts, request: api::ExecSyncRequest) -> Result<api::ExecSyncResponse, Status> {
-    if let Some(backing) = super::containers::backing_container(parts, &request.container_id) {
-        return Ok(backing.runtime().exec_sync(request).await.map_err(|s| backing.status(s))?.into_inner());
-    }
     Err(no_processes(parts, &request.container_id, "exec"))
 }
 
 pub(super) async fn exec(parts: &Parts, request: api::ExecRequest) -> Result<api::ExecResponse, Status> {
-    if let Some(backing) = super::containers::backing_container(parts, &request.container_id) {
-        return Ok(backing.runtime().exec(request).await.map_err(|s| backing.status(s))?.into_inner());
-    }
     Err(no_processes(parts, &request.container_id, "exec"))
 }
 
 pub(super) async fn attach(parts: &Parts, request: api::AttachRequest) -> Result<api::AttachResponse, Status> {
-    if let Some(backing) = super::containers::backing_container(parts, &request.container_id) {
-        return Ok(backing.runtime().attach(request).await.map_err(|s| backing.status(s))?.into_inner());
-    }
     Err(no_processes(parts, &request.container_id, "attach"))
 }
 
@@ -43,9 +34,6 @@ pub(super) async fn port_forward(
     parts: &Parts,
     request: api::PortForwardRequest,
 ) -> Result<api::PortForwardResponse, Status> {
-    if let Some(backing) = super::sandboxes::backing_pod(parts, &request.pod_sandbox_id) {
-        return Ok(backing.runtime().port_forward(request).await.map_err(|s| backing.status(s))?.into_inner());
-    }
     let sandbox = parts.pods.pod(&request.pod_sandbox_id)?;
     Err(Status::failed_precondition(format!(
         "port-forward is not possible: pod sandbox {} runs WebAssembly guests inside wasmrun, \

@@ -205,15 +205,18 @@ impl Container {
     }
 
     /// Ends the guest if it runs, and waits until its exit is recorded (its
-    /// output written, its file mounts copied back). Nothing to do for a
-    /// container that does not run. Errors: FailedPrecondition while it is
-    /// being started (as containerd refuses); Internal if the guest does not end.
+    /// output written, its file mounts copied back, its event sent): also
+    /// when it ended by itself and the exit path is still at work. Nothing to
+    /// do for a container that never ran. Errors: FailedPrecondition while it
+    /// is being started (as containerd refuses); Internal if the guest does not end.
     pub(super) async fn stop(&self) -> Result<()> {
         let mut ended = self.ended.subscribe();
         {
             let mut inner = self.inner.lock().unwrap();
             match inner.life.stop_action() {
-                StopAction::Nothing => return Ok(()),
+                StopAction::Nothing if inner.life.exit().is_none() || *ended.borrow() => return Ok(()),
+                // Ended by itself; the exit path has not finished.
+                StopAction::Nothing => {}
                 StopAction::Refuse => {
                     return Err(Error::FailedPrecondition(format!(
                         "container {} is being started: stop it once StartContainer has returned",

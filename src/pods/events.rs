@@ -1,11 +1,13 @@
 //! Container lifecycle events, for kubelet's evented PLEG (GetContainerEvents).
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::broadcast;
 use tokio_stream::wrappers::BroadcastStream;
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 use tokio_stream::{Stream, StreamExt};
+
+use super::{Container, ContainerView, Sandbox};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EventKind {
@@ -15,13 +17,21 @@ pub enum EventKind {
     Deleted,
 }
 
-#[derive(Debug, Clone)]
+/// An event, with its pod and the states of the pod's containers as they
+/// were when it happened (a DELETED event's list no longer has the deleted
+/// container), as containerd sends them: a subscriber that reads the event
+/// later still sees that moment.
+#[derive(Clone)]
 pub struct ContainerEvent {
     pub container_id: String,
     pub pod_id: String,
     pub kind: EventKind,
     /// Unix time in nanoseconds.
     pub at: i64,
+    /// The pod, unless it is gone.
+    pub pod: Option<Arc<Sandbox>>,
+    /// The pod's containers, oldest first, each with its state then.
+    pub containers: Vec<(Arc<Container>, ContainerView)>,
 }
 
 /// How many events a slow subscriber may fall behind before it misses some
@@ -41,25 +51,13 @@ impl Events {
         Self { live: broadcast::channel(BACKLOG).0, recovered: Mutex::new(Vec::new()) }
     }
 
-    pub fn send(&self, container_id: &str, pod_id: &str, kind: EventKind) {
-        let event = ContainerEvent {
-            container_id: container_id.to_owned(),
-            pod_id: pod_id.to_owned(),
-            kind,
-            at: crate::durable::now_nanos(),
-        };
+    pub fn send(&self, event: ContainerEvent) {
         // No subscriber is fine: nobody is listening.
         let _ = self.live.send(event);
     }
 
     /// Keeps the exit of a container recovered at start, for every subscriber.
-    pub fn recovered(&self, container_id: &str, pod_id: &str, at: i64) {
-        let event = ContainerEvent {
-            container_id: container_id.to_owned(),
-            pod_id: pod_id.to_owned(),
-            kind: EventKind::Stopped,
-            at,
-        };
+    pub fn recovered(&self, event: ContainerEvent) {
         self.recovered.lock().unwrap().push(event);
     }
 
@@ -68,9 +66,13 @@ impl Events {
         self.recovered.lock().unwrap().retain(|event| event.container_id != container_id);
     }
 
-    /// The recovered exits, then every event from now on. A subscriber that
-    /// falls more than [`BACKLOG`] events behind misses some, with a warning.
-    pub fn subscribe(&self) -> impl Stream<Item = ContainerEvent> + Send + 'static {
+    /// The recovered exits (as `refresh` brings them up to date), then every
+    /// event from now on. A subscriber that falls more than [`BACKLOG`]
+    /// events behind misses some, with a warning.
+    pub fn subscribe(
+        &self,
+        refresh: impl Fn(ContainerEvent) -> ContainerEvent,
+    ) -> impl Stream<Item = ContainerEvent> + Send + 'static {
         // Subscribed before the recovered exits are read: none is missed between.
         let live = BroadcastStream::new(self.live.subscribe()).filter_map(|event| match event {
             Ok(event) => Some(event),
@@ -79,7 +81,7 @@ impl Events {
                 None
             }
         });
-        let recovered = self.recovered.lock().unwrap().clone();
+        let recovered: Vec<_> = self.recovered.lock().unwrap().iter().cloned().map(refresh).collect();
         tokio_stream::iter(recovered).chain(live)
     }
 }

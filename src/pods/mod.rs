@@ -8,7 +8,7 @@
 //!
 //! A guest's end is learned in one place, [`Pods::record_exit`]: it records
 //! the transition, writes the record, counts the change for the list caches,
-//! wakes a waiting stop and sends the event, in that order.
+//! sends the event and wakes a waiting stop, in that order.
 
 mod checks;
 mod container;
@@ -160,7 +160,7 @@ impl Pods {
             }
             if ended_now {
                 ended += 1;
-                self.events.recovered(&container.id, &container.pod_id, now);
+                self.events.recovered(self.event(&container.id, &container.pod_id, EventKind::Stopped, now));
                 self.persist_container(&container).await;
             }
             let mut registry = self.registry.lock().unwrap();
@@ -284,7 +284,34 @@ impl Pods {
 
     /// The recovered exits, then every container event from now on.
     pub fn subscribe(&self) -> impl Stream<Item = ContainerEvent> + Send + 'static {
-        self.events.subscribe()
+        // A recovered exit shows its pod as it is now: it happened before anyone could subscribe.
+        self.events
+            .subscribe(|recovered| self.event(&recovered.container_id, &recovered.pod_id, recovered.kind, recovered.at))
+    }
+
+    /// Sends an event of `kind` about a container of pod `pod_id`, with the pod's state now.
+    fn send(&self, container_id: &str, pod_id: &str, kind: EventKind) {
+        self.events.send(self.event(container_id, pod_id, kind, crate::durable::now_nanos()));
+    }
+
+    /// An event with the pod and its containers' states as they are now.
+    fn event(&self, container_id: &str, pod_id: &str, kind: EventKind, at: i64) -> ContainerEvent {
+        let mut containers = self.containers_of(pod_id);
+        containers.sort_by_key(|c| c.created_at);
+        ContainerEvent {
+            container_id: container_id.to_owned(),
+            pod_id: pod_id.to_owned(),
+            kind,
+            at,
+            pod: self.registry.lock().unwrap().sandboxes.get(pod_id).cloned(),
+            containers: containers
+                .into_iter()
+                .map(|c| {
+                    let view = c.view();
+                    (c, view)
+                })
+                .collect(),
+        }
     }
 
     pub async fn run_pod(&self, config: api::PodSandboxConfig, runtime_handler: &str) -> Result<Arc<Sandbox>> {
@@ -492,7 +519,7 @@ impl Pods {
         }
         self.registry.lock().unwrap().containers.insert(container.id.clone(), container.clone());
         self.container_changes.record();
-        self.events.send(&container.id, &sandbox.id, EventKind::Created);
+        self.send(&container.id, &sandbox.id, EventKind::Created);
         tracing::info!(container = %container.id, pod = %sandbox.id, source = ?module_source, "container created");
         Ok(container)
     }
@@ -580,7 +607,7 @@ impl Pods {
         container.set_running(guest, log, started_at)?;
         self.persist_container(&container).await;
         self.container_changes.record();
-        self.events.send(&container.id, &container.pod_id, EventKind::Started);
+        self.send(&container.id, &container.pod_id, EventKind::Started);
         tracing::info!(container = %container.id, "container started");
         let pods = self.clone();
         tokio::spawn(async move {
@@ -591,17 +618,19 @@ impl Pods {
     }
 
     /// The one exit path: records the container's end (`transition`), writes
-    /// its record, counts the change for the list caches, wakes a stop
-    /// waiting for it, and sends the STOPPED event.
+    /// its record, counts the change for the list caches, sends the STOPPED
+    /// event, and then wakes the stops waiting for it: a RemoveContainer
+    /// (which stops first) cannot send DELETED before STOPPED.
     async fn record_exit(&self, container: &Container, transition: Transition) {
         if let Err(e) = container.end(transition) {
             tracing::error!(container = %container.id, error = %e, "a container's end does not fit its state");
+            container.wake_stoppers();
             return;
         }
         self.persist_container(container).await;
         self.container_changes.record();
+        self.send(&container.id, &container.pod_id, EventKind::Stopped);
         container.wake_stoppers();
-        self.events.send(&container.id, &container.pod_id, EventKind::Stopped);
     }
 
     /// Ends a running container's guest. WASI preview 1 has no signals, so there
@@ -664,7 +693,7 @@ impl Pods {
                 }
                 _ => {}
             }
-            self.events.send(&container.id, &container.pod_id, EventKind::Deleted);
+            self.send(&container.id, &container.pod_id, EventKind::Deleted);
             tracing::info!(container = %container.id, "container removed");
         }
         Ok(())

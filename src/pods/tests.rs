@@ -321,3 +321,30 @@ async fn a_record_that_cannot_be_read_is_set_aside() {
     // The name of the set-aside container is free again.
     after.create_container(&pod.id, container_config("c", "hello")).await.unwrap();
 }
+
+#[tokio::test]
+async fn events_come_in_order_each_with_the_pods_states_at_that_moment() {
+    let dirs = Dirs::new();
+    let pods = dirs.open().await;
+    let pod = pods.run_pod(pod_config("events", &dirs.logs()), "wasmrun").await.unwrap();
+    let mut events = Box::pin(pods.subscribe());
+    let container = pods.create_container(&pod.id, container_config("c", "exit-3")).await.unwrap();
+    pods.start_container(&container.id).await.unwrap();
+    // Removed at once: the removal waits for the exit path, whether the guest
+    // still runs or has just ended, so DELETED never comes before STOPPED.
+    pods.remove_container(&container.id).await.unwrap();
+
+    let mut seen = Vec::new();
+    for _ in 0..4 {
+        let event = events.next().await.unwrap();
+        assert_eq!((event.container_id.as_str(), event.pod_id.as_str()), (container.id.as_str(), pod.id.as_str()));
+        assert_eq!(event.pod.as_ref().map(|p| p.id.clone()), Some(pod.id.clone()));
+        let states: Vec<_> = event.containers.iter().map(|(c, view)| (c.id.clone(), view.state)).collect();
+        seen.push((event.kind, states));
+    }
+    let only = |state| vec![(container.id.clone(), state)];
+    assert_eq!(seen[0], (EventKind::Created, only(ContainerState::Created)));
+    assert_eq!(seen[1].0, EventKind::Started);
+    assert_eq!(seen[2], (EventKind::Stopped, only(ContainerState::Exited)));
+    assert_eq!(seen[3], (EventKind::Deleted, Vec::new()));
+}

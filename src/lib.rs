@@ -12,6 +12,7 @@ pub mod api {
 
 pub mod authority;
 pub mod backing;
+pub mod clock;
 pub mod config;
 pub mod cri;
 pub mod durable;

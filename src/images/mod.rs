@@ -166,7 +166,7 @@ impl Images {
             manifest_media_type: fetched.manifest_media_type,
             config_media_type: fetched.config.media_type.clone(),
             size: fetched.size,
-            pulled_at: crate::durable::now_nanos(),
+            pulled_at: crate::clock::now_nanos(),
         };
         match fetched.layout {
             format::Layout::Artifact { format, layer } => {
@@ -363,7 +363,7 @@ impl Images {
         })
         .await
         .map_err(|e| Error::internal("measuring the image store", e))??;
-        Ok(FsUsage { mountpoint: dir, used_bytes, inodes_used, timestamp: crate::durable::now_nanos() })
+        Ok(FsUsage { mountpoint: dir, used_bytes, inodes_used, timestamp: crate::clock::now_nanos() })
     }
 }
 

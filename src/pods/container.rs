@@ -108,7 +108,7 @@ impl Container {
             mounts: new.mounts,
             root: new.root,
             scratch_dir: new.scratch_dir,
-            created_at: crate::durable::now_nanos(),
+            created_at: crate::clock::now_nanos(),
             module_source: new.module_source,
             compiled: new.compiled,
             resources: Mutex::new(resources),
@@ -169,7 +169,7 @@ impl Container {
         }
         // Taken before the guest runs, so that started_at <= finished_at even
         // for a guest that is done before `engine.start` returns.
-        let started_at = crate::durable::now_nanos();
+        let started_at = crate::clock::now_nanos();
         let started = async {
             let OpenedLog { log, output } = ContainerLog::open(self.log_path.clone())
                 .await
@@ -190,7 +190,7 @@ impl Container {
                         code: EXIT_NOT_STARTED,
                         reason: ExitReason::StartError,
                         message: e.to_string(),
-                        finished_at: crate::durable::now_nanos(),
+                        finished_at: crate::clock::now_nanos(),
                     },
                 };
                 Err(e)

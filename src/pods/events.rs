@@ -36,7 +36,7 @@ impl Events {
             container_id: container_id.to_owned(),
             pod_id: pod_id.to_owned(),
             kind,
-            at: crate::durable::now_nanos(),
+            at: crate::clock::now_nanos(),
         };
         // No subscriber is fine: nobody is listening.
         let _ = self.0.send(event);

@@ -30,7 +30,7 @@ impl Sandbox {
             id,
             config,
             runtime_handler,
-            created_at: crate::durable::now_nanos(),
+            created_at: crate::clock::now_nanos(),
             ready: AtomicBool::new(true),
             list_entry: KeptEntry::default(),
         }

@@ -30,18 +30,9 @@ pub const MAX_MESSAGE: usize = 16 * 1024 * 1024;
 /// every running container holds its log file open, and the default soft
 /// limit (often 1024) would cap a node at about a thousand guests.
 fn raise_open_files_limit() {
-    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: getrlimit and setrlimit read and write the rlimit we own.
-    let raised = unsafe {
-        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && {
-            limit.rlim_cur = limit.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0
-        }
-    };
-    if raised {
-        tracing::debug!(open_files = limit.rlim_cur, "raised the open-files limit");
-    } else {
-        tracing::warn!(error = %std::io::Error::last_os_error(), "cannot raise the open-files limit");
+    match crate::sys::raise_open_files_limit() {
+        Ok(open_files) => tracing::debug!(open_files, "raised the open-files limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-files limit"),
     }
 }
 
@@ -133,7 +124,6 @@ fn registry_options(config: &Config) -> anyhow::Result<std::collections::HashMap
 
 /// One daemon per root: the image store and compile cache have one writer.
 fn lock_root(root: &Path) -> anyhow::Result<std::fs::File> {
-    use std::os::fd::AsRawFd;
     let path = root.join("wasmrun.lock");
     let file = std::fs::OpenOptions::new()
         .create(true)
@@ -141,11 +131,14 @@ fn lock_root(root: &Path) -> anyhow::Result<std::fs::File> {
         .write(true)
         .open(&path)
         .with_context(|| format!("opening {}", path.display()))?;
-    // SAFETY: flock on a descriptor we own; the lock lasts as long as the file is open.
-    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        bail!("root directory {} is in use by another wasmrun (it holds {})", root.display(), path.display());
+    // flock(LOCK_EX | LOCK_NB) on Linux; the lock lasts as long as the file is open.
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => {
+            bail!("root directory {} is in use by another wasmrun (it holds {})", root.display(), path.display())
+        }
+        Err(std::fs::TryLockError::Error(e)) => Err(e).with_context(|| format!("locking {}", path.display())),
     }
-    Ok(file)
 }
 
 /// Fails if a live server answers on `socket`; a socket file nobody answers

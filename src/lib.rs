@@ -15,6 +15,7 @@ pub mod backing;
 pub mod clock;
 pub mod config;
 pub mod cri;
+pub mod digest;
 pub mod durable;
 pub mod error;
 pub mod images;

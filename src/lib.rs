@@ -18,6 +18,7 @@ pub mod cri;
 pub mod digest;
 pub mod durable;
 pub mod error;
+pub mod ids;
 pub mod images;
 pub mod logs;
 pub mod pods;

@@ -85,6 +85,10 @@ impl Image {
     }
 }
 
+/// The fewest hex digits of an image id that [`Store::find`] takes as an id
+/// prefix rather than a name: docker's short image id.
+const MIN_ID_PREFIX: usize = 12;
+
 pub struct Store {
     dir: PathBuf,
     images: Mutex<BTreeMap<String, Image>>,
@@ -175,8 +179,15 @@ impl Store {
         self.images.lock().unwrap().get(id).cloned()
     }
 
-    /// Finds an image by id (`sha256:<hex>`, or a unique prefix of the hex), by
-    /// tag, or by repo digest. `name` must already be normalised.
+    /// Finds an image by id (`sha256:<hex>`), by tag, by repo digest, or by a
+    /// unique prefix of its id's hex (with or without `sha256:`) of 12 or more
+    /// hex digits, resolved by [`crate::ids::resolve`]. `name` must already be
+    /// normalised.
+    ///
+    /// Ids and names share one namespace here (`cafe` or `deadbeef` are
+    /// repository names too), so a name counts as an id prefix only from 12
+    /// hex digits on: the short image id docker prints. A name that is a tag
+    /// or repo digest of an image is that image, whatever it looks like.
     pub fn find(&self, name: &str) -> Option<Image> {
         let images = self.images.lock().unwrap();
         if let Some(image) = images.get(name) {
@@ -188,11 +199,9 @@ impl Store {
             return Some(image.clone());
         }
         let hex = name.strip_prefix("sha256:").unwrap_or(name);
-        if hex.len() >= 12 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-            let mut matches = images.values().filter(|image| image.id[7..].starts_with(hex));
-            if let (Some(image), None) = (matches.next(), matches.next()) {
-                return Some(image.clone());
-            }
+        if hex.len() >= MIN_ID_PREFIX && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            // The index is keyed by id, `sha256:<hex>`.
+            return crate::ids::resolve(&*images, &format!("sha256:{hex}")).cloned();
         }
         None
     }
@@ -545,6 +554,8 @@ mod tests {
         assert_eq!(reopened.list(), vec![images[1].clone()]);
         assert_eq!(reopened.find("r/x:latest").unwrap().id, images[1].id);
         assert_eq!(reopened.find(&images[1].id[..20]).unwrap().id, images[1].id);
+        assert_eq!(reopened.find(&images[1].id[7..19]).unwrap().id, images[1].id, "12 hex digits, no sha256:");
+        assert_eq!(reopened.find(&images[1].id[7..18]), None, "11 hex digits are a name, not an id");
 
         reopened.remove(&images[1].id).await.unwrap();
         let deleted = reopened.collect_garbage().await.unwrap();

@@ -55,17 +55,7 @@ struct Registry {
 impl Registry {
     /// Finds an id by its full form or a unique prefix, as crictl users type them.
     fn resolve<'a, T>(map: &'a HashMap<String, Arc<T>>, id: &str) -> Option<&'a Arc<T>> {
-        if let Some(found) = map.get(id) {
-            return Some(found);
-        }
-        if id.is_empty() {
-            return None;
-        }
-        let mut matches = map.iter().filter(|(key, _)| key.starts_with(id));
-        match (matches.next(), matches.next()) {
-            (Some((_, found)), None) => Some(found),
-            _ => None,
-        }
+        crate::ids::resolve(map, id)
     }
 }
 

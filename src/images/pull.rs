@@ -491,7 +491,7 @@ impl Puller {
             ))));
         }
         let actual = Digest::sha256(&bytes);
-        if *actual.as_str() != *digest {
+        if actual.as_str() != digest {
             return Err(Fail::Content(Error::DataLoss(format!(
                 "image {name}: manifest {digest} does not match its content ({actual})"
             ))));

@@ -370,16 +370,14 @@ impl<IO: AsyncRead + Unpin> AsyncRead for AuthorityFix<IO> {
                 }
                 return Poll::Ready(Ok(()));
             }
+            // Reads into the spare capacity, uninitialised, and grows `input`
+            // by what was read: tokio-util does the `unsafe` part.
             this.input.reserve(READ_CHUNK);
-            let mut read = ReadBuf::uninit(this.input.spare_capacity_mut());
-            ready!(Pin::new(&mut this.io).poll_read(cx, &mut read))?;
-            let n = read.filled().len();
+            let n = ready!(tokio_util::io::poll_read_buf(Pin::new(&mut this.io), cx, &mut this.input))?;
             if n == 0 {
                 this.eof = true;
                 continue;
             }
-            // SAFETY: `poll_read` initialised the first `n` bytes of the spare capacity.
-            unsafe { this.input.set_len(this.input.len() + n) };
             this.process()?;
         }
     }

@@ -1,4 +1,4 @@
-//! Durable file writes and the clock, shared by the parts that persist state.
+//! Durable file writes, shared by the parts that persist state.
 
 use std::io::{self, Write};
 use std::path::Path;
@@ -23,9 +23,4 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
         let _ = std::fs::remove_file(&tmp);
         Error::internal(format!("writing {}", path.display()), e)
     })
-}
-
-/// Unix time in nanoseconds, the unit of every CRI timestamp.
-pub fn now_nanos() -> i64 {
-    chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default()
 }

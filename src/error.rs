@@ -44,6 +44,13 @@ pub enum Error {
     Internal(anyhow::Error),
 }
 
+/// A digest a request, a manifest or the index gave that wasmrun cannot use.
+impl From<crate::digest::ParseError> for Error {
+    fn from(error: crate::digest::ParseError) -> Self {
+        Error::InvalidArgument(error.to_string())
+    }
+}
+
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// The longest part of a request (an id, a name, a path) an error message

@@ -12,11 +12,14 @@ pub mod api {
 
 pub mod authority;
 pub mod backing;
+pub mod clock;
 pub mod config;
 pub mod cri;
+pub mod digest;
 pub mod durable;
 pub mod error;
 pub mod front;
+pub mod ids;
 pub mod images;
 pub mod logs;
 pub mod pods;

@@ -1,16 +1,27 @@
-//! The daemon: the unix socket, the services on it, and a clean shutdown.
+//! The daemon: its parts built from a [`Config`], the listeners that serve
+//! them, and one shutdown signal that stops them all.
+//!
+//! ```text
+//! let daemon = Daemon::build(config).await?;   // parts, root lock, socket bound
+//! let shutdown = CancellationToken::new();      // cancel() = stop gracefully
+//! daemon.serve(shutdown).await?;                // every listener, until shutdown
+//! ```
+//!
+//! [`serve`] does exactly that, cancelling on SIGTERM or SIGINT.
 
 use std::future::Future;
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use tokio::net::UnixListener;
+use tokio_util::sync::CancellationToken;
 use tonic::codegen::http;
+use tonic::service::Routes;
 
 use crate::api::image_service_server::ImageServiceServer;
 use crate::api::runtime_service_server::RuntimeServiceServer;
@@ -26,92 +37,173 @@ use crate::wasm::Engine;
 /// kubelet allows CRI messages of up to 16 MiB (a ListContainers of a busy node).
 pub const MAX_MESSAGE: usize = 16 * 1024 * 1024;
 
+/// Serves the CRI until SIGTERM or SIGINT, then finishes in-flight calls
+/// (for at most `shutdown_grace_secs`) and removes the socket.
+pub async fn serve(config: Config) -> anyhow::Result<()> {
+    let daemon = Daemon::build(config).await?;
+    let shutdown = CancellationToken::new();
+    let signals = tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move {
+            tokio::select! {
+                () = shutdown_signal() => shutdown.cancel(),
+                // The daemon stopped for another reason (a listener failed).
+                () = shutdown.cancelled() => {}
+            }
+        }
+    });
+    let served = daemon.serve(shutdown.clone()).await;
+    shutdown.cancel();
+    let _ = signals.await;
+    served
+}
+
+/// A daemon built and bound, not serving yet: the CRI socket accepts
+/// connections (they wait in its backlog) and the root is locked.
+pub struct Daemon {
+    socket: PathBuf,
+    root: PathBuf,
+    grace: Duration,
+    cri: Routes,
+    cri_listener: UnixListener,
+    /// Held for the daemon's life: one daemon per root.
+    _root_lock: std::fs::File,
+}
+
+impl Daemon {
+    /// Builds everything `config` describes: creates the root and state
+    /// directories, refuses if another server answers on the socket, locks
+    /// the root, raises the open-files limit, opens the engine, the image
+    /// store and the pods (clearing an earlier run's scratch directories),
+    /// connects the backing runtime lazily, and binds the socket (mode 0660,
+    /// replacing a stale one).
+    ///
+    /// Errors: each with the path or setting that failed.
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        for dir in [&config.root, &config.state] {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        refuse_if_served(&config.socket).await?;
+        let root_lock = lock_root(&config.root)?;
+        raise_open_files_limit();
+
+        let engine = Engine::new(&config.root.join("cache"), config.default_memory_limit_bytes)?;
+        let options = PullOptions {
+            registries: registry_options(&config)?,
+            limits: Limits { max_manifest_bytes: config.max_manifest_bytes, max_blob_bytes: config.max_blob_bytes },
+            auth_file: config.auth_file.clone(),
+            registry_config: config.registry_config_path.clone(),
+        };
+        let images = Arc::new(Images::open(&config.root, options, engine.clone()).await?);
+        let programs = Arc::new(ImagePrograms { images: images.clone(), engine: engine.clone() });
+        let pods = Arc::new(Pods::open(programs, engine, &config.root, &config.state).await?);
+        let backing = config
+            .backing_endpoint
+            .as_deref()
+            .map(|endpoint| Backing::new(endpoint, Duration::from_secs(config.backing_connect_timeout_secs)))
+            .transpose()?;
+        let cri = cri_services(&config, pods, images, backing);
+
+        let cri_listener = bind(&config.socket)?;
+        Ok(Self {
+            socket: config.socket.clone(),
+            root: config.root.clone(),
+            grace: Duration::from_secs(config.shutdown_grace_secs),
+            cri,
+            cri_listener,
+            _root_lock: root_lock,
+        })
+    }
+
+    /// Serves every listener until `shutdown` is cancelled (or one of them
+    /// fails, which cancels the rest), then lets each finish the calls in
+    /// flight for at most `shutdown_grace_secs`, drops whatever is left, and
+    /// removes the socket. Returns the first listener's error, if any.
+    ///
+    /// A second listener (metrics, streaming) is one more `listeners.spawn`
+    /// of a future that serves until `stop` is cancelled.
+    pub async fn serve(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let Daemon { socket, root, grace, cri, cri_listener, _root_lock } = self;
+        // Cancelled by the caller's signal or by a failing listener; cancelling
+        // it never cancels the caller's token.
+        let stop = shutdown.child_token();
+        let mut listeners = tokio::task::JoinSet::new();
+        tracing::info!(socket = %socket.display(), root = %root.display(), version = env!("CARGO_PKG_VERSION"), "wasmrun serving the CRI");
+        listeners.spawn(serve_cri(cri, cri_listener, stop.clone()));
+
+        let joined = async {
+            let mut first_error = None;
+            while let Some(ended) = listeners.join_next().await {
+                let ended = ended.map_err(anyhow::Error::from).and_then(|served| served);
+                if let Err(e) = ended {
+                    stop.cancel();
+                    first_error.get_or_insert(e);
+                }
+            }
+            first_error.map_or(Ok(()), Err)
+        };
+        let served = tokio::select! {
+            served = joined => served,
+            // A graceful HTTP/2 shutdown waits for every client to acknowledge
+            // it; one that hangs (or never reads) would hold the daemon forever.
+            () = async {
+                stop.cancelled().await;
+                tokio::time::sleep(grace).await;
+            } => {
+                tracing::warn!(?grace, "calls or clients still in flight after the shutdown grace: stopping anyway");
+                Ok(())
+            }
+        };
+        // Listeners still running after the grace are aborted here.
+        drop(listeners);
+        let _ = std::fs::remove_file(&socket);
+        served?;
+        tracing::info!("wasmrun stopped");
+        Ok(())
+    }
+}
+
+/// The CRI's two gRPC services over one set of parts: the one place both
+/// are put together.
+fn cri_services(config: &Config, pods: Arc<Pods>, images: Arc<Images>, backing: Option<Backing>) -> Routes {
+    let parts = Parts { config: Arc::new(config.clone()), pods, images };
+    let front = Arc::new(Front::new(parts, backing));
+    Routes::new(
+        RuntimeServiceServer::from_arc(front.clone())
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE),
+    )
+    .add_service(
+        ImageServiceServer::from_arc(front)
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE),
+    )
+}
+
+/// Serves the CRI on `listener`, every call logged and every client's
+/// `:authority` made acceptable ([`AuthorityFix`]), until `stop` is
+/// cancelled; then finishes the calls in flight.
+async fn serve_cri(cri: Routes, listener: UnixListener, stop: CancellationToken) -> anyhow::Result<()> {
+    let incoming =
+        tokio_stream::StreamExt::map(tokio_stream::wrappers::UnixListenerStream::new(listener), |accepted| {
+            accepted.map(AuthorityFix::new)
+        });
+    tonic::transport::Server::builder()
+        .layer(CallLogLayer)
+        .add_routes(cri)
+        .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
+        .await
+        .context("serving the CRI")
+}
+
 /// Raises the soft limit on open files to the hard limit, as containerd does:
 /// every running container holds its log file open, and the default soft
 /// limit (often 1024) would cap a node at about a thousand guests.
 fn raise_open_files_limit() {
-    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: getrlimit and setrlimit read and write the rlimit we own.
-    let raised = unsafe {
-        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && {
-            limit.rlim_cur = limit.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0
-        }
-    };
-    if raised {
-        tracing::debug!(open_files = limit.rlim_cur, "raised the open-files limit");
-    } else {
-        tracing::warn!(error = %std::io::Error::last_os_error(), "cannot raise the open-files limit");
+    match crate::sys::raise_open_files_limit() {
+        Ok(open_files) => tracing::debug!(open_files, "raised the open-files limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-files limit"),
     }
-}
-
-/// Serves the CRI until SIGTERM or SIGINT, then finishes in-flight calls and
-/// removes the socket.
-pub async fn serve(config: Config) -> anyhow::Result<()> {
-    for dir in [&config.root, &config.state] {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    refuse_if_served(&config.socket).await?;
-    let _root_lock = lock_root(&config.root)?;
-    raise_open_files_limit();
-
-    let engine = Engine::new(&config.root.join("cache"), config.default_memory_limit_bytes)?;
-    let options = PullOptions {
-        registries: registry_options(&config)?,
-        limits: Limits { max_manifest_bytes: config.max_manifest_bytes, max_blob_bytes: config.max_blob_bytes },
-        auth_file: config.auth_file.clone(),
-        registry_config: config.registry_config_path.clone(),
-    };
-    let images = Arc::new(Images::open(&config.root, options, engine.clone()).await?);
-    let programs = Arc::new(ImagePrograms { images: images.clone(), engine: engine.clone() });
-    let pods = Arc::new(Pods::open(programs, engine, &config.root, &config.state).await?);
-    let backing = config
-        .backing_endpoint
-        .as_deref()
-        .map(|endpoint| Backing::new(endpoint, std::time::Duration::from_secs(config.backing_connect_timeout_secs)))
-        .transpose()?;
-    let parts = Parts { config: Arc::new(config.clone()), pods, images };
-    let front = Arc::new(Front::new(parts, backing));
-
-    let listener = bind(&config.socket)?;
-    let signalled = tokio::sync::Notify::new();
-    tracing::info!(socket = %config.socket.display(), root = %config.root.display(), version = env!("CARGO_PKG_VERSION"), "wasmrun serving the CRI");
-    let served = tonic::transport::Server::builder()
-        .layer(CallLogLayer)
-        .add_service(
-            RuntimeServiceServer::from_arc(front.clone())
-                .max_decoding_message_size(MAX_MESSAGE)
-                .max_encoding_message_size(MAX_MESSAGE),
-        )
-        .add_service(
-            ImageServiceServer::from_arc(front)
-                .max_decoding_message_size(MAX_MESSAGE)
-                .max_encoding_message_size(MAX_MESSAGE),
-        )
-        .serve_with_incoming_shutdown(
-            tokio_stream::StreamExt::map(tokio_stream::wrappers::UnixListenerStream::new(listener), |accepted| {
-                accepted.map(AuthorityFix::new)
-            }),
-            signalled.notified(),
-        );
-    let grace = std::time::Duration::from_secs(config.shutdown_grace_secs);
-    let served = tokio::select! {
-        served = served => served,
-        // A graceful HTTP/2 shutdown waits for every client to acknowledge
-        // it; one that hangs (or never reads) would hold the daemon forever.
-        () = async {
-            shutdown_signal().await;
-            signalled.notify_one();
-            tokio::time::sleep(grace).await;
-        } => {
-            tracing::warn!(?grace, "calls or clients still in flight after the shutdown grace: stopping anyway");
-            Ok(())
-        }
-    };
-    let _ = std::fs::remove_file(&config.socket);
-    served.context("serving the CRI")?;
-    tracing::info!("wasmrun stopped");
-    Ok(())
 }
 
 /// The per-registry settings of the config, CA files read.
@@ -134,7 +226,6 @@ fn registry_options(config: &Config) -> anyhow::Result<std::collections::HashMap
 
 /// One daemon per root: the image store and compile cache have one writer.
 fn lock_root(root: &Path) -> anyhow::Result<std::fs::File> {
-    use std::os::fd::AsRawFd;
     let path = root.join("wasmrun.lock");
     let file = std::fs::OpenOptions::new()
         .create(true)
@@ -142,11 +233,14 @@ fn lock_root(root: &Path) -> anyhow::Result<std::fs::File> {
         .write(true)
         .open(&path)
         .with_context(|| format!("opening {}", path.display()))?;
-    // SAFETY: flock on a descriptor we own; the lock lasts as long as the file is open.
-    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        bail!("root directory {} is in use by another wasmrun (it holds {})", root.display(), path.display());
+    // flock(LOCK_EX | LOCK_NB) on Linux; the lock lasts as long as the file is open.
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => {
+            bail!("root directory {} is in use by another wasmrun (it holds {})", root.display(), path.display())
+        }
+        Err(std::fs::TryLockError::Error(e)) => Err(e).with_context(|| format!("locking {}", path.display())),
     }
-    Ok(file)
 }
 
 /// Fails if a live server answers on `socket`; a socket file nobody answers
@@ -235,5 +329,44 @@ where
             tracing::debug!(%call, elapsed = ?started.elapsed(), grpc_status = %status, "CRI call");
             response
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(name: &str) -> Config {
+        let dir = std::env::temp_dir().join(format!("wasmrun-server-{name}-{}", rand::random::<u64>()));
+        Config {
+            socket: dir.join("wasmrun.sock"),
+            root: dir.join("root"),
+            state: dir.join("state"),
+            shutdown_grace_secs: 1,
+            ..Config::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_built_daemon_holds_its_socket_and_root_until_it_stops() {
+        let config = config("holds");
+        let daemon = Daemon::build(config.clone()).await.expect("building the daemon");
+        assert!(config.socket.exists(), "the socket is bound by build");
+
+        // Another daemon on the same socket (which answers) or root (which is locked) is refused.
+        let same_socket = Daemon::build(config.clone()).await.err().expect("a second daemon on the socket");
+        assert!(format!("{same_socket:#}").contains("in use"), "{same_socket:#}");
+        let other_socket = Config { socket: config.socket.with_file_name("other.sock"), ..config.clone() };
+        let same_root = Daemon::build(other_socket).await.err().expect("a second daemon on the root");
+        assert!(format!("{same_root:#}").contains("wasmrun.lock"), "{same_root:#}");
+
+        let shutdown = CancellationToken::new();
+        shutdown.cancel();
+        daemon.serve(shutdown).await.expect("serving until shutdown");
+        assert!(!config.socket.exists(), "the socket is removed when the daemon stops");
+        // The root lock went with the daemon.
+        let again = Daemon::build(config.clone()).await.expect("building again after the stop");
+        drop(again);
+        let _ = std::fs::remove_dir_all(config.root.parent().unwrap());
     }
 }

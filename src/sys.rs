@@ -1,6 +1,6 @@
-//! The few calls into the kernel that need `unsafe`: syncing a filesystem,
-//! mounting a container's root filesystem, and unmounting it. Everything else
-//! goes through std, cap-std or tokio.
+//! The few calls into the kernel that need `unsafe`: raising the open-files
+//! limit, syncing a filesystem, mounting a container's root filesystem, and
+//! unmounting it. Everything else goes through std, cap-std or tokio.
 //!
 //! All of these block: call them off the async workers.
 
@@ -14,6 +14,25 @@ use std::path::{Path, PathBuf};
 fn c_path(path: &Path) -> io::Result<CString> {
     CString::new(path.as_os_str().as_bytes())
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, format!("{} contains a NUL byte", path.display())))
+}
+
+/// Raises the soft limit on open files (`RLIMIT_NOFILE`) to the hard limit,
+/// as containerd does at start; returns the new soft limit.
+///
+/// Errors: whatever `getrlimit(2)` or `setrlimit(2)` answer (`EPERM` cannot
+/// happen: raising a soft limit up to the hard one needs no privilege).
+pub fn raise_open_files_limit() -> io::Result<u64> {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes into `limit`, which we own and which outlives the call.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    limit.rlim_cur = limit.rlim_max;
+    // SAFETY: setrlimit only reads `limit`, which outlives the call.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(limit.rlim_cur)
 }
 
 /// Flushes every dirty page and inode of the filesystem holding `dir` to disk
@@ -142,6 +161,15 @@ mod tests {
                 PathBuf::from("/run/wasmrun/containers/c/rootfs")
             ]
         );
+    }
+
+    #[test]
+    fn raises_the_open_files_limit_to_the_hard_limit() {
+        let raised = raise_open_files_limit().expect("raising RLIMIT_NOFILE");
+        let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        // SAFETY: as in raise_open_files_limit.
+        assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) }, 0);
+        assert_eq!((limit.rlim_cur, limit.rlim_max), (raised, raised));
     }
 
     #[test]

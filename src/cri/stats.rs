@@ -69,7 +69,7 @@ fn usage(timestamp: i64, cpu_nanos: u64, memory_bytes: u64) -> (api::CpuUsage, a
 
 fn container_stats_of(container: &Container) -> api::ContainerStats {
     let view = container.view();
-    let (cpu, memory) = usage(crate::durable::now_nanos(), view.usage.cpu_nanos, view.usage.memory_bytes);
+    let (cpu, memory) = usage(crate::clock::now_nanos(), view.usage.cpu_nanos, view.usage.memory_bytes);
     api::ContainerStats {
         attributes: Some(api::ContainerAttributes {
             id: container.id.clone(),
@@ -91,7 +91,7 @@ fn pod_stats_of(parts: &Parts, sandbox: &Sandbox) -> api::PodSandboxStats {
     let total = |pick: fn(&api::ContainerStats) -> u64| containers.iter().map(pick).sum::<u64>();
     let cpu_nanos = total(|s| s.cpu.as_ref().and_then(|c| c.usage_core_nano_seconds.as_ref()).map_or(0, |v| v.value));
     let memory_bytes = total(|s| s.memory.as_ref().and_then(|m| m.working_set_bytes.as_ref()).map_or(0, |v| v.value));
-    let (cpu, memory) = usage(crate::durable::now_nanos(), cpu_nanos, memory_bytes);
+    let (cpu, memory) = usage(crate::clock::now_nanos(), cpu_nanos, memory_bytes);
     api::PodSandboxStats {
         attributes: Some(api::PodSandboxAttributes {
             id: sandbox.id.clone(),

@@ -17,6 +17,7 @@ use oci_client::Reference;
 pub use pull::{Credentials, Limits, RegistryOptions};
 pub use store::{Image, ImageFormat};
 
+use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::wasm::{Engine, WasmKind, WasmSource};
 
@@ -166,11 +167,11 @@ impl Images {
             manifest_media_type: fetched.manifest_media_type,
             config_media_type: fetched.config.media_type.clone(),
             size: fetched.size,
-            pulled_at: crate::durable::now_nanos(),
+            pulled_at: crate::clock::now_nanos(),
         };
         match fetched.layout {
             format::Layout::Artifact { format, layer } => {
-                let header = pull::read_header(&self.store.blob_path(&layer.digest)?).await?;
+                let header = pull::read_header(&self.store.blob_path(&layer.digest.parse()?)).await?;
                 image.module_kind = WasmKind::detect(&header).ok_or_else(|| {
                     Error::InvalidArgument(format!("image {name}: layer {} is not WebAssembly", layer.digest))
                 })?;
@@ -203,16 +204,16 @@ impl Images {
                     }
                     program => program?,
                 };
-                let digest = store::sha256_digest(&bytes);
+                let digest = Digest::sha256(&bytes);
                 self.store.put_blob(&digest, &bytes).await?;
                 image.module_path = path;
                 image.module_kind = kind;
-                image.module_digest = digest;
+                image.module_digest = digest.to_string();
             }
         }
         // Compile now, so that the first container starts without compiling
         // and a program that cannot run is refused here.
-        let path = self.store.blob_path(&image.module_digest)?;
+        let path = self.store.blob_path(&image.module_digest.parse()?);
         self.engine
             .prepare(&image.module_digest, image.module_kind, WasmSource::File(path))
             .await
@@ -224,7 +225,7 @@ impl Images {
     /// Unpacks a compat image's layers once per image id, publishing the tree
     /// by rename so that a crash never leaves half a filesystem in place.
     async fn unpack_rootfs(&self, name: &str, id: &str, layers: &[pull::Descriptor]) -> Result<()> {
-        let target = self.store.rootfs_path(id)?;
+        let target = self.store.rootfs_path(&id.parse()?);
         if tokio::fs::metadata(&target).await.is_ok_and(|meta| meta.is_dir()) {
             return Ok(());
         }
@@ -232,7 +233,7 @@ impl Images {
         for layer in layers {
             plan.push(unpack::Layer {
                 digest: layer.digest.clone(),
-                path: self.store.blob_path(&layer.digest)?,
+                path: self.store.blob_path(&layer.digest.parse()?),
                 compression: unpack::Compression::from_media_type(&layer.media_type)
                     .map_err(|e| e.about_image(name))?,
             });
@@ -263,7 +264,7 @@ impl Images {
     /// Reads the program `argv0` names inside a compat image's filesystem,
     /// through cap-std so that no path or link in the image can reach outside it.
     async fn read_program(&self, image: &Image, argv0: &str, working_dir: &str) -> Result<(String, Vec<u8>, WasmKind)> {
-        let rootfs = self.store.rootfs_path(&image.id)?;
+        let rootfs = self.store.rootfs_path(&image.id.parse()?);
         let path = program_path(argv0, working_dir);
         let limit = self.limits.max_blob_bytes;
         let image_name = image.repo_tags.first().cloned().unwrap_or_else(|| image.id.clone());
@@ -299,19 +300,19 @@ impl Images {
             Ok(Program {
                 digest: image.module_digest.clone(),
                 kind: image.module_kind,
-                source: WasmSource::File(self.store.blob_path(&image.module_digest)?),
+                source: WasmSource::File(self.store.blob_path(&image.module_digest.parse()?)),
             })
         };
         if !image.has_rootfs() || program_path(argv0, working_dir) == image.module_path {
             return default();
         }
         let (_, bytes, kind) = self.read_program(image, argv0, working_dir).await?;
-        Ok(Program { digest: store::sha256_digest(&bytes), kind, source: WasmSource::Bytes(bytes) })
+        Ok(Program { digest: Digest::sha256(&bytes).to_string(), kind, source: WasmSource::Bytes(bytes) })
     }
 
     /// The unpacked filesystem of a compat image, which its guests see as `/`.
     pub fn rootfs(&self, image: &Image) -> Result<Option<PathBuf>> {
-        if image.has_rootfs() { self.store.rootfs_path(&image.id).map(Some) } else { Ok(None) }
+        if image.has_rootfs() { Ok(Some(self.store.rootfs_path(&image.id.parse()?))) } else { Ok(None) }
     }
 
     /// Finds a stored image by id, tag or digest reference; `None` when absent.
@@ -363,7 +364,7 @@ impl Images {
         })
         .await
         .map_err(|e| Error::internal("measuring the image store", e))??;
-        Ok(FsUsage { mountpoint: dir, used_bytes, inodes_used, timestamp: crate::durable::now_nanos() })
+        Ok(FsUsage { mountpoint: dir, used_bytes, inodes_used, timestamp: crate::clock::now_nanos() })
     }
 }
 

@@ -13,7 +13,8 @@ use serde::Deserialize;
 
 use super::format::{self, Layout};
 use super::hosts;
-use super::store::{Store, sha256_digest};
+use super::store::Store;
+use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::wasm::WasmKind;
 
@@ -155,6 +156,13 @@ impl From<Error> for Fail {
     }
 }
 
+/// A digest the manifest gives that wasmrun cannot use: any source would give the same.
+impl From<crate::digest::ParseError> for Fail {
+    fn from(error: crate::digest::ParseError) -> Self {
+        Fail::Content(error.into())
+    }
+}
+
 /// One place to fetch an image from: a mirror, or the registry itself.
 #[derive(Debug, Clone)]
 struct Source {
@@ -181,7 +189,7 @@ impl Source {
     /// What identifies the client settings, for the cache of anonymous clients.
     fn client_key(&self) -> String {
         let ca: Vec<u8> = self.ca_pems.concat();
-        format!("{}|{}|{}|{}", self.http, self.skip_verify, self.host, sha256_digest(&ca))
+        format!("{}|{}|{}|{}", self.http, self.skip_verify, self.host, Digest::sha256(&ca))
     }
 }
 
@@ -407,7 +415,7 @@ impl Puller {
             .ok_or_else(|| Error::InvalidArgument(format!("image {name}: the manifest has no config descriptor")))?;
 
         self.fetch_blob(client, store, reference, name, &config, |_| Ok(())).await?;
-        let config_path = store.blob_path(&config.digest)?;
+        let config_path = store.blob_path(&config.digest.parse()?);
         let config_json = tokio::fs::read(&config_path)
             .await
             .map_err(|e| Error::internal(format!("reading config {} of {name}", config.digest), e))?;
@@ -447,8 +455,9 @@ impl Puller {
             }
         }
         // A stored blob is whole and verified: a re-pull does not write the manifest again.
-        if !store.has_blob(&manifest_digest).await {
-            store.put_blob(&manifest_digest, &manifest_bytes).await?;
+        let stored: Digest = manifest_digest.parse()?;
+        if !store.has_blob(&stored).await {
+            store.put_blob(&stored, &manifest_bytes).await?;
         }
         let size = config.size + manifest.layers.iter().map(|layer| layer.size).sum::<u64>();
         Ok(Fetched {
@@ -481,8 +490,8 @@ impl Puller {
                 self.limits.max_manifest_bytes
             ))));
         }
-        let actual = sha256_digest(&bytes);
-        if actual != digest {
+        let actual = Digest::sha256(&bytes);
+        if actual.as_str() != digest {
             return Err(Fail::Content(Error::DataLoss(format!(
                 "image {name}: manifest {digest} does not match its content ({actual})"
             ))));
@@ -501,7 +510,8 @@ impl Puller {
         descriptor: &Descriptor,
         check: impl FnOnce(&[u8]) -> Result<()>,
     ) -> Result<(), Fail> {
-        if store.has_blob(&descriptor.digest).await {
+        let digest: Digest = descriptor.digest.parse()?;
+        if store.has_blob(&digest).await {
             return Ok(());
         }
         let limit = self.limits.max_blob_bytes;
@@ -515,7 +525,7 @@ impl Puller {
             return Err(Fail::Content(over_limit(descriptor.size)));
         }
         // No credentials here: oci-client reuses the token the manifest fetch obtained.
-        let mut writer = store.blob_writer(&descriptor.digest, limit).await?;
+        let mut writer = store.blob_writer(&digest, limit).await?;
         let fetched = client.pull_blob(reference, descriptor.digest.as_str(), &mut writer).await;
         if let Err(e) = fetched {
             writer.discard().await;
@@ -535,7 +545,7 @@ impl Puller {
 /// The content of the blob `digest` when the store holds it (blobs are
 /// stored whole and verified, or not at all).
 async fn stored_blob(store: &Store, digest: &str) -> Option<Vec<u8>> {
-    tokio::fs::read(store.blob_path(digest).ok()?).await.ok()
+    tokio::fs::read(store.blob_path(&digest.parse().ok()?)).await.ok()
 }
 
 pub(super) async fn read_header(path: &std::path::Path) -> Result<Vec<u8>> {

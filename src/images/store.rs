@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 use tokio::io::AsyncWrite;
 
+use crate::digest::Digest;
 use crate::durable::write_atomically;
 use crate::error::{Error, IoContext, Result};
 use crate::wasm::WasmKind;
@@ -84,6 +85,10 @@ impl Image {
     }
 }
 
+/// The fewest hex digits of an image id that [`Store::find`] takes as an id
+/// prefix rather than a name: docker's short image id.
+const MIN_ID_PREFIX: usize = 12;
+
 pub struct Store {
     dir: PathBuf,
     images: Mutex<BTreeMap<String, Image>>,
@@ -120,8 +125,8 @@ impl Store {
     }
 
     /// Where a compat image's filesystem is unpacked.
-    pub fn rootfs_path(&self, image_id: &str) -> Result<PathBuf> {
-        Ok(self.dir.join("rootfs").join(digest_hex(image_id)?))
+    pub fn rootfs_path(&self, image_id: &Digest) -> PathBuf {
+        self.dir.join("rootfs").join(image_id.hex())
     }
 
     /// A fresh directory to unpack into before `rootfs_path` is published by rename.
@@ -129,27 +134,26 @@ impl Store {
         self.dir.join("tmp").join(format!("rootfs.{}", rand::random::<u64>()))
     }
 
-    pub fn blob_path(&self, digest: &str) -> Result<PathBuf> {
-        Ok(self.dir.join("blobs").join(digest_path(digest)?))
+    /// Where the blob `digest` is (or would be) stored: `blobs/sha256/<hex>`,
+    /// as in an OCI image layout (image-layout.md, "Blobs").
+    pub fn blob_path(&self, digest: &Digest) -> PathBuf {
+        self.dir.join("blobs").join(digest_path(digest))
     }
 
-    pub async fn has_blob(&self, digest: &str) -> bool {
-        match self.blob_path(digest) {
-            Ok(path) => tokio::fs::metadata(path).await.is_ok_and(|meta| meta.is_file()),
-            Err(_) => false,
-        }
+    pub async fn has_blob(&self, digest: &Digest) -> bool {
+        tokio::fs::metadata(self.blob_path(digest)).await.is_ok_and(|meta| meta.is_file())
     }
 
     /// Starts writing a blob that must hash to `digest` and may hold at most `limit` bytes.
-    pub async fn blob_writer(&self, digest: &str, limit: u64) -> Result<BlobWriter> {
-        let target = self.blob_path(digest)?;
-        let tmp = self.dir.join("tmp").join(format!("{}.{}", digest_hex(digest)?, rand::random::<u64>()));
+    pub async fn blob_writer(&self, digest: &Digest, limit: u64) -> Result<BlobWriter> {
+        let target = self.blob_path(digest);
+        let tmp = self.dir.join("tmp").join(format!("{}.{}", digest.hex(), rand::random::<u64>()));
         let file = tokio::fs::File::create(&tmp).await.io_context(|| format!("creating {}", tmp.display()))?;
         Ok(BlobWriter {
             file,
             tmp,
             target,
-            expected: digest.to_owned(),
+            expected: digest.clone(),
             hasher: Sha256::new(),
             header: Vec::with_capacity(8),
             written: 0,
@@ -159,7 +163,7 @@ impl Store {
     }
 
     /// Stores bytes already in memory (manifests, configs).
-    pub async fn put_blob(&self, digest: &str, bytes: &[u8]) -> Result<()> {
+    pub async fn put_blob(&self, digest: &Digest, bytes: &[u8]) -> Result<()> {
         let mut writer = self.blob_writer(digest, u64::MAX).await?;
         tokio::io::AsyncWriteExt::write_all(&mut writer, bytes)
             .await
@@ -175,8 +179,15 @@ impl Store {
         self.images.lock().unwrap().get(id).cloned()
     }
 
-    /// Finds an image by id (`sha256:<hex>`, or a unique prefix of the hex), by
-    /// tag, or by repo digest. `name` must already be normalised.
+    /// Finds an image by id (`sha256:<hex>`), by tag, by repo digest, or by a
+    /// unique prefix of its id's hex (with or without `sha256:`) of 12 or more
+    /// hex digits, resolved by [`crate::ids::resolve`]. `name` must already be
+    /// normalised.
+    ///
+    /// Ids and names share one namespace here (`cafe` or `deadbeef` are
+    /// repository names too), so a name counts as an id prefix only from 12
+    /// hex digits on: the short image id docker prints. A name that is a tag
+    /// or repo digest of an image is that image, whatever it looks like.
     pub fn find(&self, name: &str) -> Option<Image> {
         let images = self.images.lock().unwrap();
         if let Some(image) = images.get(name) {
@@ -188,11 +199,9 @@ impl Store {
             return Some(image.clone());
         }
         let hex = name.strip_prefix("sha256:").unwrap_or(name);
-        if hex.len() >= 12 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-            let mut matches = images.values().filter(|image| image.id[7..].starts_with(hex));
-            if let (Some(image), None) = (matches.next(), matches.next()) {
-                return Some(image.clone());
-            }
+        if hex.len() >= MIN_ID_PREFIX && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            // The index is keyed by id, `sha256:<hex>`.
+            return crate::ids::resolve(&*images, &format!("sha256:{hex}")).cloned();
         }
         None
     }
@@ -315,10 +324,11 @@ fn load(dir: &Path) -> Result<BTreeMap<String, Image>> {
     };
     let mut kept = BTreeMap::new();
     for image in images {
-        let blobs_whole =
-            image.blobs().all(|digest| digest_path(digest).is_ok_and(|p| dir.join("blobs").join(p).is_file()));
-        let rootfs_whole =
-            !image.has_rootfs() || digest_hex(&image.id).is_ok_and(|hex| dir.join("rootfs").join(hex).is_dir());
+        let blobs_whole = image
+            .blobs()
+            .all(|digest| digest.parse().is_ok_and(|digest| dir.join("blobs").join(digest_path(&digest)).is_file()));
+        let rootfs_whole = !image.has_rootfs()
+            || image.id.parse::<Digest>().is_ok_and(|id| dir.join("rootfs").join(id.hex()).is_dir());
         let whole = blobs_whole && rootfs_whole;
         if whole {
             kept.insert(image.id.clone(), image);
@@ -329,21 +339,10 @@ fn load(dir: &Path) -> Result<BTreeMap<String, Image>> {
     Ok(kept)
 }
 
-/// `sha256:<64 hex>` → `sha256/<hex>`; anything else is refused, so that a
-/// digest from a registry can never name a path outside the store.
-fn digest_path(digest: &str) -> Result<PathBuf> {
-    Ok(Path::new("sha256").join(digest_hex(digest)?))
-}
-
-fn digest_hex(digest: &str) -> Result<&str> {
-    match digest.strip_prefix("sha256:") {
-        Some(hex) if hex.len() == 64 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) => Ok(hex),
-        _ => Err(Error::InvalidArgument(format!("unsupported digest {digest:?}: expected sha256:<64 lowercase hex>"))),
-    }
-}
-
-pub fn sha256_digest(bytes: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+/// `sha256:<hex>` → `sha256/<hex>`: a [`Digest`] holds only `[a-z0-9:]`,
+/// so a digest from a registry can never name a path outside the store.
+fn digest_path(digest: &Digest) -> PathBuf {
+    Path::new(digest.algorithm()).join(digest.hex())
 }
 
 /// Writes a blob to a temporary file while hashing it; `commit` verifies and
@@ -353,7 +352,7 @@ pub struct BlobWriter {
     file: tokio::fs::File,
     tmp: PathBuf,
     target: PathBuf,
-    expected: String,
+    expected: Digest,
     hasher: Sha256,
     header: Vec<u8>,
     written: u64,
@@ -376,7 +375,7 @@ impl BlobWriter {
     /// Verifies the digest, makes the blob durable and moves it into place.
     pub async fn commit(mut self) -> Result<()> {
         use tokio::io::AsyncWriteExt;
-        let actual = format!("sha256:{}", hex::encode(std::mem::take(&mut self.hasher).finalize()));
+        let actual = Digest::from_sha256(std::mem::take(&mut self.hasher).finalize().into());
         if actual != self.expected {
             self.discard().await;
             return Err(Error::DataLoss(format!(
@@ -468,18 +467,15 @@ mod tests {
     }
 
     #[test]
-    fn digests_never_escape_the_store() {
-        for bad in ["sha256:../../etc/passwd", "sha512:abc", "sha256:ABC", "", "sha256:"] {
-            assert!(digest_path(bad).is_err(), "{bad:?}");
-        }
-        let good = sha256_digest(b"x");
-        assert_eq!(digest_path(&good).unwrap(), Path::new("sha256").join(&good[7..]));
+    fn a_blob_is_stored_under_its_algorithm_and_hex() {
+        let good = Digest::sha256(b"x");
+        assert_eq!(digest_path(&good), Path::new("sha256").join(good.hex()));
     }
 
     #[tokio::test]
     async fn a_blob_that_does_not_match_its_digest_is_not_stored() {
         let store = Store::open(temp_dir("mismatch")).await.unwrap();
-        let digest = sha256_digest(b"expected");
+        let digest = Digest::sha256(b"expected");
         let err = store.put_blob(&digest, b"something else").await.unwrap_err();
         assert!(matches!(err, Error::DataLoss(_)), "{err}");
         assert!(!store.has_blob(&digest).await);
@@ -492,13 +488,13 @@ mod tests {
         assert!(!store.has_blob(&digest).await);
 
         store.put_blob(&digest, b"expected").await.unwrap();
-        assert_eq!(std::fs::read(store.blob_path(&digest).unwrap()).unwrap(), b"expected");
+        assert_eq!(std::fs::read(store.blob_path(&digest)).unwrap(), b"expected");
     }
 
     #[tokio::test]
     async fn a_writer_dropped_unfinished_removes_its_temporary_file() {
         let store = Store::open(temp_dir("dropped")).await.unwrap();
-        let digest = sha256_digest(b"partial");
+        let digest = Digest::sha256(b"partial");
         let mut writer = store.blob_writer(&digest, 1024).await.unwrap();
         tokio::io::AsyncWriteExt::write_all(&mut writer, b"part").await.unwrap();
         assert_eq!(std::fs::read_dir(store.dir().join("tmp")).unwrap().count(), 1);
@@ -524,8 +520,9 @@ mod tests {
         let store = Store::open(dir.clone()).await.unwrap();
         let mut images = Vec::new();
         for content in [&b"one"[..], b"two"] {
-            let blob = sha256_digest(content);
-            store.put_blob(&blob, content).await.unwrap();
+            let digest = Digest::sha256(content);
+            store.put_blob(&digest, content).await.unwrap();
+            let blob = digest.to_string();
             images.push(Image {
                 id: blob.clone(),
                 repo_tags: vec!["r/x:latest".into()],
@@ -557,6 +554,8 @@ mod tests {
         assert_eq!(reopened.list(), vec![images[1].clone()]);
         assert_eq!(reopened.find("r/x:latest").unwrap().id, images[1].id);
         assert_eq!(reopened.find(&images[1].id[..20]).unwrap().id, images[1].id);
+        assert_eq!(reopened.find(&images[1].id[7..19]).unwrap().id, images[1].id, "12 hex digits, no sha256:");
+        assert_eq!(reopened.find(&images[1].id[7..18]), None, "11 hex digits are a name, not an id");
 
         reopened.remove(&images[1].id).await.unwrap();
         let deleted = reopened.collect_garbage().await.unwrap();

@@ -70,17 +70,7 @@ struct Registry {
 impl Registry {
     /// Finds an id by its full form or a unique prefix, as crictl users type them.
     fn resolve<'a, T>(map: &'a HashMap<String, Arc<T>>, id: &str) -> Option<&'a Arc<T>> {
-        if let Some(found) = map.get(id) {
-            return Some(found);
-        }
-        if id.is_empty() {
-            return None;
-        }
-        let mut matches = map.iter().filter(|(key, _)| key.starts_with(id));
-        match (matches.next(), matches.next()) {
-            (Some((_, found)), None) => Some(found),
-            _ => None,
-        }
+        crate::ids::resolve(map, id)
     }
 }
 
@@ -131,7 +121,7 @@ impl Pods {
 
     /// Puts the loaded records back in the registry.
     async fn recover(&self, loaded: records::Loaded) {
-        let now = crate::durable::now_nanos();
+        let now = crate::clock::now_nanos();
         for record in loaded.sandboxes {
             let Some(metadata) = record.config.0.metadata.as_ref() else {
                 self.records.set_aside(&self.records.sandbox_path(&record.id), "it has no metadata");
@@ -291,7 +281,7 @@ impl Pods {
 
     /// Sends an event of `kind` about a container of pod `pod_id`, with the pod's state now.
     fn send(&self, container_id: &str, pod_id: &str, kind: EventKind) {
-        self.events.send(self.event(container_id, pod_id, kind, crate::durable::now_nanos()));
+        self.events.send(self.event(container_id, pod_id, kind, crate::clock::now_nanos()));
     }
 
     /// An event with the pod and its containers' states as they are now.
@@ -325,7 +315,7 @@ impl Pods {
         checks::sandbox_config(&config)?;
         let name = sandbox::reserved_name(metadata);
         let sandbox =
-            Arc::new(Sandbox::new(new_id(), config, runtime_handler.to_owned(), crate::durable::now_nanos(), true));
+            Arc::new(Sandbox::new(new_id(), config, runtime_handler.to_owned(), crate::clock::now_nanos(), true));
         if !self.registry.lock().unwrap().names.insert(name.clone()) {
             return Err(Error::AlreadyExists(format!("pod sandbox {name} already exists: remove it first")));
         }
@@ -503,7 +493,7 @@ impl Pods {
                 process,
                 log_path,
                 mounts,
-                created_at: crate::durable::now_nanos(),
+                created_at: crate::clock::now_nanos(),
                 module_source,
                 resources,
                 life: Lifecycle::default(),
@@ -577,7 +567,7 @@ impl Pods {
         container.apply(Transition::Start)?;
         // Taken before the guest runs, so that started_at <= finished_at even
         // for a guest that is done before `engine.start` returns.
-        let started_at = crate::durable::now_nanos();
+        let started_at = crate::clock::now_nanos();
         let started = async {
             let compiled = container
                 .compiled
@@ -702,7 +692,7 @@ impl Pods {
 
 /// The exit of a container whose guest never ran, as containerd reports it.
 fn not_started(message: String) -> Exit {
-    Exit { code: EXIT_NOT_STARTED, reason: ExitReason::StartError, message, finished_at: crate::durable::now_nanos() }
+    Exit { code: EXIT_NOT_STARTED, reason: ExitReason::StartError, message, finished_at: crate::clock::now_nanos() }
 }
 
 /// Clears what an earlier daemon left in `containers_dir`: containers'

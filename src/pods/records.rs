@@ -202,8 +202,7 @@ impl Records {
     pub fn set_aside(&self, path: &Path, why: &str) {
         let kind = path.parent().and_then(Path::file_name).map(|k| k.to_string_lossy().into_owned());
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let target =
-            self.set_aside.join(format!("{}-{name}.{}", kind.unwrap_or_default(), crate::durable::now_nanos()));
+        let target = self.set_aside.join(format!("{}-{name}.{}", kind.unwrap_or_default(), crate::clock::now_nanos()));
         let moved = std::fs::create_dir_all(&self.set_aside).and_then(|()| std::fs::rename(path, &target));
         match moved {
             Ok(()) => {

@@ -141,7 +141,7 @@ impl ExitWaiter {
                 code: EXIT_KILLED,
                 reason: ExitReason::Error,
                 message: "the guest's task ended without reporting an exit".into(),
-                finished_at: crate::durable::now_nanos(),
+                finished_at: crate::clock::now_nanos(),
             },
         }
     }
@@ -264,7 +264,7 @@ async fn run_until_stopped(
             code: EXIT_KILLED,
             reason: ExitReason::Error,
             message: "stopped".into(),
-            finished_at: crate::durable::now_nanos(),
+            finished_at: crate::clock::now_nanos(),
         },
         result = run => classify(result, usage),
     };
@@ -313,7 +313,7 @@ async fn run_start(
 }
 
 fn classify(result: wasmtime::Result<()>, usage: &Usage) -> Exit {
-    let finished_at = crate::durable::now_nanos();
+    let finished_at = crate::clock::now_nanos();
     let error = match result {
         Ok(()) => {
             return Exit { code: 0, reason: ExitReason::Completed, message: String::new(), finished_at };

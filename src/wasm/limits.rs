@@ -154,17 +154,20 @@ impl wasmtime::ResourceLimiter for MemoryLimiter {
     }
 }
 
-/// Runs a guest's future: counts the CPU time of each poll and, when the guest
-/// has a CPU limit, holds it back once it has used its quota for the period.
-///
-/// A guest yields at every epoch tick, so it can overrun its quota by up to a
-/// tick; the overrun is carried into the next periods as debt, which keeps
-/// the long-run share at quota / period (as the CFS does with its slices).
-pub(super) struct CpuMeter<'a, F> {
-    inner: F,
-    usage: &'a Usage,
-    budget: Budget,
-    throttle: Option<Pin<Box<Sleep>>>,
+pin_project_lite::pin_project! {
+    /// Runs a guest's future: counts the CPU time of each poll and, when the guest
+    /// has a CPU limit, holds it back once it has used its quota for the period.
+    ///
+    /// A guest yields at every epoch tick, so it can overrun its quota by up to a
+    /// tick; the overrun is carried into the next periods as debt, which keeps
+    /// the long-run share at quota / period (as the CFS does with its slices).
+    pub(super) struct CpuMeter<'a, F> {
+        #[pin]
+        inner: F,
+        usage: &'a Usage,
+        budget: Budget,
+        throttle: Option<Pin<Box<Sleep>>>,
+    }
 }
 
 impl<'a, F> CpuMeter<'a, F> {
@@ -177,19 +180,16 @@ impl<F: Future> Future for CpuMeter<'_, F> {
     type Output = F::Output;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        // SAFETY: `inner` is never moved out of the pinned `self`; the other
-        // fields are Unpin.
-        let this = unsafe { self.get_unchecked_mut() };
-        if let Some(throttle) = &mut this.throttle {
+        let this = self.project();
+        if let Some(throttle) = this.throttle {
             if throttle.as_mut().poll(cx).is_pending() {
                 return Poll::Pending;
             }
-            this.throttle = None;
+            *this.throttle = None;
         }
-        let before = thread_cpu_nanos();
-        let inner = unsafe { Pin::new_unchecked(&mut this.inner) };
-        let poll = inner.poll(cx);
-        let spent = thread_cpu_nanos().saturating_sub(before);
+        let before = crate::sys::thread_cpu_nanos();
+        let poll = this.inner.poll(cx);
+        let spent = crate::sys::thread_cpu_nanos().saturating_sub(before);
         this.usage.cpu_nanos.fetch_add(spent, Ordering::Relaxed);
         if poll.is_pending()
             && let Some((quota, period)) = this.usage.bandwidth()
@@ -203,7 +203,7 @@ impl<F: Future> Future for CpuMeter<'_, F> {
             let mut throttle = Box::pin(tokio::time::sleep_until(until));
             // Registers the wake-up; the guest is not polled again before it.
             let _ = throttle.as_mut().poll(cx);
-            this.throttle = Some(throttle);
+            *this.throttle = Some(throttle);
         }
         poll
     }
@@ -240,15 +240,6 @@ impl Budget {
         let periods_to_wait = self.used / quota;
         Some(self.period_start + Duration::from_nanos(periods_to_wait.saturating_mul(period)))
     }
-}
-
-fn thread_cpu_nanos() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: clock_gettime writes into the timespec we own.
-    if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) } != 0 {
-        return 0;
-    }
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 #[cfg(test)]

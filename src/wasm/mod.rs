@@ -159,7 +159,7 @@ fn spawn_epoch_ticker(engine: &wasmtime::Engine) -> Result<()> {
 /// must not slow down the threads that serve kubelet, write logs and tick
 /// the epoch (all at nice 0). It only weighs guests against the daemon's own
 /// threads: containers of the backing runtime are in cgroups of their own.
-const GUEST_NICE: libc::c_int = 10;
+const GUEST_NICE: i32 = 10;
 
 /// A multi-threaded tokio runtime for guests, kept apart from the CRI server's.
 fn spawn_guest_executor() -> Result<tokio::runtime::Handle> {
@@ -181,13 +181,8 @@ fn spawn_guest_executor() -> Result<tokio::runtime::Handle> {
 
 /// Sets [`GUEST_NICE`] on the calling thread (on Linux, niceness is per thread).
 fn lower_thread_priority() {
-    // SAFETY: gettid and setpriority take no pointers.
-    let result = unsafe {
-        let tid = libc::gettid();
-        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, GUEST_NICE)
-    };
-    if result != 0 {
-        tracing::warn!(error = %std::io::Error::last_os_error(), "cannot lower the priority of a guest thread");
+    if let Err(error) = crate::sys::set_thread_nice(GUEST_NICE) {
+        tracing::warn!(%error, "cannot lower the priority of a guest thread");
     }
 }
 

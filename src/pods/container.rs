@@ -141,16 +141,14 @@ impl Container {
         ContainerView { state, started_at, exit, resources, usage }
     }
 
-    /// The guest's view: argv, env, working dir, mounts and limits.
+    /// The guest's view: argv, env, working dir and mounts.
     fn guest_spec(&self) -> GuestSpec {
-        let limits = self.resources.lock().unwrap().as_ref().map(limits_of).unwrap_or_default();
         GuestSpec {
             argv: self.process.argv.clone(),
             env: self.process.env.clone(),
             working_dir: Some(self.process.working_dir.clone()).filter(|dir| !dir.is_empty()),
             root: self.root.clone(),
             mounts: self.mounts.clone(),
-            limits,
             scratch_dir: Some(self.scratch_dir.clone()),
         }
     }
@@ -174,7 +172,9 @@ impl Container {
             let OpenedLog { log, output } = ContainerLog::open(self.log_path.clone())
                 .await
                 .map_err(|e| Error::internal(format!("opening the log of container {}", self.id), e))?;
-            let guest = engine.start(self.compiled.clone(), self.guest_spec(), output).await?;
+            let limits = self.resources.lock().unwrap().as_ref().map(limits_of).unwrap_or_default();
+            let usage = engine.new_usage(limits);
+            let guest = engine.start(self.compiled.clone(), self.guest_spec(), usage, output.into()).await?;
             Ok::<_, Error>((guest, log))
         }
         .await;

@@ -12,8 +12,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use bytes::{BufMut, Bytes, BytesMut};
 
 /// Counts the changes a list shows (pods run, stopped and removed;
-/// containers created, started and removed). Each is counted once it is
-/// visible in the registry and the object's state.
+/// containers created, started, exited and removed). Each is counted once it
+/// is visible in the registry and the object's state.
 #[derive(Default)]
 pub(super) struct Changes(AtomicU64);
 
@@ -34,7 +34,6 @@ impl Changes {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Generation {
     pub changes: u64,
-    pub ended_guests: u64,
 }
 
 /// The last answer to a list without a filter, and the generation (`G`)
@@ -106,8 +105,8 @@ pub(super) fn concat(entries: Vec<Bytes>) -> Bytes {
 mod tests {
     use super::*;
 
-    fn generation(changes: u64, ended_guests: u64) -> Generation {
-        Generation { changes, ended_guests }
+    fn generation(changes: u64) -> Generation {
+        Generation { changes }
     }
 
     #[tokio::test]
@@ -118,12 +117,12 @@ mod tests {
             made.set(made.get() + 1);
             Bytes::from_static(text.as_bytes())
         };
-        assert_eq!(list.get_or_make(|| generation(1, 0), || make("a")).await, "a");
-        assert_eq!(list.get_or_make(|| generation(1, 0), || make("b")).await, "a");
+        assert_eq!(list.get_or_make(|| generation(1), || make("a")).await, "a");
+        assert_eq!(list.get_or_make(|| generation(1), || make("b")).await, "a");
         assert_eq!(made.get(), 1);
-        assert_eq!(list.get_or_make(|| generation(2, 0), || make("c")).await, "c");
-        assert_eq!(list.get_or_make(|| generation(2, 1), || make("d")).await, "d");
-        assert_eq!(list.get_or_make(|| generation(2, 1), || make("e")).await, "d");
+        assert_eq!(list.get_or_make(|| generation(2), || make("c")).await, "c");
+        assert_eq!(list.get_or_make(|| generation(3), || make("d")).await, "d");
+        assert_eq!(list.get_or_make(|| generation(3), || make("e")).await, "d");
         assert_eq!(made.get(), 3);
     }
 

@@ -39,9 +39,9 @@ pub struct Pods {
     /// Pods run, stopped and removed: what a pod list shows.
     pod_changes: listing::Changes,
     unfiltered_pod_list: listing::UnfilteredList<u64>,
-    /// Containers created, started and removed: what a container list shows,
-    /// with the guests' exits.
-    container_changes: listing::Changes,
+    /// Containers created, started, exited (recorded by the exit waiter of
+    /// `start_container`) and removed: what a container list shows.
+    container_changes: Arc<listing::Changes>,
     unfiltered_container_list: listing::UnfilteredList<listing::Generation>,
 }
 
@@ -94,7 +94,7 @@ impl Pods {
             events: events::Events::new(),
             pod_changes: listing::Changes::default(),
             unfiltered_pod_list: listing::UnfilteredList::default(),
-            container_changes: listing::Changes::default(),
+            container_changes: Arc::default(),
             unfiltered_container_list: listing::UnfilteredList::default(),
         }
     }
@@ -170,6 +170,8 @@ impl Pods {
         for container in self.containers_of(&sandbox.id) {
             container.stop().await?;
         }
+        // As in `stop_container`: lists made from here on show the exits.
+        self.container_changes.record();
         sandbox.mark_not_ready();
         self.pod_changes.record();
         tracing::info!(pod = %sandbox.id, "pod sandbox stopped");
@@ -324,10 +326,7 @@ impl Pods {
         if !filter.selects_all() {
             return make();
         }
-        let generation = || listing::Generation {
-            changes: self.container_changes.count(),
-            ended_guests: self.engine.ended_guests(),
-        };
+        let generation = || listing::Generation { changes: self.container_changes.count() };
         self.unfiltered_container_list.get_or_make(generation, make).await
     }
 
@@ -348,8 +347,11 @@ impl Pods {
             (Ok(()), Some(waiter)) => {
                 events.send(&id, &pod_id, EventKind::Started);
                 tracing::info!(container = %id, "container started");
+                let changes = self.container_changes.clone();
                 tokio::spawn(async move {
                     waiter.wait().await;
+                    // The exit is visible by now: lists made from here on show it.
+                    changes.record();
                     events.send(&id, &pod_id, EventKind::Stopped);
                 });
             }
@@ -364,7 +366,14 @@ impl Pods {
     /// within any timeout. Stopping a container that is not running is fine.
     pub async fn stop_container(&self, id: &str) -> Result<()> {
         match self.container(id) {
-            Ok(container) => container.stop().await,
+            Ok(container) => {
+                container.stop().await?;
+                // The exit waiter of `start_container` records the exit too, but
+                // perhaps only after this call has returned: a list made right
+                // after a stop must show it.
+                self.container_changes.record();
+                Ok(())
+            }
             Err(_) => Ok(()),
         }
     }

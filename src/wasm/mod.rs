@@ -5,22 +5,45 @@
 //! that spins can never hold up the CRI server. Epoch interruption makes every
 //! guest yield to that executor each [`EPOCH_TICK`]; a stop request is seen at
 //! the next yield, even in an infinite loop.
+//!
+//! A guest is started ([`Engine::start`]) with a [`GuestSpec`] (what it sees),
+//! a [`Usage`] the caller made ([`Engine::new_usage`], one per container,
+//! shared by the instances run for it) and an [`Output`] (where its stdout
+//! and stderr go: a CRI log, memory with [`Captured`], any writer).
+//!
+//! The modules, each depending only on those listed before it (no cycles):
+//!
+//! - `spec`, `limits`, `output`: what a guest is started with, its limits and
+//!   usage counters, its output sinks; plain data and small types.
+//! - `file_mounts`, `layout`: the host directories a spec becomes (copies of
+//!   file mounts; where each directory is preopened). `layout` uses
+//!   `file_mounts`' normalizing of guest paths.
+//! - `host`: WASI contexts and linkers, `host::p1` for preview 1 modules
+//!   (with the read-only root's EROFS), `host::p2` for components.
+//! - `compile`: the compiled-code cache; links binaries against `host`'s
+//!   linkers to check their imports.
+//! - `guest`: runs one compiled program in a store `host` builds, and maps
+//!   its end to an [`Exit`].
+//! - this module: the [`Engine`] tying them together.
 
 mod compile;
 mod file_mounts;
 mod guest;
+mod host;
 mod layout;
 mod limits;
-mod read_only_root;
+pub mod output;
+mod spec;
 
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 pub use compile::{Compiled, ModuleSource, WasmSource};
-pub use guest::{EXIT_NOT_STARTED, Exit, ExitReason, ExitWaiter, Guest, GuestSpec, Mount, Root};
-pub use limits::{CpuBandwidth, Limits, Usage, UsageSnapshot};
+pub use guest::{EXIT_NOT_STARTED, Exit, ExitReason, ExitWaiter, Guest};
+pub use limits::{Usage, UsageSnapshot};
+pub use output::{Captured, Output};
+pub use spec::{CpuBandwidth, GuestSpec, Limits, Mount, Root};
 
 use crate::error::{Error, Result};
 
@@ -48,20 +71,14 @@ impl WasmKind {
     }
 }
 
-/// WASI for both kinds of guest: preview 1 for modules, 0.2 for components.
-pub(crate) struct Linkers {
-    module: wasmtime::Linker<guest::GuestState>,
-    component: wasmtime::component::Linker<guest::GuestState>,
-}
-
+/// The wasmtime engine, the WASI linkers, the compiled-code cache and the
+/// guest executor, shared by every guest of the daemon.
 pub struct Engine {
     engine: wasmtime::Engine,
-    linkers: Linkers,
+    linkers: host::Linkers,
     cache: compile::Cache,
     guests: tokio::runtime::Handle,
     default_memory_limit: u64,
-    /// Guests that have ended, counted once each exit is reported.
-    ended_guests: Arc<AtomicU64>,
 }
 
 impl Engine {
@@ -80,25 +97,11 @@ impl Engine {
         // The guard after each memory, which bounds checks rely on, stays.
         config.guard_before_linear_memory(false);
         let engine = wasmtime::Engine::new(&config).map_err(|e| wasm_error("creating the wasmtime engine", e))?;
-
-        let mut module = wasmtime::Linker::new(&engine);
-        wasmtime_wasi::p1::add_to_linker_async(&mut module, |state: &mut guest::GuestState| &mut state.wasi)
-            .map_err(|e| wasm_error("linking WASI preview 1", e))?;
-        read_only_root::add_to_linker(&mut module).map_err(|e| wasm_error("linking WASI preview 1", e))?;
-        let mut component = wasmtime::component::Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_async(&mut component).map_err(|e| wasm_error("linking WASI 0.2", e))?;
-
+        let linkers = host::Linkers::new(&engine)?;
         let cache = compile::Cache::new(&engine, cache_dir)?;
         spawn_epoch_ticker(&engine)?;
         let guests = spawn_guest_executor()?;
-        Ok(Arc::new(Self {
-            engine,
-            linkers: Linkers { module, component },
-            cache,
-            guests,
-            default_memory_limit,
-            ended_guests: Arc::default(),
-        }))
+        Ok(Arc::new(Self { engine, linkers, cache, guests, default_memory_limit }))
     }
 
     /// The compiled form of the binary with `digest`, from memory, from the
@@ -119,23 +122,30 @@ impl Engine {
         }
     }
 
-    /// Starts a guest. Returns once its WASI context is built (mounts opened),
-    /// so a bad mount fails the call instead of the guest.
+    /// The usage counters of a new container with `limits`: a memory limit
+    /// of 0 (none set) gets the engine's default memory limit. Give it to
+    /// every instance started for the container.
+    pub fn new_usage(&self, limits: Limits) -> Arc<Usage> {
+        Arc::new(Usage::new(limits, self.default_memory_limit))
+    }
+
+    /// Starts `compiled` as a guest seeing `spec`, its memory and CPU charged
+    /// to `usage` (from [`Engine::new_usage`]; its limits apply), its stdout
+    /// and stderr written to `output`. Returns once its WASI context is built
+    /// (mounts opened), so a bad mount fails the call instead of the guest.
+    /// The guest's exit ([`Guest::exit`], [`ExitWaiter::wait`]) is reported
+    /// once `output` is done and its file mounts are copied back.
+    ///
+    /// Errors: InvalidArgument for a mount that cannot be opened or a file
+    /// mount that cannot be copied; Internal when the executor is gone.
     pub async fn start(
         &self,
         compiled: Arc<Compiled>,
         spec: GuestSpec,
-        output: crate::logs::GuestOutput,
+        usage: Arc<Usage>,
+        output: Output,
     ) -> Result<Guest> {
-        let ended = self.ended_guests.clone();
-        guest::start(&self.engine, &self.guests, self.default_memory_limit, ended, compiled, spec, output).await
-    }
-
-    /// How many guests have ended so far. It grows only once the exit is
-    /// visible through [`Guest::exit`]: what was read of the guests after
-    /// reading a count shows every exit that count includes.
-    pub fn ended_guests(&self) -> u64 {
-        self.ended_guests.load(Ordering::Acquire)
+        guest::start(&self.engine, &self.guests, compiled, spec, usage, output).await
     }
 }
 

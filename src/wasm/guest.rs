@@ -303,3 +303,107 @@ fn truncate_at_char(text: &mut String, max: usize) {
         text.truncate(end);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::OnceLock;
+
+    use sha2::{Digest, Sha256};
+
+    use super::super::{Captured, Engine, Limits, Output, WasmKind, WasmSource};
+    use super::*;
+
+    const PAGE: u64 = 65536;
+
+    /// One engine for every test here: each has an executor and an epoch thread that live forever.
+    fn engine() -> Arc<Engine> {
+        static ENGINE: OnceLock<Arc<Engine>> = OnceLock::new();
+        ENGINE
+            .get_or_init(|| {
+                let cache = std::env::temp_dir().join(format!("wasmrun-guest-tests-{}", rand::random::<u64>()));
+                Engine::new(&cache, 0).unwrap()
+            })
+            .clone()
+    }
+
+    async fn compile(engine: &Engine, wat: &str) -> Arc<Compiled> {
+        let wasm = wat::parse_str(wat).unwrap();
+        let digest = format!("sha256:{}", hex::encode(Sha256::digest(&wasm)));
+        engine.prepare(&digest, WasmKind::Module, WasmSource::Bytes(wasm)).await.unwrap().0
+    }
+
+    fn spec() -> GuestSpec {
+        GuestSpec { argv: vec!["test".into()], ..GuestSpec::default() }
+    }
+
+    /// Writes "hello\n" to stdout and "oops" to stderr, then exits with 3.
+    const WRITES_AND_EXITS: &str = r#"(module
+        (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+        (import "wasi_snapshot_preview1" "proc_exit" (func $proc_exit (param i32)))
+        (memory (export "memory") 1)
+        (data (i32.const 64) "hello\n")
+        (data (i32.const 80) "oops")
+        (func $write (param $fd i32) (param $ptr i32) (param $len i32)
+            (i32.store (i32.const 0) (local.get $ptr))
+            (i32.store (i32.const 4) (local.get $len))
+            (drop (call $fd_write (local.get $fd) (i32.const 0) (i32.const 1) (i32.const 8))))
+        (func (export "_start")
+            (call $write (i32.const 1) (i32.const 64) (i32.const 6))
+            (call $write (i32.const 2) (i32.const 80) (i32.const 4))
+            (call $proc_exit (i32.const 3))))"#;
+
+    /// Holds two pages of memory and spins until stopped.
+    const SPINS_WITH_TWO_PAGES: &str = r#"(module (memory 2) (func (export "_start") (loop (br 0))))"#;
+
+    #[tokio::test]
+    async fn output_goes_to_memory_and_is_all_there_at_the_exit() {
+        let engine = engine();
+        let compiled = compile(&engine, WRITES_AND_EXITS).await;
+        let (captured, output) = Captured::new(1024);
+        let usage = engine.new_usage(Limits::default());
+        let guest = engine.start(compiled, spec(), usage.clone(), output).await.unwrap();
+        let exit = guest.waiter().wait().await;
+        assert_eq!((exit.code, exit.reason, exit.message.as_str()), (3, ExitReason::Error, ""));
+        assert_eq!(captured.stdout(), b"hello\n");
+        assert_eq!(captured.stderr(), b"oops");
+        assert_eq!(usage.snapshot().memory_bytes, 0, "an ended guest holds no memory");
+    }
+
+    #[tokio::test]
+    async fn returning_from_start_completes_and_a_trap_is_134() {
+        let engine = engine();
+        let completes = compile(&engine, r#"(module (func (export "_start")))"#).await;
+        let guest = engine.start(completes, spec(), engine.new_usage(Limits::default()), Output::discard()).await;
+        let exit = guest.unwrap().waiter().wait().await;
+        assert_eq!((exit.code, exit.reason), (0, ExitReason::Completed));
+
+        let traps = compile(&engine, r#"(module (func (export "_start") unreachable))"#).await;
+        let guest = engine.start(traps, spec(), engine.new_usage(Limits::default()), Output::discard()).await;
+        let exit = guest.unwrap().waiter().wait().await;
+        assert_eq!((exit.code, exit.reason), (EXIT_TRAPPED, ExitReason::Error));
+        assert!(exit.message.contains("unreachable"), "{}", exit.message);
+    }
+
+    #[tokio::test]
+    async fn instances_sharing_a_usage_share_its_memory_limit() {
+        let engine = engine();
+        let compiled = compile(&engine, SPINS_WITH_TWO_PAGES).await;
+        let usage = engine.new_usage(Limits { memory_bytes: 3 * PAGE, cpu: None });
+        let mut first = engine.start(compiled.clone(), spec(), usage.clone(), Output::discard()).await.unwrap();
+        while usage.snapshot().memory_bytes < 2 * PAGE {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        // Two more pages would make four under a limit of three.
+        let second = engine.start(compiled, spec(), usage.clone(), Output::discard()).await.unwrap();
+        let exit = second.waiter().wait().await;
+        assert_eq!((exit.code, exit.reason), (EXIT_KILLED, ExitReason::OomKilled), "{}", exit.message);
+        assert!(!first.has_ended());
+        assert_eq!(usage.snapshot().memory_bytes, 2 * PAGE, "the refused instance holds nothing");
+
+        first.kill();
+        let exit = first.waiter().wait().await;
+        assert_eq!((exit.code, exit.reason, exit.message.as_str()), (EXIT_KILLED, ExitReason::Error, "stopped"));
+        assert_eq!(usage.snapshot().memory_bytes, 0);
+        assert!(usage.snapshot().cpu_nanos > 0, "both instances' CPU time is counted");
+    }
+}

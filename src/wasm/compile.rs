@@ -16,11 +16,31 @@ use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use super::WasmKind;
 use super::host::Linkers;
 use super::host::p1::P1State;
 use super::host::p2::P2State;
 use crate::error::{Error, Result};
+
+/// What the binary header of a wasm file says it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WasmKind {
+    /// A core module (`\0asm` version 1).
+    Module,
+    /// A component (`\0asm`, version 0x0d, layer 1).
+    Component,
+}
+
+impl WasmKind {
+    /// Reads the 8-byte header: magic, then version and layer.
+    pub fn detect(header: &[u8]) -> Option<Self> {
+        match header.get(..8)? {
+            [0, b'a', b's', b'm', 1, 0, 0, 0] => Some(WasmKind::Module),
+            [0, b'a', b's', b'm', _, _, 1, 0] => Some(WasmKind::Component),
+            _ => None,
+        }
+    }
+}
 
 /// A binary ready to instantiate: compiled, and its imports resolved against WASI.
 pub struct Compiled {
@@ -455,5 +475,13 @@ mod tests {
         };
         assert!(message.starts_with("component sha256:c cannot be linked: "), "{message}");
         assert!(message.contains("wasi:random/random@0.2.0"), "{message}");
+    }
+
+    #[test]
+    fn detects_modules_and_components() {
+        assert_eq!(WasmKind::detect(b"\0asm\x01\0\0\0rest"), Some(WasmKind::Module));
+        assert_eq!(WasmKind::detect(b"\0asm\x0d\0\x01\0"), Some(WasmKind::Component));
+        assert_eq!(WasmKind::detect(b"\0asm"), None);
+        assert_eq!(WasmKind::detect(b"not wasm at all"), None);
     }
 }

@@ -20,8 +20,8 @@
 //!   `file_mounts`' normalizing of guest paths.
 //! - `host`: WASI contexts and linkers, `host::p1` for preview 1 modules
 //!   (with the read-only root's EROFS), `host::p2` for components.
-//! - `compile`: the compiled-code cache; links binaries against `host`'s
-//!   linkers to check their imports.
+//! - `compile`: what kind a binary is, the compiled-code cache; links
+//!   binaries against `host`'s linkers to check their imports.
 //! - `guest`: runs one compiled program in a store `host` builds, and maps
 //!   its end to an [`Exit`].
 //! - this module: the [`Engine`] tying them together.
@@ -39,7 +39,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use compile::{Compiled, ModuleSource, WasmSource};
+pub use compile::{Compiled, ModuleSource, WasmKind, WasmSource};
 pub use guest::{EXIT_NOT_STARTED, Exit, ExitReason, ExitWaiter, Guest};
 pub use limits::{Usage, UsageSnapshot};
 pub use output::{Captured, Output};
@@ -49,27 +49,6 @@ use crate::error::{Error, Result};
 
 /// How often a running guest yields to the executor.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
-
-/// What the binary header of a wasm file says it is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum WasmKind {
-    /// A core module (`\0asm` version 1).
-    Module,
-    /// A component (`\0asm`, version 0x0d, layer 1).
-    Component,
-}
-
-impl WasmKind {
-    /// Reads the 8-byte header: magic, then version and layer.
-    pub fn detect(header: &[u8]) -> Option<Self> {
-        match header.get(..8)? {
-            [0, b'a', b's', b'm', 1, 0, 0, 0] => Some(WasmKind::Module),
-            [0, b'a', b's', b'm', _, _, 1, 0] => Some(WasmKind::Component),
-            _ => None,
-        }
-    }
-}
 
 /// The wasmtime engine, the WASI linkers, the compiled-code cache and the
 /// guest executor, shared by every guest of the daemon.
@@ -193,18 +172,5 @@ fn spawn_guest_executor() -> Result<tokio::runtime::Handle> {
 fn lower_thread_priority() {
     if let Err(error) = crate::sys::set_thread_nice(GUEST_NICE) {
         tracing::warn!(%error, "cannot lower the priority of a guest thread");
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::WasmKind;
-
-    #[test]
-    fn detects_modules_and_components() {
-        assert_eq!(WasmKind::detect(b"\0asm\x01\0\0\0rest"), Some(WasmKind::Module));
-        assert_eq!(WasmKind::detect(b"\0asm\x0d\0\x01\0"), Some(WasmKind::Component));
-        assert_eq!(WasmKind::detect(b"\0asm"), None);
-        assert_eq!(WasmKind::detect(b"not wasm at all"), None);
     }
 }

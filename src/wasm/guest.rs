@@ -310,7 +310,7 @@ mod tests {
 
     use sha2::{Digest, Sha256};
 
-    use super::super::{Captured, Engine, Limits, Output, WasmKind, WasmSource};
+    use super::super::{Captured, CpuBandwidth, Engine, Limits, Output, WasmKind, WasmSource};
     use super::*;
 
     const PAGE: u64 = 65536;
@@ -405,5 +405,22 @@ mod tests {
         assert_eq!((exit.code, exit.reason, exit.message.as_str()), (EXIT_KILLED, ExitReason::Error, "stopped"));
         assert_eq!(usage.snapshot().memory_bytes, 0);
         assert!(usage.snapshot().cpu_nanos > 0, "both instances' CPU time is counted");
+    }
+
+    #[tokio::test]
+    async fn a_spinning_guest_is_held_back_at_its_cpu_quota() {
+        let engine = engine();
+        let compiled = compile(&engine, SPINS_WITH_TWO_PAGES).await;
+        let cpu =
+            CpuBandwidth { quota: std::time::Duration::from_millis(1), period: std::time::Duration::from_secs(1) };
+        let usage = engine.new_usage(Limits { memory_bytes: 0, cpu: Some(cpu) });
+        let mut guest = engine.start(compiled, spec(), usage.clone(), Output::discard()).await.unwrap();
+        // Past 1 ms of CPU in a period, the guest waits for the next one.
+        while usage.snapshot().throttled_periods == 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        assert!(usage.snapshot().throttled_nanos > 0);
+        guest.kill();
+        guest.waiter().wait().await;
     }
 }

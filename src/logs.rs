@@ -68,6 +68,14 @@ pub struct GuestOutput {
     pub done: LogDone,
 }
 
+/// The log file as a guest's output: the guest's end is reported once the
+/// writer has written everything to the file.
+impl From<GuestOutput> for crate::wasm::Output {
+    fn from(output: GuestOutput) -> Self {
+        crate::wasm::Output::new(output.stdout, output.stderr, output.done.wait())
+    }
+}
+
 impl ContainerLog {
     /// Opens (creating parent directories) the log file at `path` and starts its
     /// writer on the current runtime. `None` discards output, as containerd does

@@ -144,6 +144,36 @@ fn unescape(field: &[u8]) -> Vec<u8> {
     out
 }
 
+// The calling thread's scheduling and CPU clock (the guest executor's threads,
+// `wasm::limits`). Neither blocks: both are fine on an async worker.
+
+/// Sets the niceness of the calling thread to `nice` (-20 … 19; higher runs
+/// less), with `setpriority(PRIO_PROCESS, gettid(), nice)`: on Linux,
+/// niceness is per thread, so only the calling thread changes.
+///
+/// Errors: `EACCES` when lowering the niceness without CAP_SYS_NICE.
+pub fn set_thread_nice(nice: i32) -> io::Result<()> {
+    // SAFETY: gettid and setpriority take no pointers and touch no memory of ours.
+    let result = unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, nice) };
+    if result != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The CPU time the calling thread has used so far, user and system, in
+/// nanoseconds (`clock_gettime(CLOCK_THREAD_CPUTIME_ID)`). Never fails on
+/// Linux; 0 if it ever did.
+pub fn thread_cpu_nanos() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes one timespec, into `ts`, which we own and
+    // which outlives the call.
+    if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) } != 0 {
+        return 0;
+    }
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

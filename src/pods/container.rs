@@ -16,7 +16,9 @@ use crate::api;
 use crate::error::{Error, Result};
 use crate::images::Image;
 use crate::logs::ContainerLog;
-use crate::wasm::{Compiled, CpuBandwidth, Exit, Guest, GuestSpec, Limits, ModuleSource, Mount, Root, UsageSnapshot};
+use crate::wasm::{
+    Compiled, CpuBandwidth, Exit, Guest, GuestSpec, Limits, ModuleSource, Mount, Root, Usage, UsageSnapshot,
+};
 
 /// How long a stop waits for a killed guest's exit to be recorded. A guest
 /// yields every epoch tick, so this is only reached if something is badly wrong.
@@ -45,6 +47,9 @@ pub struct Container {
     /// container recovered after a restart (`Pods::start_container`).
     pub(super) compiled: OnceCell<Arc<Compiled>>,
     resources: Mutex<Option<api::LinuxContainerResources>>,
+    /// What its guests use and are held to (CPU, memory), charged by every
+    /// instance started for it; kept after they end.
+    pub(super) usage: Arc<Usage>,
     inner: Mutex<Inner>,
     /// True once the guest's end is recorded (the one exit path); a stop waits for it.
     ended: watch::Sender<bool>,
@@ -62,8 +67,6 @@ struct Inner {
     life: Lifecycle,
     guest: Option<Guest>,
     log: Option<Arc<ContainerLog>>,
-    /// The guest's counters, kept after it ended.
-    usage: Option<Arc<crate::wasm::Usage>>,
 }
 
 /// What a container is made of; the same for a new container and one
@@ -82,6 +85,8 @@ pub(super) struct Parts {
     pub created_at: i64,
     pub module_source: ModuleSource,
     pub resources: Option<api::LinuxContainerResources>,
+    /// From `Engine::new_usage`, with the limits of `resources`.
+    pub usage: Arc<Usage>,
     pub life: Lifecycle,
 }
 
@@ -114,7 +119,8 @@ impl Container {
             module_source: parts.module_source,
             compiled: OnceCell::new_with(compiled),
             resources: Mutex::new(parts.resources),
-            inner: Mutex::new(Inner { life: parts.life, guest: None, log: None, usage: None }),
+            usage: parts.usage,
+            inner: Mutex::new(Inner { life: parts.life, guest: None, log: None }),
             ended: watch::Sender::new(ended),
             record_lock: tokio::sync::Mutex::new(false),
             list_entry: KeptEntry::default(),
@@ -143,7 +149,7 @@ impl Container {
             started_at: inner.life.started_at(),
             exit: inner.life.exit().cloned(),
             resources,
-            usage: inner.usage.as_ref().map(|usage| usage.snapshot()).unwrap_or_default(),
+            usage: self.usage.snapshot(),
         }
     }
 
@@ -165,7 +171,6 @@ impl Container {
             .life
             .apply(Transition::Started { at: started_at })
             .map_err(|refused| Error::internal(format!("container {}", self.id), anyhow::anyhow!("{refused}")))?;
-        inner.usage = Some(guest.usage.clone());
         inner.guest = Some(guest);
         inner.log = Some(Arc::new(log));
         Ok(())
@@ -190,16 +195,14 @@ impl Container {
         self.ended.send_replace(true);
     }
 
-    /// The guest's view: argv, env, working dir, mounts and limits.
+    /// The guest's view: argv, env, working dir and mounts.
     pub(super) fn guest_spec(&self) -> GuestSpec {
-        let limits = self.resources.lock().unwrap().as_ref().map(limits_of).unwrap_or_default();
         GuestSpec {
             argv: self.process.argv.clone(),
             env: self.process.env.clone(),
             working_dir: Some(self.process.working_dir.clone()).filter(|dir| !dir.is_empty()),
             root: self.root.clone(),
             mounts: self.mounts.clone(),
-            limits,
             scratch_dir: Some(self.scratch_dir.clone()),
         }
     }
@@ -264,9 +267,7 @@ impl Container {
     /// fields are kept and reported.
     pub(super) fn update_resources(&self, resources: api::LinuxContainerResources) -> Result<()> {
         super::checks::resources_of(&format!("UpdateContainerResources of container {}", self.id), &resources)?;
-        if let Some(guest) = &self.inner.lock().unwrap().guest {
-            guest.set_limits(limits_of(&resources));
-        }
+        self.usage.set_limits(limits_of(&resources));
         *self.resources.lock().unwrap() = Some(resources);
         Ok(())
     }
@@ -274,7 +275,7 @@ impl Container {
 
 /// What the guest is held to, from the CRI resources: memory_limit_in_bytes
 /// (0: the engine's default) and the CFS quota and period.
-fn limits_of(resources: &api::LinuxContainerResources) -> Limits {
+pub(super) fn limits_of(resources: &api::LinuxContainerResources) -> Limits {
     Limits {
         memory_bytes: resources.memory_limit_in_bytes.max(0) as u64,
         cpu: CpuBandwidth::from_cri(resources.cpu_quota, resources.cpu_period),

@@ -223,6 +223,9 @@ impl Pods {
                 scratch_dir,
                 created_at: record.created_at,
                 module_source: record.module_source,
+                usage: self.engine.new_usage(
+                    record.resources.as_ref().map(|resources| container::limits_of(&resources.0)).unwrap_or_default(),
+                ),
                 resources: record.resources.map(|resources| resources.0),
                 life,
             },
@@ -495,6 +498,7 @@ impl Pods {
                 mounts,
                 created_at: crate::clock::now_nanos(),
                 module_source,
+                usage: self.engine.new_usage(resources.as_ref().map(container::limits_of).unwrap_or_default()),
                 resources,
                 life: Lifecycle::default(),
             },
@@ -582,7 +586,8 @@ impl Pods {
             let OpenedLog { log, output } = ContainerLog::open(container.log_path.clone())
                 .await
                 .map_err(|e| Error::internal(format!("opening the log of container {}", container.id), e))?;
-            let guest = self.engine.start(compiled, container.guest_spec(), output).await?;
+            let guest =
+                self.engine.start(compiled, container.guest_spec(), container.usage.clone(), output.into()).await?;
             Ok::<_, Error>((guest, log))
         }
         .await;

@@ -6,15 +6,41 @@
 //! engine never loads stale code: it misses and compiles again. Keying by the
 //! binary's own digest, not the image's, shares code between images that ship
 //! the same module.
+//!
+//! A binary is linked against the host's WASI (`host::Linkers`) once it is
+//! loaded, so that a program importing what the host does not provide is
+//! refused before any container runs it.
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use super::guest::GuestState;
-use super::{Linkers, WasmKind};
+use super::host::Linkers;
+use super::host::p1::P1State;
+use super::host::p2::P2State;
 use crate::error::{Error, Result};
+
+/// What the binary header of a wasm file says it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WasmKind {
+    /// A core module (`\0asm` version 1).
+    Module,
+    /// A component (`\0asm`, version 0x0d, layer 1).
+    Component,
+}
+
+impl WasmKind {
+    /// Reads the 8-byte header: magic, then version and layer.
+    pub fn detect(header: &[u8]) -> Option<Self> {
+        match header.get(..8)? {
+            [0, b'a', b's', b'm', 1, 0, 0, 0] => Some(WasmKind::Module),
+            [0, b'a', b's', b'm', _, _, 1, 0] => Some(WasmKind::Component),
+            _ => None,
+        }
+    }
+}
 
 /// A binary ready to instantiate: compiled, and its imports resolved against WASI.
 pub struct Compiled {
@@ -24,9 +50,9 @@ pub struct Compiled {
 
 pub(super) enum Program {
     /// A WASI preview 1 command module, run through `_start`.
-    Module(wasmtime::InstancePre<GuestState>),
+    Module(wasmtime::InstancePre<P1State>),
     /// A WASI 0.2 component, run through `wasi:cli/run`.
-    Component(wasmtime_wasi::p2::bindings::CommandPre<GuestState>),
+    Component(wasmtime_wasi::p2::bindings::CommandPre<P2State>),
 }
 
 /// Where a container's compiled code came from; shown in ContainerStatus' verbose info.
@@ -131,11 +157,7 @@ fn digest_hex(digest: &str) -> Result<&str> {
         .ok_or_else(|| Error::InvalidArgument(format!("unsupported wasm digest {digest:?}")))
 }
 
-fn link_module(
-    linkers: &Linkers,
-    digest: &str,
-    module: &wasmtime::Module,
-) -> Result<wasmtime::InstancePre<GuestState>> {
+fn link_module(linkers: &Linkers, digest: &str, module: &wasmtime::Module) -> Result<wasmtime::InstancePre<P1State>> {
     match module.get_export("_start") {
         Some(wasmtime::ExternType::Func(ty)) if ty.params().len() == 0 && ty.results().len() == 0 => {}
         _ => {
@@ -161,7 +183,7 @@ fn link_module(
 
 /// Every import of `module` that `linker` lacks, named like `function `env::f``;
 /// empty when linking fails for another reason (an import of the wrong type).
-fn missing_module_imports(linker: &wasmtime::Linker<GuestState>, module: &wasmtime::Module) -> Vec<String> {
+fn missing_module_imports(linker: &wasmtime::Linker<P1State>, module: &wasmtime::Module) -> Vec<String> {
     // wasmtime reports one unknown import at a time: stand in for each on a
     // copy of the linker, to find the next.
     let mut linker = linker.clone();
@@ -192,7 +214,7 @@ fn link_component(
     linkers: &Linkers,
     digest: &str,
     component: &wasmtime::component::Component,
-) -> Result<wasmtime_wasi::p2::bindings::CommandPre<GuestState>> {
+) -> Result<wasmtime_wasi::p2::bindings::CommandPre<P2State>> {
     let pre = linkers.component.instantiate_pre(component).map_err(|e| {
         let missing = missing_component_imports(&linkers.component, component);
         if missing.is_empty() {
@@ -217,7 +239,7 @@ fn link_component(
 /// `interface `example:missing/greeter@1.0.0``; empty when linking fails for
 /// another reason (an import that wasmrun provides, of another type).
 fn missing_component_imports(
-    linker: &wasmtime::component::Linker<GuestState>,
+    linker: &wasmtime::component::Linker<P2State>,
     component: &wasmtime::component::Component,
 ) -> Vec<String> {
     let engine = component.engine();
@@ -250,7 +272,7 @@ fn missing_component_imports(
 
 /// Defines `name` in `linker` as something of `item`'s type that does nothing.
 fn stand_in(
-    linker: &mut wasmtime::component::LinkerInstance<'_, GuestState>,
+    linker: &mut wasmtime::component::LinkerInstance<'_, P2State>,
     engine: &wasmtime::Engine,
     name: &str,
     item: &wasmtime::component::types::ComponentItem,
@@ -350,11 +372,8 @@ mod tests {
 
     fn linkers() -> (wasmtime::Engine, Linkers) {
         let engine = wasmtime::Engine::default();
-        let mut module = wasmtime::Linker::new(&engine);
-        wasmtime_wasi::p1::add_to_linker_async(&mut module, |state: &mut GuestState| &mut state.wasi).unwrap();
-        let mut component = wasmtime::component::Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_async(&mut component).unwrap();
-        (engine, Linkers { module, component })
+        let linkers = Linkers::new(&engine).unwrap();
+        (engine, linkers)
     }
 
     fn module(engine: &wasmtime::Engine, wat: &str) -> wasmtime::Module {
@@ -456,5 +475,13 @@ mod tests {
         };
         assert!(message.starts_with("component sha256:c cannot be linked: "), "{message}");
         assert!(message.contains("wasi:random/random@0.2.0"), "{message}");
+    }
+
+    #[test]
+    fn detects_modules_and_components() {
+        assert_eq!(WasmKind::detect(b"\0asm\x01\0\0\0rest"), Some(WasmKind::Module));
+        assert_eq!(WasmKind::detect(b"\0asm\x0d\0\x01\0"), Some(WasmKind::Component));
+        assert_eq!(WasmKind::detect(b"\0asm"), None);
+        assert_eq!(WasmKind::detect(b"not wasm at all"), None);
     }
 }

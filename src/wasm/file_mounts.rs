@@ -16,7 +16,7 @@ use std::path::{Component, Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use super::guest::Mount;
+use super::spec::Mount;
 use crate::error::{Error, Result};
 
 /// Where the private directories go inside the container's scratch directory.

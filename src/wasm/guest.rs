@@ -1,19 +1,22 @@
-//! One running guest: its WASI context, its limits, its usage, and how it ends.
+//! Running one guest: its store made from its spec (mounts prepared, WASI
+//! context built by `host`), its program run (`_start` of a module,
+//! `wasi:cli/run` of a component), and its end mapped to an [`Exit`], reported
+//! once its output is written and its file mounts are copied back.
 
-use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 
 use tokio::sync::{oneshot, watch};
-use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
-use wasmtime_wasi::p1::WasiP1Ctx;
-use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder};
+use wasmtime_wasi::I32Exit;
 
 use super::compile::{Compiled, Program};
-use super::limits::{CpuMeter, Limits, MemoryLimiter, Usage};
+use super::host::p1::{self, P1State};
+use super::host::p2::{self, P2State};
+use super::limits::{CpuMeter, Limits, Usage};
+use super::output::{Output, Writer};
+use super::spec::GuestSpec;
 use super::{file_mounts, layout};
 use crate::error::{Error, Result};
-use crate::logs::{GuestOutput, LogWriter};
 
 /// Exit code of a guest ended by a stop, as if killed by SIGKILL.
 pub const EXIT_KILLED: i32 = 128 + 9;
@@ -21,40 +24,6 @@ pub const EXIT_KILLED: i32 = 128 + 9;
 pub const EXIT_TRAPPED: i32 = 128 + 6;
 /// Exit code of a container that could not be started, as containerd reports it.
 pub const EXIT_NOT_STARTED: i32 = 128;
-
-/// What a guest is given: the process-like view of its container.
-#[derive(Debug, Clone, Default)]
-pub struct GuestSpec {
-    pub argv: Vec<String>,
-    pub env: Vec<(String, String)>,
-    /// An absolute guest path; relative paths resolve against it (see `layout`).
-    pub working_dir: Option<String>,
-    /// The guest's `/`: a compat image's filesystem. `None` for an artifact,
-    /// which sees only its mounts.
-    pub root: Option<Root>,
-    pub mounts: Vec<Mount>,
-    pub limits: Limits,
-    /// A host directory of the container's own, for the copies that stand in
-    /// for its file mounts; created only when there are some.
-    pub scratch_dir: Option<PathBuf>,
-}
-
-/// A container's root filesystem on the host.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Root {
-    /// The directory the guest sees as `/`.
-    pub host_path: PathBuf,
-    /// Whether writes are refused (as on a read-only filesystem, EROFS).
-    pub readonly: bool,
-}
-
-/// A host directory (or file) the guest sees at `guest_path`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Mount {
-    pub host_path: String,
-    pub guest_path: String,
-    pub readonly: bool,
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub enum ExitReason {
@@ -97,6 +66,7 @@ pub struct Exit {
 pub struct Guest {
     stop: Option<oneshot::Sender<()>>,
     exit: watch::Receiver<Option<Exit>>,
+    /// The usage it was started with: the caller's, perhaps shared with other instances.
     pub usage: Arc<Usage>,
 }
 
@@ -118,8 +88,8 @@ impl Guest {
         }
     }
 
-    /// Changes the limits of the running guest: memory at its next growth,
-    /// CPU at its next yield.
+    /// Changes the limits of the running guest (and of every instance sharing
+    /// its usage): memory at its next growth, CPU at its next yield.
     pub fn set_limits(&self, limits: Limits) {
         self.usage.set_limits(limits);
     }
@@ -147,46 +117,92 @@ impl ExitWaiter {
     }
 }
 
-pub(super) struct GuestState {
-    pub wasi: WasiP1Ctx,
-    limiter: MemoryLimiter,
-    /// The preview 1 descriptors of the read-only root's preopens, where a
-    /// refused write is EROFS (see `read_only_root`).
-    pub read_only_root_fds: Vec<u32>,
+/// A guest's store and what it runs, of either kind.
+enum Instance {
+    Module(wasmtime::Store<P1State>, wasmtime::InstancePre<P1State>),
+    Component(wasmtime::Store<P2State>, wasmtime_wasi::p2::bindings::CommandPre<P2State>),
 }
 
-/// Components reach the same WASI context as modules do.
-impl wasmtime_wasi::WasiView for GuestState {
-    fn ctx(&mut self) -> wasmtime_wasi::WasiCtxView<'_> {
-        wasmtime_wasi::WasiView::ctx(&mut self.wasi)
+impl Instance {
+    /// Builds the store of `compiled`'s kind (see `host`).
+    fn new(
+        engine: &wasmtime::Engine,
+        compiled: &Compiled,
+        spec: &GuestSpec,
+        preopens: &[layout::Preopen],
+        output: (Writer, Writer),
+        usage: Arc<Usage>,
+    ) -> Result<Self> {
+        Ok(match &compiled.program {
+            Program::Module(pre) => Instance::Module(p1::store(engine, spec, preopens, output, usage)?, pre.clone()),
+            Program::Component(pre) => {
+                Instance::Component(p2::store(engine, spec, preopens, output, usage)?, pre.clone())
+            }
+        })
+    }
+
+    /// Instantiates and runs the program to its end.
+    async fn run(&mut self, usage: &Usage) -> wasmtime::Result<()> {
+        let instantiating = std::time::Instant::now();
+        let instantiated =
+            || usage.instantiate_nanos.store(instantiating.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        match self {
+            Instance::Module(store, pre) => {
+                let instance = pre.instantiate_async(&mut *store).await.map_err(|e| e.context(NotInstantiated))?;
+                instantiated();
+                let start = instance.get_typed_func::<(), ()>(&mut *store, "_start")?;
+                start.call_async(&mut *store, ()).await
+            }
+            Instance::Component(store, pre) => {
+                let command = pre.instantiate_async(&mut *store).await.map_err(|e| e.context(NotInstantiated))?;
+                instantiated();
+                match command.wasi_cli_run().call_run(&mut *store).await? {
+                    Ok(()) => Ok(()),
+                    // `wasi:cli/run` returning an error is a failed program, exit status 1.
+                    Err(()) => Err(I32Exit(1).into()),
+                }
+            }
+        }
+    }
+
+    /// Whether a memory or table growth of this instance was refused for the limit.
+    fn hit_memory_limit(&self) -> bool {
+        match self {
+            Instance::Module(store, _) => store.data().limiter().hit_limit(),
+            Instance::Component(store, _) => store.data().limiter().hit_limit(),
+        }
     }
 }
 
+/// Starts `compiled` with `spec`, on `executor`, its memory and CPU charged
+/// to `usage`, its stdout and stderr going to `output`. Returns once its
+/// WASI context is built (mounts opened, file mounts copied in).
+///
+/// Errors: InvalidArgument for a mount that cannot be opened or a file mount
+/// that cannot be copied; Internal when the blocking pool is gone.
 pub(super) async fn start(
     engine: &wasmtime::Engine,
     executor: &tokio::runtime::Handle,
-    default_memory_limit: u64,
-    ended_guests: Arc<AtomicU64>,
     compiled: Arc<Compiled>,
     spec: GuestSpec,
-    output: GuestOutput,
+    usage: Arc<Usage>,
+    output: Output,
 ) -> Result<Guest> {
-    let GuestOutput { stdout, stderr, done: log_done } = output;
-    let usage = Arc::new(Usage::new(spec.limits, default_memory_limit));
+    let Output { stdout, stderr, done: output_done } = output;
     let has_mounts = !spec.mounts.is_empty() || spec.root.is_some();
     let prepare = {
         let (engine, usage) = (engine.clone(), usage.clone());
         move || {
             let prepared = file_mounts::prepare(spec.mounts.clone(), spec.scratch_dir.clone())?;
             let preopens = layout::preopens(spec.root.as_ref(), spec.working_dir.as_deref(), prepared.preopens);
-            let store = build_store(&engine, &spec, &preopens, stdout, stderr, usage)?;
-            Ok::<_, Error>((store, prepared.files))
+            let instance = Instance::new(&engine, &compiled, &spec, &preopens, (stdout, stderr), usage)?;
+            Ok::<_, Error>((instance, prepared.files))
         }
     };
     // The root and the mounts are opened (and file mounts copied) from the
     // host's filesystem, which is blocking I/O; a guest without any needs
     // none, and skips the hop to a blocking thread that would be most of its start.
-    let (store, files) = if has_mounts {
+    let (instance, files) = if has_mounts {
         executor.spawn_blocking(prepare).await.map_err(|e| Error::internal("preparing a guest's mounts", e))??
     } else {
         prepare()?
@@ -195,83 +211,38 @@ pub(super) async fn start(
     let (exit_tx, exit_rx) = watch::channel(None);
     let task_usage = usage.clone();
     executor.spawn(async move {
-        let exit = run_until_stopped(store, compiled, stop_rx, &task_usage).await;
+        let exit = run_until_stopped(instance, stop_rx, &task_usage).await;
         // Report the exit only once the output is written and the file mounts
         // are copied back: kubelet reads the log and the termination message
         // of an exited container and expects all of them.
-        tokio::join!(files.copy_back(), log_done.wait());
+        tokio::join!(files.copy_back(), output_done);
         let _ = exit_tx.send(Some(exit));
-        ended_guests.fetch_add(1, Ordering::Release);
     });
     Ok(Guest { stop: Some(stop_tx), exit: exit_rx, usage })
 }
 
-fn build_store(
-    engine: &wasmtime::Engine,
-    spec: &GuestSpec,
-    preopens: &[layout::Preopen],
-    stdout: LogWriter,
-    stderr: LogWriter,
-    usage: Arc<Usage>,
-) -> Result<wasmtime::Store<GuestState>> {
-    let mut wasi = WasiCtxBuilder::new();
-    wasi.args(&spec.argv).envs(&spec.env);
-    wasi.stdout(OutputStream::new(stdout)).stderr(OutputStream::new(stderr));
-    for layout::Preopen { mount, .. } in preopens {
-        let perms = if mount.readonly { FsPerms::ReadOnly } else { FsPerms::ReadWrite };
-        wasi.preopened_dir(&mount.host_path, &mount.guest_path, perms).map_err(|e| {
-            Error::InvalidArgument(format!(
-                "cannot mount {} at {} in the guest: {e:#}",
-                mount.host_path, mount.guest_path
-            ))
-        })?;
-    }
-    if let Some(dir) = &spec.working_dir {
-        // Components read this as `wasi:cli/environment.initial-cwd`. WASI
-        // preview 1 has no such notion (wasi-libc starts every module in `/`):
-        // modules get the directory as $PWD, as a shell would give it, which
-        // Go reads, and as the `.` preopen, which wasi-libc resolves relative
-        // paths in (see `layout`).
-        wasi.initial_cwd(dir);
-        if !spec.env.iter().any(|(key, _)| key == "PWD") {
-            wasi.env("PWD", dir);
+async fn run_until_stopped(mut instance: Instance, stop: oneshot::Receiver<()>, usage: &Usage) -> Exit {
+    let ended = {
+        let run = CpuMeter::new(instance.run(usage), usage);
+        tokio::select! {
+            biased;
+            _ = stop => None,
+            result = run => Some(result),
         }
-    }
-    // Preview 1 numbers the preopens from 3 on, in order, after stdin, stdout and stderr.
-    let read_only_root_fds = (3..)
-        .zip(preopens)
-        .filter(|(_, preopen)| preopen.in_root && preopen.mount.readonly)
-        .map(|(fd, _)| fd)
-        .collect();
-    let state = GuestState { wasi: wasi.build_p1(), limiter: MemoryLimiter { usage }, read_only_root_fds };
-    let mut store = wasmtime::Store::new(engine, state);
-    store.limiter(|state| &mut state.limiter);
-    store.set_epoch_deadline(1);
-    store.epoch_deadline_async_yield_and_update(1);
-    Ok(store)
-}
-
-async fn run_until_stopped(
-    mut store: wasmtime::Store<GuestState>,
-    compiled: Arc<Compiled>,
-    stop: oneshot::Receiver<()>,
-    usage: &Usage,
-) -> Exit {
-    let run = CpuMeter::new(run_start(&mut store, &compiled, usage), usage);
-    let exit = tokio::select! {
-        biased;
-        _ = stop => Exit {
+    };
+    let exit = match ended {
+        None => Exit {
             code: EXIT_KILLED,
             reason: ExitReason::Error,
             message: "stopped".into(),
             finished_at: crate::clock::now_nanos(),
         },
-        result = run => classify(result, usage),
+        Some(result) => classify(result, instance.hit_memory_limit(), usage),
     };
-    // Dropping the store closes the guest's stdout and stderr; the log writer
-    // then writes what is left and ends. The guest's memory is gone with it.
-    drop(store);
-    usage.memory_bytes.store(0, Ordering::Relaxed);
+    // Dropping the store closes the guest's stdout and stderr; the output's
+    // writer then writes what is left and ends. The memory the instance held
+    // is given back to its usage with it (see `MemoryLimiter`).
+    drop(instance);
     exit
 }
 
@@ -286,33 +257,9 @@ impl std::fmt::Display for NotInstantiated {
     }
 }
 
-async fn run_start(
-    store: &mut wasmtime::Store<GuestState>,
-    compiled: &Compiled,
-    usage: &Usage,
-) -> wasmtime::Result<()> {
-    let instantiating = std::time::Instant::now();
-    let instantiated = || usage.instantiate_nanos.store(instantiating.elapsed().as_nanos() as u64, Ordering::Relaxed);
-    match &compiled.program {
-        Program::Module(pre) => {
-            let instance = pre.instantiate_async(&mut *store).await.map_err(|e| e.context(NotInstantiated))?;
-            instantiated();
-            let start = instance.get_typed_func::<(), ()>(&mut *store, "_start")?;
-            start.call_async(&mut *store, ()).await
-        }
-        Program::Component(pre) => {
-            let command = pre.instantiate_async(&mut *store).await.map_err(|e| e.context(NotInstantiated))?;
-            instantiated();
-            match command.wasi_cli_run().call_run(&mut *store).await? {
-                Ok(()) => Ok(()),
-                // `wasi:cli/run` returning an error is a failed program, exit status 1.
-                Err(()) => Err(I32Exit(1).into()),
-            }
-        }
-    }
-}
-
-fn classify(result: wasmtime::Result<()>, usage: &Usage) -> Exit {
+/// How a run that ended by itself ended; `hit_memory_limit` tells an
+/// out-of-memory failure from another trap.
+fn classify(result: wasmtime::Result<()>, hit_memory_limit: bool, usage: &Usage) -> Exit {
     let finished_at = crate::clock::now_nanos();
     let error = match result {
         Ok(()) => {
@@ -324,7 +271,7 @@ fn classify(result: wasmtime::Result<()>, usage: &Usage) -> Exit {
         let reason = if *code == 0 { ExitReason::Completed } else { ExitReason::Error };
         return Exit { code: *code, reason, message: String::new(), finished_at };
     }
-    if usage.hit_memory_limit.load(Ordering::Relaxed) {
+    if hit_memory_limit {
         let limit = usage.memory_limit();
         return Exit {
             code: EXIT_KILLED,
@@ -364,28 +311,129 @@ fn truncate_at_char(text: &mut String, max: usize) {
     }
 }
 
-/// Adapts a log writer to what wasmtime-wasi wants for stdout and stderr.
-struct OutputStream(std::sync::Mutex<Option<LogWriter>>);
+#[cfg(test)]
+mod tests {
+    use std::sync::OnceLock;
 
-impl OutputStream {
-    fn new(writer: LogWriter) -> Self {
-        Self(std::sync::Mutex::new(Some(writer)))
+    use sha2::{Digest, Sha256};
+
+    use super::super::{Captured, CpuBandwidth, Engine, Limits, Output, WasmKind, WasmSource};
+    use super::*;
+
+    const PAGE: u64 = 65536;
+
+    /// One engine for every test here: each has an executor and an epoch thread that live forever.
+    fn engine() -> Arc<Engine> {
+        static ENGINE: OnceLock<Arc<Engine>> = OnceLock::new();
+        ENGINE
+            .get_or_init(|| {
+                let cache = std::env::temp_dir().join(format!("wasmrun-guest-tests-{}", rand::random::<u64>()));
+                Engine::new(&cache, 0).unwrap()
+            })
+            .clone()
     }
-}
 
-impl IsTerminal for OutputStream {
-    fn is_terminal(&self) -> bool {
-        false
+    async fn compile(engine: &Engine, wat: &str) -> Arc<Compiled> {
+        let wasm = wat::parse_str(wat).unwrap();
+        let digest = format!("sha256:{}", hex::encode(Sha256::digest(&wasm)));
+        engine.prepare(&digest, WasmKind::Module, WasmSource::Bytes(wasm)).await.unwrap().0
     }
-}
 
-impl StdoutStream for OutputStream {
-    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
-        // WASI asks once per stream; a second ask gets a sink, so that the log
-        // closes when the guest's one stream is dropped.
-        match self.0.lock().unwrap().take() {
-            Some(writer) => Box::new(writer),
-            None => Box::new(tokio::io::sink()),
+    fn spec() -> GuestSpec {
+        GuestSpec { argv: vec!["test".into()], ..GuestSpec::default() }
+    }
+
+    /// Writes "hello\n" to stdout and "oops" to stderr, then exits with 3.
+    const WRITES_AND_EXITS: &str = r#"(module
+        (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+        (import "wasi_snapshot_preview1" "proc_exit" (func $proc_exit (param i32)))
+        (memory (export "memory") 1)
+        (data (i32.const 64) "hello\n")
+        (data (i32.const 80) "oops")
+        (func $write (param $fd i32) (param $ptr i32) (param $len i32)
+            (i32.store (i32.const 0) (local.get $ptr))
+            (i32.store (i32.const 4) (local.get $len))
+            (drop (call $fd_write (local.get $fd) (i32.const 0) (i32.const 1) (i32.const 8))))
+        (func (export "_start")
+            (call $write (i32.const 1) (i32.const 64) (i32.const 6))
+            (call $write (i32.const 2) (i32.const 80) (i32.const 4))
+            (call $proc_exit (i32.const 3))))"#;
+
+    /// Holds two pages of memory and spins until stopped.
+    const SPINS_WITH_TWO_PAGES: &str = r#"(module (memory 2) (func (export "_start") (loop (br 0))))"#;
+
+    #[tokio::test]
+    async fn output_goes_to_memory_and_is_all_there_at_the_exit() {
+        let engine = engine();
+        let compiled = compile(&engine, WRITES_AND_EXITS).await;
+        let (captured, output) = Captured::new(1024);
+        let usage = engine.new_usage(Limits::default());
+        let guest = engine.start(compiled, spec(), usage.clone(), output).await.unwrap();
+        let exit = guest.waiter().wait().await;
+        assert_eq!((exit.code, exit.reason, exit.message.as_str()), (3, ExitReason::Error, ""));
+        assert_eq!(captured.stdout(), b"hello\n");
+        assert_eq!(captured.stderr(), b"oops");
+        assert_eq!(usage.snapshot().memory_bytes, 0, "an ended guest holds no memory");
+    }
+
+    #[tokio::test]
+    async fn returning_from_start_completes_and_a_trap_is_134() {
+        let engine = engine();
+        let completes = compile(&engine, r#"(module (func (export "_start")))"#).await;
+        let guest = engine.start(completes, spec(), engine.new_usage(Limits::default()), Output::discard()).await;
+        let exit = guest.unwrap().waiter().wait().await;
+        assert_eq!((exit.code, exit.reason), (0, ExitReason::Completed));
+
+        let traps = compile(&engine, r#"(module (func (export "_start") unreachable))"#).await;
+        let guest = engine.start(traps, spec(), engine.new_usage(Limits::default()), Output::discard()).await;
+        let exit = guest.unwrap().waiter().wait().await;
+        assert_eq!((exit.code, exit.reason), (EXIT_TRAPPED, ExitReason::Error));
+        assert!(exit.message.contains("unreachable"), "{}", exit.message);
+    }
+
+    #[tokio::test]
+    async fn instances_sharing_a_usage_share_its_memory_limit() {
+        let engine = engine();
+        let compiled = compile(&engine, SPINS_WITH_TWO_PAGES).await;
+        let usage = engine.new_usage(Limits { memory_bytes: 3 * PAGE, cpu: None });
+        let mut first = engine.start(compiled.clone(), spec(), usage.clone(), Output::discard()).await.unwrap();
+        while usage.snapshot().memory_bytes < 2 * PAGE {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
         }
+        // Two more pages would make four under a limit of three.
+        let second = engine.start(compiled, spec(), usage.clone(), Output::discard()).await.unwrap();
+        let exit = second.waiter().wait().await;
+        assert_eq!((exit.code, exit.reason), (EXIT_KILLED, ExitReason::OomKilled), "{}", exit.message);
+        assert!(!first.has_ended());
+        assert_eq!(usage.snapshot().memory_bytes, 2 * PAGE, "the refused instance holds nothing");
+
+        first.kill();
+        let exit = first.waiter().wait().await;
+        assert_eq!((exit.code, exit.reason, exit.message.as_str()), (EXIT_KILLED, ExitReason::Error, "stopped"));
+        assert_eq!(usage.snapshot().memory_bytes, 0);
+        assert!(usage.snapshot().cpu_nanos > 0, "both instances' CPU time is counted");
+    }
+
+    #[tokio::test]
+    async fn a_spinning_guest_is_held_back_at_its_cpu_quota() {
+        let engine = engine();
+        let compiled = compile(&engine, SPINS_WITH_TWO_PAGES).await;
+        let cpu =
+            CpuBandwidth { quota: std::time::Duration::from_millis(1), period: std::time::Duration::from_secs(1) };
+        let usage = engine.new_usage(Limits { memory_bytes: 0, cpu: Some(cpu) });
+        let mut guest = engine.start(compiled, spec(), usage.clone(), Output::discard()).await.unwrap();
+        // Past 1 ms of CPU in a period, the guest waits for the next one. The
+        // limit only keeps a broken quota from hanging the test run.
+        let throttled = async {
+            while usage.snapshot().throttled_periods == 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(120), throttled)
+            .await
+            .expect("the quota never held the guest back");
+        assert!(usage.snapshot().throttled_nanos > 0);
+        guest.kill();
+        guest.waiter().wait().await;
     }
 }

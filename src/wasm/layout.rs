@@ -44,7 +44,7 @@ use std::path::{Path, PathBuf};
 use cap_std::fs::Dir;
 
 use super::file_mounts::normalize;
-use super::guest::{Mount, Root};
+use super::spec::{Mount, Root};
 
 /// The preopens of a guest, in order: see the module documentation. `mounts`
 /// are the directories to preopen besides the root (directory mounts, then the

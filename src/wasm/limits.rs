@@ -9,7 +9,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -59,18 +59,22 @@ impl CpuBandwidth {
     }
 }
 
-/// Live counters and limits of a guest, read by stats calls and changed by
-/// UpdateContainerResources without stopping it.
+/// Live counters and limits of a container's guests, read by stats calls and
+/// changed by UpdateContainerResources without stopping them.
+///
+/// Made by the caller ([`super::Engine::new_usage`]), one per container, and
+/// given to every instance started for it ([`super::Engine::start`]): the
+/// counters are sums over those instances, and the memory limit bounds what
+/// they hold together. The CPU quota is charged per instance.
 #[derive(Debug, Default)]
 pub struct Usage {
     /// CPU time spent running the guest (and its host calls), in nanoseconds.
     pub cpu_nanos: AtomicU64,
-    /// Bytes of linear memory and tables the guest holds now.
+    /// Bytes of linear memory and tables the guest holds now: the sum over
+    /// every instance running under this `Usage`.
     pub memory_bytes: AtomicU64,
     /// Limit on `memory_bytes`; 0 means none.
     memory_limit: AtomicU64,
-    /// Set when a memory or table growth was refused for the limit.
-    pub hit_memory_limit: AtomicBool,
     /// CPU bandwidth in nanoseconds; a quota of 0 means unlimited.
     cpu_quota_nanos: AtomicU64,
     cpu_period_nanos: AtomicU64,
@@ -90,7 +94,9 @@ impl Usage {
         usage
     }
 
-    pub(super) fn set_limits(&self, limits: Limits) {
+    /// Changes the limits: memory at each instance's next growth (0: the
+    /// engine's default), CPU at its next yield.
+    pub fn set_limits(&self, limits: Limits) {
         let memory = if limits.memory_bytes > 0 { limits.memory_bytes } else { self.default_memory_limit };
         self.memory_limit.store(memory, Ordering::Relaxed);
         let (quota, period) =
@@ -123,48 +129,90 @@ impl Usage {
         (quota > 0 && period > 0).then_some((quota, period))
     }
 
-    /// Accepts a growth of what the guest holds from `current` to `desired`
-    /// bytes, unless it would pass the limit.
+    /// Accepts a growth of one memory or table from `current` to `desired`
+    /// bytes, unless what all instances hold would then pass the limit.
     fn grow(&self, current: u64, desired: u64) -> bool {
-        let held = self.memory_bytes.load(Ordering::Relaxed);
-        let after = held.saturating_sub(current) + desired;
         let limit = self.memory_limit();
-        if limit > 0 && after > limit {
-            self.hit_memory_limit.store(true, Ordering::Relaxed);
-            return false;
-        }
-        self.memory_bytes.store(after, Ordering::Relaxed);
-        true
+        self.memory_bytes
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |held| {
+                let after = held.saturating_sub(current).saturating_add(desired);
+                (limit == 0 || after <= limit).then_some(after)
+            })
+            .is_ok()
+    }
+
+    /// Gives back `bytes` an instance held, when it ends.
+    fn release(&self, bytes: u64) {
+        let _ = self
+            .memory_bytes
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |held| Some(held.saturating_sub(bytes)));
     }
 }
 
-/// Refuses memory and table growth past the guest's limit. wasmtime calls it
-/// for every growth, including the initial allocation at instantiation.
+/// One instance's share of a [`Usage`]: refuses memory and table growth past
+/// the limit of the `Usage`, and gives back what the instance held when it is
+/// dropped (with the instance's store). wasmtime calls it for every growth,
+/// including the initial allocation at instantiation.
 pub(super) struct MemoryLimiter {
-    pub usage: Arc<Usage>,
+    usage: Arc<Usage>,
+    /// Bytes of memories and tables this instance holds.
+    held: u64,
+    /// Whether a growth of this instance was refused for the limit.
+    refused: bool,
+}
+
+impl MemoryLimiter {
+    pub fn new(usage: Arc<Usage>) -> Self {
+        Self { usage, held: 0, refused: false }
+    }
+
+    /// Whether a memory or table growth of this instance was refused for the
+    /// limit: a trap that follows is the guest running out of memory.
+    pub fn hit_limit(&self) -> bool {
+        self.refused
+    }
+
+    fn grow(&mut self, current: u64, desired: u64) -> bool {
+        if self.usage.grow(current, desired) {
+            self.held = self.held.saturating_sub(current).saturating_add(desired);
+            true
+        } else {
+            self.refused = true;
+            false
+        }
+    }
+}
+
+impl Drop for MemoryLimiter {
+    fn drop(&mut self) {
+        self.usage.release(self.held);
+    }
 }
 
 impl wasmtime::ResourceLimiter for MemoryLimiter {
     fn memory_growing(&mut self, current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
-        Ok(self.usage.grow(current as u64, desired as u64))
+        Ok(self.grow(current as u64, desired as u64))
     }
 
     fn table_growing(&mut self, current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
-        Ok(self.usage.grow(current as u64 * TABLE_ELEMENT_BYTES, desired as u64 * TABLE_ELEMENT_BYTES))
+        Ok(self.grow(current as u64 * TABLE_ELEMENT_BYTES, desired as u64 * TABLE_ELEMENT_BYTES))
     }
 }
 
-/// Runs a guest's future: counts the CPU time of each poll and, when the guest
-/// has a CPU limit, holds it back once it has used its quota for the period.
-///
-/// A guest yields at every epoch tick, so it can overrun its quota by up to a
-/// tick; the overrun is carried into the next periods as debt, which keeps
-/// the long-run share at quota / period (as the CFS does with its slices).
-pub(super) struct CpuMeter<'a, F> {
-    inner: F,
-    usage: &'a Usage,
-    budget: Budget,
-    throttle: Option<Pin<Box<Sleep>>>,
+pin_project_lite::pin_project! {
+    /// Runs a guest's future: counts the CPU time of each poll and, when the guest
+    /// has a CPU limit, holds it back once it has used its quota for the period.
+    ///
+    /// A guest yields at every epoch tick, so it can overrun its quota by up to a
+    /// tick; the overrun is carried into the next periods as debt, which keeps
+    /// the long-run share at quota / period (as the CFS does with its slices).
+    pub(super) struct CpuMeter<'a, F> {
+        #[pin]
+        inner: F,
+        usage: &'a Usage,
+        budget: Budget,
+        throttle: Option<Pin<Box<Sleep>>>,
+    }
 }
 
 impl<'a, F> CpuMeter<'a, F> {
@@ -177,19 +225,16 @@ impl<F: Future> Future for CpuMeter<'_, F> {
     type Output = F::Output;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        // SAFETY: `inner` is never moved out of the pinned `self`; the other
-        // fields are Unpin.
-        let this = unsafe { self.get_unchecked_mut() };
-        if let Some(throttle) = &mut this.throttle {
+        let this = self.project();
+        if let Some(throttle) = this.throttle {
             if throttle.as_mut().poll(cx).is_pending() {
                 return Poll::Pending;
             }
-            this.throttle = None;
+            *this.throttle = None;
         }
-        let before = thread_cpu_nanos();
-        let inner = unsafe { Pin::new_unchecked(&mut this.inner) };
-        let poll = inner.poll(cx);
-        let spent = thread_cpu_nanos().saturating_sub(before);
+        let before = crate::sys::thread_cpu_nanos();
+        let poll = this.inner.poll(cx);
+        let spent = crate::sys::thread_cpu_nanos().saturating_sub(before);
         this.usage.cpu_nanos.fetch_add(spent, Ordering::Relaxed);
         if poll.is_pending()
             && let Some((quota, period)) = this.usage.bandwidth()
@@ -203,7 +248,7 @@ impl<F: Future> Future for CpuMeter<'_, F> {
             let mut throttle = Box::pin(tokio::time::sleep_until(until));
             // Registers the wake-up; the guest is not polled again before it.
             let _ = throttle.as_mut().poll(cx);
-            this.throttle = Some(throttle);
+            *this.throttle = Some(throttle);
         }
         poll
     }
@@ -240,15 +285,6 @@ impl Budget {
         let periods_to_wait = self.used / quota;
         Some(self.period_start + Duration::from_nanos(periods_to_wait.saturating_mul(period)))
     }
-}
-
-fn thread_cpu_nanos() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: clock_gettime writes into the timespec we own.
-    if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) } != 0 {
-        return 0;
-    }
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 #[cfg(test)]
@@ -298,12 +334,30 @@ mod tests {
 
     #[test]
     fn memory_limit_counts_tables_and_memories_together() {
-        let usage = Usage::new(Limits { memory_bytes: 1000, cpu: None }, 0);
-        assert!(usage.grow(0, 800));
-        assert!(usage.grow(0, 100));
-        assert!(!usage.grow(800, 1000), "growth past the limit must be refused");
-        assert!(usage.hit_memory_limit.load(Ordering::Relaxed));
+        let usage = Arc::new(Usage::new(Limits { memory_bytes: 1000, cpu: None }, 0));
+        let mut limiter = MemoryLimiter::new(usage.clone());
+        assert!(limiter.grow(0, 800));
+        assert!(limiter.grow(0, 100));
+        assert!(!limiter.hit_limit());
+        assert!(!limiter.grow(800, 1000), "growth past the limit must be refused");
+        assert!(limiter.hit_limit());
         assert_eq!(usage.memory_bytes.load(Ordering::Relaxed), 900);
+        drop(limiter);
+        assert_eq!(usage.memory_bytes.load(Ordering::Relaxed), 0, "an ended instance gives its memory back");
+    }
+
+    #[test]
+    fn instances_sharing_a_usage_share_its_memory_limit() {
+        let usage = Arc::new(Usage::new(Limits { memory_bytes: 1000, cpu: None }, 0));
+        let (mut first, mut second) = (MemoryLimiter::new(usage.clone()), MemoryLimiter::new(usage.clone()));
+        assert!(first.grow(0, 600));
+        assert!(!second.grow(0, 600), "the two together would hold 1200 bytes");
+        assert!(second.hit_limit() && !first.hit_limit(), "only the refused instance hit the limit");
+        assert!(second.grow(0, 400));
+        assert_eq!(usage.memory_bytes.load(Ordering::Relaxed), 1000);
+        drop(first);
+        assert_eq!(usage.memory_bytes.load(Ordering::Relaxed), 400);
+        assert!(second.grow(400, 1000), "what the first held is free again");
     }
 
     #[test]

@@ -5,63 +5,59 @@
 //! that spins can never hold up the CRI server. Epoch interruption makes every
 //! guest yield to that executor each [`EPOCH_TICK`]; a stop request is seen at
 //! the next yield, even in an infinite loop.
+//!
+//! A guest is started ([`Engine::start`]) with a [`GuestSpec`] (what it sees),
+//! a [`Usage`] the caller made ([`Engine::new_usage`], one per container,
+//! shared by the instances run for it) and an [`Output`] (where its stdout
+//! and stderr go: a CRI log, memory with [`Captured`], any writer).
+//!
+//! The modules, each depending only on those listed before it (no cycles):
+//!
+//! - `spec`, `limits`, `output`: what a guest is started with, its limits and
+//!   usage counters, its output sinks; plain data and small types.
+//! - `file_mounts`, `layout`: the host directories a spec becomes (copies of
+//!   file mounts; where each directory is preopened). `layout` uses
+//!   `file_mounts`' normalizing of guest paths.
+//! - `host`: WASI contexts and linkers, `host::p1` for preview 1 modules
+//!   (with the read-only root's EROFS), `host::p2` for components.
+//! - `compile`: what kind a binary is, the compiled-code cache; links
+//!   binaries against `host`'s linkers to check their imports.
+//! - `guest`: runs one compiled program in a store `host` builds, and maps
+//!   its end to an [`Exit`].
+//! - this module: the [`Engine`] tying them together.
 
 mod compile;
 mod file_mounts;
 mod guest;
+mod host;
 mod layout;
 mod limits;
-mod read_only_root;
+pub mod output;
+mod spec;
 
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-pub use compile::{Compiled, ModuleSource, WasmSource};
-pub use guest::{EXIT_NOT_STARTED, Exit, ExitReason, ExitWaiter, Guest, GuestSpec, Mount, Root};
-pub use limits::{CpuBandwidth, Limits, Usage, UsageSnapshot};
+pub use compile::{Compiled, ModuleSource, WasmKind, WasmSource};
+pub use guest::{EXIT_NOT_STARTED, Exit, ExitReason, ExitWaiter, Guest};
+pub use limits::{Usage, UsageSnapshot};
+pub use output::{Captured, Output};
+pub use spec::{CpuBandwidth, GuestSpec, Limits, Mount, Root};
 
 use crate::error::{Error, Result};
 
 /// How often a running guest yields to the executor.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
-/// What the binary header of a wasm file says it is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum WasmKind {
-    /// A core module (`\0asm` version 1).
-    Module,
-    /// A component (`\0asm`, version 0x0d, layer 1).
-    Component,
-}
-
-impl WasmKind {
-    /// Reads the 8-byte header: magic, then version and layer.
-    pub fn detect(header: &[u8]) -> Option<Self> {
-        match header.get(..8)? {
-            [0, b'a', b's', b'm', 1, 0, 0, 0] => Some(WasmKind::Module),
-            [0, b'a', b's', b'm', _, _, 1, 0] => Some(WasmKind::Component),
-            _ => None,
-        }
-    }
-}
-
-/// WASI for both kinds of guest: preview 1 for modules, 0.2 for components.
-pub(crate) struct Linkers {
-    module: wasmtime::Linker<guest::GuestState>,
-    component: wasmtime::component::Linker<guest::GuestState>,
-}
-
+/// The wasmtime engine, the WASI linkers, the compiled-code cache and the
+/// guest executor, shared by every guest of the daemon.
 pub struct Engine {
     engine: wasmtime::Engine,
-    linkers: Linkers,
+    linkers: host::Linkers,
     cache: compile::Cache,
     guests: tokio::runtime::Handle,
     default_memory_limit: u64,
-    /// Guests that have ended, counted once each exit is reported.
-    ended_guests: Arc<AtomicU64>,
 }
 
 impl Engine {
@@ -80,25 +76,11 @@ impl Engine {
         // The guard after each memory, which bounds checks rely on, stays.
         config.guard_before_linear_memory(false);
         let engine = wasmtime::Engine::new(&config).map_err(|e| wasm_error("creating the wasmtime engine", e))?;
-
-        let mut module = wasmtime::Linker::new(&engine);
-        wasmtime_wasi::p1::add_to_linker_async(&mut module, |state: &mut guest::GuestState| &mut state.wasi)
-            .map_err(|e| wasm_error("linking WASI preview 1", e))?;
-        read_only_root::add_to_linker(&mut module).map_err(|e| wasm_error("linking WASI preview 1", e))?;
-        let mut component = wasmtime::component::Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_async(&mut component).map_err(|e| wasm_error("linking WASI 0.2", e))?;
-
+        let linkers = host::Linkers::new(&engine)?;
         let cache = compile::Cache::new(&engine, cache_dir)?;
         spawn_epoch_ticker(&engine)?;
         let guests = spawn_guest_executor()?;
-        Ok(Arc::new(Self {
-            engine,
-            linkers: Linkers { module, component },
-            cache,
-            guests,
-            default_memory_limit,
-            ended_guests: Arc::default(),
-        }))
+        Ok(Arc::new(Self { engine, linkers, cache, guests, default_memory_limit }))
     }
 
     /// The compiled form of the binary with `digest`, from memory, from the
@@ -119,23 +101,30 @@ impl Engine {
         }
     }
 
-    /// Starts a guest. Returns once its WASI context is built (mounts opened),
-    /// so a bad mount fails the call instead of the guest.
+    /// The usage counters of a new container with `limits`: a memory limit
+    /// of 0 (none set) gets the engine's default memory limit. Give it to
+    /// every instance started for the container.
+    pub fn new_usage(&self, limits: Limits) -> Arc<Usage> {
+        Arc::new(Usage::new(limits, self.default_memory_limit))
+    }
+
+    /// Starts `compiled` as a guest seeing `spec`, its memory and CPU charged
+    /// to `usage` (from [`Engine::new_usage`]; its limits apply), its stdout
+    /// and stderr written to `output`. Returns once its WASI context is built
+    /// (mounts opened), so a bad mount fails the call instead of the guest.
+    /// The guest's exit ([`Guest::exit`], [`ExitWaiter::wait`]) is reported
+    /// once `output` is done and its file mounts are copied back.
+    ///
+    /// Errors: InvalidArgument for a mount that cannot be opened or a file
+    /// mount that cannot be copied; Internal when the executor is gone.
     pub async fn start(
         &self,
         compiled: Arc<Compiled>,
         spec: GuestSpec,
-        output: crate::logs::GuestOutput,
+        usage: Arc<Usage>,
+        output: Output,
     ) -> Result<Guest> {
-        let ended = self.ended_guests.clone();
-        guest::start(&self.engine, &self.guests, self.default_memory_limit, ended, compiled, spec, output).await
-    }
-
-    /// How many guests have ended so far. It grows only once the exit is
-    /// visible through [`Guest::exit`]: what was read of the guests after
-    /// reading a count shows every exit that count includes.
-    pub fn ended_guests(&self) -> u64 {
-        self.ended_guests.load(Ordering::Acquire)
+        guest::start(&self.engine, &self.guests, compiled, spec, usage, output).await
     }
 }
 
@@ -159,7 +148,7 @@ fn spawn_epoch_ticker(engine: &wasmtime::Engine) -> Result<()> {
 /// must not slow down the threads that serve kubelet, write logs and tick
 /// the epoch (all at nice 0). It only weighs guests against the daemon's own
 /// threads: containers of the backing runtime are in cgroups of their own.
-const GUEST_NICE: libc::c_int = 10;
+const GUEST_NICE: i32 = 10;
 
 /// A multi-threaded tokio runtime for guests, kept apart from the CRI server's.
 fn spawn_guest_executor() -> Result<tokio::runtime::Handle> {
@@ -181,25 +170,7 @@ fn spawn_guest_executor() -> Result<tokio::runtime::Handle> {
 
 /// Sets [`GUEST_NICE`] on the calling thread (on Linux, niceness is per thread).
 fn lower_thread_priority() {
-    // SAFETY: gettid and setpriority take no pointers.
-    let result = unsafe {
-        let tid = libc::gettid();
-        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, GUEST_NICE)
-    };
-    if result != 0 {
-        tracing::warn!(error = %std::io::Error::last_os_error(), "cannot lower the priority of a guest thread");
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::WasmKind;
-
-    #[test]
-    fn detects_modules_and_components() {
-        assert_eq!(WasmKind::detect(b"\0asm\x01\0\0\0rest"), Some(WasmKind::Module));
-        assert_eq!(WasmKind::detect(b"\0asm\x0d\0\x01\0"), Some(WasmKind::Component));
-        assert_eq!(WasmKind::detect(b"\0asm"), None);
-        assert_eq!(WasmKind::detect(b"not wasm at all"), None);
+    if let Err(error) = crate::sys::set_thread_nice(GUEST_NICE) {
+        tracing::warn!(%error, "cannot lower the priority of a guest thread");
     }
 }

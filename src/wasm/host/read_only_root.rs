@@ -18,7 +18,7 @@ use wasmtime::{Caller, Extern, Linker};
 use wasmtime_wasi::p1::wasi_snapshot_preview1 as p1;
 use wasmtime_wasi::p1::wasi_snapshot_preview1::WasiSnapshotPreview1 as _;
 
-use super::guest::GuestState;
+use super::p1::P1State;
 
 /// WASI preview 1 errno values (`wasi_snapshot_preview1.witx`).
 const ERRNO_PERM: i32 = 63;
@@ -27,7 +27,7 @@ const MODULE: &str = "wasi_snapshot_preview1";
 
 /// Replaces the path calls that write in `linker` (which already holds
 /// wasmtime-wasi's preview 1) with ones that answer EROFS as described above.
-pub(super) fn add_to_linker(linker: &mut Linker<GuestState>) -> wasmtime::Result<()> {
+pub(super) fn add_to_linker(linker: &mut Linker<P1State>) -> wasmtime::Result<()> {
     linker.allow_shadowing(true);
     // `wrap!(name, (arguments: types), [the arguments that are directory descriptors])`
     macro_rules! wrap {
@@ -35,7 +35,7 @@ pub(super) fn add_to_linker(linker: &mut Linker<GuestState>) -> wasmtime::Result
             linker.func_wrap_async(
                 MODULE,
                 stringify!($name),
-                |mut caller: Caller<'_, GuestState>, ($($arg,)*): ($($ty,)*)| {
+                |mut caller: Caller<'_, P1State>, ($($arg,)*): ($($ty,)*)| {
                     Box::new(async move {
                         // wasmtime-wasi's own wrappers hand the store's hostcall fuel to each call.
                         let fuel = wasmtime::AsContextMut::as_context_mut(&mut caller).hostcall_fuel();
@@ -76,7 +76,7 @@ pub(super) fn add_to_linker(linker: &mut Linker<GuestState>) -> wasmtime::Result
 }
 
 /// `errno`, or EROFS for EPERM on a directory of a read-only root.
-fn read_only_error(state: &GuestState, errno: i32, fds: &[i32]) -> i32 {
+fn read_only_error(state: &P1State, errno: i32, fds: &[i32]) -> i32 {
     if errno == ERRNO_PERM && fds.iter().any(|fd| state.read_only_root_fds.contains(&(*fd as u32))) {
         ERRNO_ROFS
     } else {

@@ -1,0 +1,50 @@
+//! What a guest is started with: the process-like view of its container
+//! (argv, env, working directory, root filesystem, mounts), and the host
+//! directory that holds what the container needs on the host's side.
+//!
+//! Plain data, built by the caller and read by the host side (`host`,
+//! `layout`, `file_mounts`); nothing here touches wasmtime. Limits travel in
+//! the container's [`Usage`](super::Usage), not here: they change while the
+//! guest runs, and several instances share them.
+
+use std::path::PathBuf;
+
+pub use super::limits::{CpuBandwidth, Limits};
+
+/// What a guest is given: the process-like view of its container.
+#[derive(Debug, Clone, Default)]
+pub struct GuestSpec {
+    /// `argv[0]` first, as WASI `args_get` / `wasi:cli/environment.get-arguments` give them.
+    pub argv: Vec<String>,
+    /// `(name, value)` pairs, handed to the guest in this order.
+    pub env: Vec<(String, String)>,
+    /// An absolute guest path; relative paths resolve against it (see `layout`).
+    pub working_dir: Option<String>,
+    /// The guest's `/`: a compat image's filesystem. `None` for an artifact,
+    /// which sees only its mounts.
+    pub root: Option<Root>,
+    /// Directories and files of the host the guest sees, in the container
+    /// config's order (see `file_mounts` for files).
+    pub mounts: Vec<Mount>,
+    /// A host directory of the container's own, for the copies that stand in
+    /// for its file mounts; created only when there are some.
+    pub scratch_dir: Option<PathBuf>,
+}
+
+/// A container's root filesystem on the host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Root {
+    /// The directory the guest sees as `/`.
+    pub host_path: PathBuf,
+    /// Whether writes are refused (as on a read-only filesystem, EROFS).
+    pub readonly: bool,
+}
+
+/// A host directory (or file) the guest sees at `guest_path`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mount {
+    pub host_path: String,
+    /// An absolute path in the guest.
+    pub guest_path: String,
+    pub readonly: bool,
+}

@@ -814,7 +814,7 @@ fn floor(
         std::thread::spawn(move || {
             while !stop.load(Ordering::Relaxed) {
                 engine.increment_epoch();
-                std::thread::sleep(wasmrun::wasm::EPOCH_TICK);
+                std::thread::sleep(wasmrun::EPOCH_TICK);
             }
         })
     };

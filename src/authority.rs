@@ -133,11 +133,6 @@ impl<IO> AuthorityFix<IO> {
         }
     }
 
-    /// The connection this wraps.
-    pub fn get_ref(&self) -> &IO {
-        &self.io
-    }
-
     /// Moves what can be decided from `input` to `output`.
     fn process(&mut self) -> io::Result<()> {
         loop {

@@ -32,7 +32,6 @@ pub mod wire;
 use std::sync::Arc;
 
 pub use events::EventStream;
-pub use status::MAX_STATUS_MESSAGE;
 
 use crate::config::Config;
 use crate::images::Images;

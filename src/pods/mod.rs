@@ -33,7 +33,7 @@ use tokio_stream::Stream;
 pub use container::{Container, ContainerView};
 pub use events::{ContainerEvent, EventKind};
 pub use filter::{ContainerFilter, PodFilter};
-pub use lifecycle::{ContainerState, EXIT_LOST};
+pub use lifecycle::ContainerState;
 pub use programs::{ImagePrograms, Programs};
 pub use sandbox::{Sandbox, SandboxState};
 
@@ -87,7 +87,7 @@ impl Pods {
     /// Pods and containers as the records under `root` left them (see
     /// `records.rs`), with the containers' scratch directories under
     /// `state_dir`. Containers that ran when the daemon stopped come back
-    /// exited ([`EXIT_LOST`], reason Error), and each such exit is sent to
+    /// exited ([`lifecycle::EXIT_LOST`], reason Error), and each such exit is sent to
     /// every GetContainerEvents subscriber. Errors: Internal when the record
     /// directories cannot be made.
     pub async fn open(programs: Arc<dyn Programs>, engine: Arc<Engine>, root: &Path, state_dir: &Path) -> Result<Self> {
@@ -714,4 +714,4 @@ fn clear_scratch(containers_dir: &Path) {
     }
 }
 
-pub use wasm::{Exit, ExitReason, ModuleSource};
+pub use wasm::{Exit, ExitReason};

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use sha2::Digest as _;
 use tokio_stream::StreamExt;
 
+use super::lifecycle::EXIT_LOST;
 use super::*;
 use crate::images::{Image, ImageFormat};
 use crate::wasm::{Compiled, ModuleSource, WasmKind, WasmSource};

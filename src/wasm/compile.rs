@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex};
 use super::host::Linkers;
 use super::host::p1::P1State;
 use super::host::p2::P2State;
+use crate::digest::Digest;
 use crate::error::{Error, Result};
 
 /// What the binary header of a wasm file says it is.
@@ -44,7 +45,6 @@ impl WasmKind {
 
 /// A binary ready to instantiate: compiled, and its imports resolved against WASI.
 pub struct Compiled {
-    pub digest: String,
     pub(super) program: Program,
 }
 
@@ -113,7 +113,7 @@ impl Cache {
         if let Some(compiled) = self.loaded.lock().unwrap().get(digest) {
             return Ok((compiled.clone(), ModuleSource::Memory));
         }
-        let cached = self.dir.join(format!("{}.cwasm", digest_hex(digest)?));
+        let cached = self.dir.join(format!("{}.cwasm", Digest::try_from(digest)?.hex()));
         let (loaded, from) = tokio::task::spawn_blocking({
             let engine = engine.clone();
             let digest = digest.to_owned();
@@ -136,7 +136,7 @@ impl Cache {
                 return Err(e);
             }
         };
-        let compiled = Arc::new(Compiled { digest: digest.to_owned(), program });
+        let compiled = Arc::new(Compiled { program });
         let compiled = self.loaded.lock().unwrap().entry(digest.to_owned()).or_insert(compiled).clone();
         Ok((compiled, from))
     }
@@ -144,17 +144,10 @@ impl Cache {
     /// Drops a binary from memory and disk; running guests keep their own reference.
     pub async fn evict(&self, digest: &str) {
         self.loaded.lock().unwrap().remove(digest);
-        if let Ok(hex) = digest_hex(digest) {
-            let _ = tokio::fs::remove_file(self.dir.join(format!("{hex}.cwasm"))).await;
+        if let Ok(digest) = Digest::try_from(digest) {
+            let _ = tokio::fs::remove_file(self.dir.join(format!("{}.cwasm", digest.hex()))).await;
         }
     }
-}
-
-fn digest_hex(digest: &str) -> Result<&str> {
-    digest
-        .strip_prefix("sha256:")
-        .filter(|hex| hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
-        .ok_or_else(|| Error::InvalidArgument(format!("unsupported wasm digest {digest:?}")))
 }
 
 fn link_module(linkers: &Linkers, digest: &str, module: &wasmtime::Module) -> Result<wasmtime::InstancePre<P1State>> {

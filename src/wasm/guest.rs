@@ -12,7 +12,7 @@ use wasmtime_wasi::I32Exit;
 use super::compile::{Compiled, Program};
 use super::host::p1::{self, P1State};
 use super::host::p2::{self, P2State};
-use super::limits::{CpuMeter, Limits, Usage};
+use super::limits::{CpuMeter, Usage};
 use super::output::{Output, Writer};
 use super::spec::GuestSpec;
 use super::{file_mounts, layout};
@@ -66,17 +66,11 @@ pub struct Exit {
 pub struct Guest {
     stop: Option<oneshot::Sender<()>>,
     exit: watch::Receiver<Option<Exit>>,
-    /// The usage it was started with: the caller's, perhaps shared with other instances.
-    pub usage: Arc<Usage>,
 }
 
 impl Guest {
-    /// How it ended, or `None` while it runs.
-    pub fn exit(&self) -> Option<Exit> {
-        self.exit.borrow().clone()
-    }
-
     /// Whether it has ended, without copying how (its message can be long).
+    #[cfg(test)]
     pub fn has_ended(&self) -> bool {
         self.exit.borrow().is_some()
     }
@@ -86,12 +80,6 @@ impl Guest {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-    }
-
-    /// Changes the limits of the running guest (and of every instance sharing
-    /// its usage): memory at its next growth, CPU at its next yield.
-    pub fn set_limits(&self, limits: Limits) {
-        self.usage.set_limits(limits);
     }
 
     /// Something to wait on for the guest's end, usable without holding the guest.
@@ -218,7 +206,7 @@ pub(super) async fn start(
         tokio::join!(files.copy_back(), output_done);
         let _ = exit_tx.send(Some(exit));
     });
-    Ok(Guest { stop: Some(stop_tx), exit: exit_rx, usage })
+    Ok(Guest { stop: Some(stop_tx), exit: exit_rx })
 }
 
 async fn run_until_stopped(mut instance: Instance, stop: oneshot::Receiver<()>, usage: &Usage) -> Exit {

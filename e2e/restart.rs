@@ -2,7 +2,8 @@
 //! their records. Running containers come back exited (255, reason Error, a
 //! message saying the runtime restarted) so kubelet restarts them by their
 //! restart policy; exited ones keep their exit; created ones can be started.
-//! A record that cannot be read is set aside and the daemon starts anyway.
+//! A record that cannot be read (the journal's last line cut short) is set
+//! aside and the daemon starts anyway.
 
 use std::collections::HashMap;
 
@@ -202,14 +203,17 @@ async fn a_truncated_record_is_set_aside_and_the_daemon_starts() {
     let mut daemon = Daemon::start().await;
     let hello = pulled_fixture(&daemon, "hello", "restart-truncated").await;
     let pod = Pod::run(&daemon, "truncated").await;
+    let kept = pod.create(&daemon, &container_config("kept", &hello.name, &[], &[], &[])).await;
     let config = container_config("c", &hello.name, &[], &[], &[]);
     let id = pod.create(&daemon, &config).await;
-    let kept = pod.create(&daemon, &container_config("kept", &hello.name, &[], &[], &[])).await;
     let dir = daemon.dir().to_path_buf();
     daemon.sigkill();
-    let record = daemon.root().join(format!("pods/containers/{id}.json"));
-    let bytes = std::fs::read(&record).expect("the container's record");
-    std::fs::write(&record, &bytes[..bytes.len() / 3]).expect("truncate the record");
+    // The last record written, cut short, as a power loss may leave it.
+    let journal = daemon.root().join("pods/journal");
+    let bytes = std::fs::read(&journal).expect("the journal of records");
+    let last = bytes[..bytes.len() - 1].iter().rposition(|b| *b == b'\n').map_or(0, |at| at + 1);
+    assert!(String::from_utf8_lossy(&bytes[last..]).contains(&id), "the last record is not the last container's");
+    std::fs::write(&journal, &bytes[..last + (bytes.len() - last) / 2]).expect("truncate the journal");
     drop(daemon);
 
     let daemon = Daemon::start_with(Some(dir), &[]).await;
@@ -222,7 +226,7 @@ async fn a_truncated_record_is_set_aside_and_the_daemon_starts() {
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
     assert_eq!(set_aside.len(), 1, "{set_aside:?}");
-    assert!(set_aside[0].starts_with(&format!("containers-{id}.json")), "{set_aside:?}");
+    assert!(set_aside[0].starts_with("journal-line-"), "{set_aside:?}");
     assert!(daemon.log().contains("set aside"), "no warning in the daemon's log");
     // Its name is free: kubelet can create the container again.
     pod.create(&daemon, &config).await;

@@ -96,9 +96,7 @@ impl Pods {
             let (root, containers_dir) = (root.to_owned(), containers_dir.clone());
             tokio::task::spawn_blocking(move || {
                 clear_scratch(&containers_dir);
-                let records = Records::open(&root)?;
-                let loaded = records.load();
-                Ok::<_, Error>((records, loaded))
+                Records::open(&root)
             })
             .await
             .map_err(|e| Error::internal("loading the pod and container records", e))??
@@ -123,8 +121,8 @@ impl Pods {
     async fn recover(&self, loaded: records::Loaded) {
         let now = crate::clock::now_nanos();
         for record in loaded.sandboxes {
+            // `run_pod` refuses a pod without metadata: every record has it.
             let Some(metadata) = record.config.0.metadata.as_ref() else {
-                self.records.set_aside(&self.records.sandbox_path(&record.id), "it has no metadata");
                 continue;
             };
             let name = sandbox::reserved_name(metadata);
@@ -136,11 +134,10 @@ impl Pods {
         }
         let (mut created, mut ended) = (0, 0);
         for record in loaded.containers {
-            let path = self.records.container_path(&record.id);
-            let (container, ended_now) = match self.recover_container(record, now).await {
+            let (container, ended_now) = match self.recover_container(record.clone(), now).await {
                 Ok(recovered) => recovered,
                 Err(why) => {
-                    self.records.set_aside(&path, &why);
+                    self.records.set_aside_container(&record, &why).await;
                     continue;
                 }
             };

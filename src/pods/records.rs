@@ -156,8 +156,8 @@ pub(super) struct Loaded {
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 enum Line {
-    Sandbox(SandboxRecord),
-    Container(ContainerRecord),
+    Sandbox(Box<SandboxRecord>),
+    Container(Box<ContainerRecord>),
     DeleteSandbox(String),
     DeleteContainer(String),
 }
@@ -202,8 +202,8 @@ impl Records {
         let mut loaded = Loaded::default();
         for line in live.values() {
             match serde_json::from_slice::<Line>(line) {
-                Ok(Line::Sandbox(record)) => loaded.sandboxes.push(record),
-                Ok(Line::Container(record)) => loaded.containers.push(record),
+                Ok(Line::Sandbox(record)) => loaded.sandboxes.push(*record),
+                Ok(Line::Container(record)) => loaded.containers.push(*record),
                 _ => {}
             }
         }
@@ -216,11 +216,11 @@ impl Records {
     }
 
     pub async fn save_sandbox(&self, record: &SandboxRecord) -> Result<()> {
-        self.send(Key::Sandbox(record.id.clone()), Some(&Line::Sandbox(record.clone()))).await
+        self.send(Key::Sandbox(record.id.clone()), Some(&Line::Sandbox(Box::new(record.clone())))).await
     }
 
     pub async fn save_container(&self, record: &ContainerRecord) -> Result<()> {
-        self.send(Key::Container(record.id.clone()), Some(&Line::Container(record.clone()))).await
+        self.send(Key::Container(record.id.clone()), Some(&Line::Container(Box::new(record.clone())))).await
     }
 
     pub async fn delete_sandbox(&self, id: &str) -> Result<()> {
@@ -234,7 +234,7 @@ impl Records {
     /// Moves a container's record the daemon cannot use (`why`) out of the
     /// journal into the set-aside directory, with a warning.
     pub async fn set_aside_container(&self, record: &ContainerRecord, why: &str) {
-        let bytes = serde_json::to_vec(&Line::Container(record.clone())).unwrap_or_default();
+        let bytes = serde_json::to_vec(&Line::Container(Box::new(record.clone()))).unwrap_or_default();
         set_aside(&self.set_aside, &format!("container-{}", record.id), &bytes, why);
         if let Err(e) = self.delete_container(&record.id).await {
             tracing::warn!(container = %record.id, error = %e, "cannot take a set-aside record out of the journal");
@@ -275,13 +275,14 @@ fn read(path: &Path, set_aside_dir: &Path) -> HashMap<Key, Vec<u8>> {
     for (number, line) in bytes.split_inclusive(|b| *b == b'\n').enumerate() {
         let parsed =
             serde_json::from_slice::<Line>(line).map_err(|e| format!("cannot parse it: {e}")).and_then(|parsed| {
-                match &parsed {
-                    Line::Sandbox(SandboxRecord { version, .. }) | Line::Container(ContainerRecord { version, .. })
-                        if *version != VERSION =>
-                    {
-                        Err(format!("its format version is {version}, not {VERSION}"))
-                    }
-                    _ => Ok(parsed),
+                let version = match &parsed {
+                    Line::Sandbox(record) => record.version,
+                    Line::Container(record) => record.version,
+                    Line::DeleteSandbox(_) | Line::DeleteContainer(_) => VERSION,
+                };
+                match version {
+                    VERSION => Ok(parsed),
+                    other => Err(format!("its format version is {other}, not {VERSION}")),
                 }
             });
         let why = match parsed {
@@ -438,10 +439,10 @@ mod tests {
         let mut odd = sandbox("ddd");
         odd.version = VERSION + 1;
         let middle = bytes.iter().position(|b| *b == b'\n').unwrap() + 1;
-        let mut line = serde_json::to_vec(&Line::Sandbox(odd)).unwrap();
+        let mut line = serde_json::to_vec(&Line::Sandbox(Box::new(odd))).unwrap();
         line.push(b'\n');
         bytes.splice(middle..middle, line);
-        let mut torn = serde_json::to_vec(&Line::Sandbox(sandbox("eee"))).unwrap();
+        let mut torn = serde_json::to_vec(&Line::Sandbox(Box::new(sandbox("eee")))).unwrap();
         torn.truncate(torn.len() / 2);
         bytes.extend(torn);
         std::fs::write(&journal, bytes).unwrap();

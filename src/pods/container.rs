@@ -56,7 +56,7 @@ pub struct Container {
     /// Held while the container's record is written, so records are written
     /// one at a time, each from the state at its writing; true once the
     /// record is deleted (nothing is written after).
-    pub(super) record_lock: tokio::sync::Mutex<bool>,
+    pub(super) record_lock: Mutex<bool>,
     /// The container's entry of a ListContainers response.
     pub(super) list_entry: KeptEntry<ContainerState>,
 }
@@ -122,7 +122,7 @@ impl Container {
             usage: parts.usage,
             inner: Mutex::new(Inner { life: parts.life, guest: None, log: None }),
             ended: watch::Sender::new(ended),
-            record_lock: tokio::sync::Mutex::new(false),
+            record_lock: Mutex::new(false),
             list_entry: KeptEntry::default(),
         }
     }

@@ -137,7 +137,7 @@ impl Pods {
             let (container, ended_now) = match self.recover_container(record.clone(), now).await {
                 Ok(recovered) => recovered,
                 Err(why) => {
-                    self.records.set_aside_container(&record, &why).await;
+                    self.records.set_aside_container(&record, &why);
                     continue;
                 }
             };
@@ -148,7 +148,7 @@ impl Pods {
             if ended_now {
                 ended += 1;
                 self.events.recovered(self.event(&container.id, &container.pod_id, EventKind::Stopped, now));
-                self.persist_container(&container).await;
+                self.persist_container(&container);
             }
             let mut registry = self.registry.lock().unwrap();
             registry.names.insert(container.reserved_name.clone());
@@ -231,45 +231,29 @@ impl Pods {
         Ok((container, ended_now))
     }
 
-    /// Writes the pod's record as it is now; a failure is logged.
-    async fn persist_sandbox(&self, sandbox: &Sandbox) {
-        let deleted = sandbox.record_lock.lock().await;
-        if *deleted {
-            return;
-        }
-        if let Err(e) = self.records.save_sandbox(&sandbox.record()).await {
+    /// Queues the pod's record as it is now (see `Records::post_sandbox`);
+    /// nothing once it is deleted. A failure is logged.
+    fn persist_sandbox(&self, sandbox: &Sandbox) {
+        let deleted = sandbox.record_lock.lock().unwrap();
+        if !*deleted && let Err(e) = self.records.post_sandbox(&sandbox.record()) {
             tracing::warn!(pod = %sandbox.id, error = %e, "cannot record the pod sandbox");
         }
     }
 
-    /// Writes the container's record as it is now; a failure is logged.
-    async fn persist_container(&self, container: &Container) {
-        if let Err(e) = self.try_persist_container(container).await {
+    /// Queues the container's record as it is now (see
+    /// `Records::post_container`); nothing once it is deleted. Made under
+    /// the record lock, so records are queued in the order of the states they show.
+    fn persist_container(&self, container: &Container) {
+        let deleted = container.record_lock.lock().unwrap();
+        if !*deleted && let Err(e) = self.records.post_container(&container_record(container)) {
             tracing::warn!(container = %container.id, error = %e, "cannot record the container");
         }
     }
 
-    async fn try_persist_container(&self, container: &Container) -> Result<()> {
-        let deleted = container.record_lock.lock().await;
-        if *deleted {
-            return Ok(());
-        }
-        let life = container.lifecycle();
-        let record = ContainerRecord {
-            version: records::VERSION,
-            id: container.id.clone(),
-            pod_id: container.pod_id.clone(),
-            config: Proto(container.config.clone()),
-            image: container.image.clone(),
-            process: container.process.clone(),
-            log_path: container.log_path.clone(),
-            root: container.root.as_ref().map(RootRecord::of),
-            module_source: container.module_source,
-            created_at: container.created_at,
-            resources: container.resources().map(Proto),
-            phase: PhaseRecord::of(&life.phase),
-        };
-        self.records.save_container(&record).await
+    /// Waits until every record change made so far is on disk (written to
+    /// the kernel; see `records.rs`): at shutdown, so that a clean stop loses none.
+    pub async fn flush_records(&self) -> Result<()> {
+        self.records.flush().await
     }
 
     /// The recovered exits, then every container event from now on.
@@ -376,7 +360,7 @@ impl Pods {
         }
         if sandbox.state() == SandboxState::Ready {
             sandbox.mark_not_ready();
-            self.persist_sandbox(&sandbox).await;
+            self.persist_sandbox(&sandbox);
             self.pod_changes.record();
             tracing::info!(pod = %sandbox.id, "pod sandbox stopped");
         }
@@ -402,9 +386,8 @@ impl Pods {
         };
         self.pod_changes.record();
         if removed {
-            let mut deleted = sandbox.record_lock.lock().await;
-            *deleted = true;
-            if let Err(e) = self.records.delete_sandbox(&sandbox.id).await {
+            *sandbox.record_lock.lock().unwrap() = true;
+            if let Err(e) = self.records.delete_sandbox(&sandbox.id) {
                 tracing::warn!(pod = %sandbox.id, error = %e, "cannot delete the pod sandbox's record");
             }
             tracing::info!(pod = %sandbox.id, "pod sandbox removed");
@@ -502,7 +485,7 @@ impl Pods {
             Some(compiled),
         ));
         // Recorded before it is visible: a container kubelet was told of is never lost.
-        if let Err(e) = self.try_persist_container(&container).await {
+        if let Err(e) = self.records.save_container(&container_record(&container)).await {
             release_name();
             rootfs::release(&container.id, container.root.as_ref()).await;
             let _ = tokio::fs::remove_dir_all(&container.scratch_dir).await;
@@ -597,7 +580,7 @@ impl Pods {
         };
         let waiter = guest.waiter();
         container.set_running(guest, log, started_at)?;
-        self.persist_container(&container).await;
+        self.persist_container(&container);
         self.container_changes.record();
         self.send(&container.id, &container.pod_id, EventKind::Started);
         tracing::info!(container = %container.id, "container started");
@@ -619,7 +602,7 @@ impl Pods {
             container.wake_stoppers();
             return;
         }
-        self.persist_container(container).await;
+        self.persist_container(container);
         self.container_changes.record();
         self.send(&container.id, &container.pod_id, EventKind::Stopped);
         container.wake_stoppers();
@@ -639,7 +622,7 @@ impl Pods {
     pub async fn update_container_resources(&self, id: &str, resources: api::LinuxContainerResources) -> Result<()> {
         let container = self.container(id)?;
         container.update_resources(resources)?;
-        self.persist_container(&container).await;
+        self.persist_container(&container);
         Ok(())
     }
 
@@ -666,9 +649,8 @@ impl Pods {
         if removed {
             self.container_changes.record();
             {
-                let mut deleted = container.record_lock.lock().await;
-                *deleted = true;
-                if let Err(e) = self.records.delete_container(&container.id).await {
+                *container.record_lock.lock().unwrap() = true;
+                if let Err(e) = self.records.delete_container(&container.id) {
                     tracing::warn!(container = %container.id, error = %e, "cannot delete the container's record");
                 }
             }
@@ -689,6 +671,24 @@ impl Pods {
             tracing::info!(container = %container.id, "container removed");
         }
         Ok(())
+    }
+}
+
+/// What is written to disk of a container now.
+fn container_record(container: &Container) -> ContainerRecord {
+    ContainerRecord {
+        version: records::VERSION,
+        id: container.id.clone(),
+        pod_id: container.pod_id.clone(),
+        config: Proto(container.config.clone()),
+        image: container.image.clone(),
+        process: container.process.clone(),
+        log_path: container.log_path.clone(),
+        root: container.root.as_ref().map(RootRecord::of),
+        module_source: container.module_source,
+        created_at: container.created_at,
+        resources: container.resources().map(Proto),
+        phase: PhaseRecord::of(&container.lifecycle().phase),
     }
 }
 

@@ -174,7 +174,8 @@ const COMPACT_SLACK: usize = 1024;
 
 /// A change for the writer thread, and whom to tell once it is written.
 struct Change {
-    key: Key,
+    /// `None`: nothing to write, only an answer once all before it is written.
+    key: Option<Key>,
     /// The line, newline included; `None` deletes the record.
     line: Option<Vec<u8>>,
     written: tokio::sync::oneshot::Sender<io::Result<()>>,
@@ -197,8 +198,6 @@ impl Records {
         std::fs::create_dir_all(&dir).map_err(|e| Error::internal(format!("creating {}", dir.display()), e))?;
         let path = dir.join("journal");
         let live = read(&path, &set_aside);
-        let file = rewrite(&path, live.values(), true)
-            .map_err(|e| Error::internal(format!("rewriting {}", path.display()), e))?;
         let mut loaded = Loaded::default();
         for line in live.values() {
             match serde_json::from_slice::<Line>(line) {
@@ -207,42 +206,62 @@ impl Records {
                 _ => {}
             }
         }
+        let (file, places) = rewrite(&path, live.iter().map(|(key, line)| (key, line.as_slice())), true)
+            .map_err(|e| Error::internal(format!("rewriting {}", path.display()), e))?;
         let (changes, queue) = std::sync::mpsc::channel();
         std::thread::Builder::new()
             .name("pod-records".into())
-            .spawn(move || write_changes(path, file, live, queue))
+            .spawn(move || write_changes(path, file, places, queue))
             .map_err(|e| Error::internal("starting the pod records' writer", e))?;
         Ok((Self { changes, set_aside }, loaded))
     }
 
+    /// Writes the pod's record and waits until it is written (RunPodSandbox answers after).
     pub async fn save_sandbox(&self, record: &SandboxRecord) -> Result<()> {
-        self.send(Key::Sandbox(record.id.clone()), Some(&Line::Sandbox(Box::new(record.clone())))).await
+        self.wait(self.send(Key::Sandbox(record.id.clone()), Some(&Line::Sandbox(Box::new(record.clone()))))?).await
     }
 
+    /// Writes the container's record and waits until it is written (CreateContainer answers after).
     pub async fn save_container(&self, record: &ContainerRecord) -> Result<()> {
-        self.send(Key::Container(record.id.clone()), Some(&Line::Container(Box::new(record.clone())))).await
+        self.wait(self.send(Key::Container(record.id.clone()), Some(&Line::Container(Box::new(record.clone()))))?).await
     }
 
-    pub async fn delete_sandbox(&self, id: &str) -> Result<()> {
-        self.send(Key::Sandbox(id.to_owned()), None).await
+    /// Queues the pod's changed record: it is written after every change
+    /// queued before it, within microseconds, without the caller waiting. A
+    /// change of state that is lost with the daemon costs little (a running
+    /// container comes back exited anyway); a new object is saved and waited for.
+    pub fn post_sandbox(&self, record: &SandboxRecord) -> Result<()> {
+        self.send(Key::Sandbox(record.id.clone()), Some(&Line::Sandbox(Box::new(record.clone())))).map(drop)
     }
 
-    pub async fn delete_container(&self, id: &str) -> Result<()> {
-        self.send(Key::Container(id.to_owned()), None).await
+    /// Queues the container's changed record (see [`Records::post_sandbox`]).
+    pub fn post_container(&self, record: &ContainerRecord) -> Result<()> {
+        self.send(Key::Container(record.id.clone()), Some(&Line::Container(Box::new(record.clone())))).map(drop)
+    }
+
+    /// Queues the deletion of the pod's record (see [`Records::post_sandbox`]):
+    /// a removal lost with the daemon shows the object again, and kubelet removes it again.
+    pub fn delete_sandbox(&self, id: &str) -> Result<()> {
+        self.send(Key::Sandbox(id.to_owned()), None).map(drop)
+    }
+
+    /// Queues the deletion of the container's record (see [`Records::delete_sandbox`]).
+    pub fn delete_container(&self, id: &str) -> Result<()> {
+        self.send(Key::Container(id.to_owned()), None).map(drop)
     }
 
     /// Moves a container's record the daemon cannot use (`why`) out of the
     /// journal into the set-aside directory, with a warning.
-    pub async fn set_aside_container(&self, record: &ContainerRecord, why: &str) {
+    pub fn set_aside_container(&self, record: &ContainerRecord, why: &str) {
         let bytes = serde_json::to_vec(&Line::Container(Box::new(record.clone()))).unwrap_or_default();
         set_aside(&self.set_aside, &format!("container-{}", record.id), &bytes, why);
-        if let Err(e) = self.delete_container(&record.id).await {
+        if let Err(e) = self.delete_container(&record.id) {
             tracing::warn!(container = %record.id, error = %e, "cannot take a set-aside record out of the journal");
         }
     }
 
-    /// Sends a change to the writer and waits until it is written.
-    async fn send(&self, key: Key, line: Option<&Line>) -> Result<()> {
+    /// Queues a change for the writer; the receiver says when it is written.
+    fn send(&self, key: Key, line: Option<&Line>) -> Result<Written> {
         let line = match line {
             Some(line) => {
                 let mut bytes =
@@ -253,10 +272,33 @@ impl Records {
             None => None,
         };
         let (written, done) = tokio::sync::oneshot::channel();
-        let gone = || Error::internal(format!("recording {key:?}"), anyhow::anyhow!("the records' writer has stopped"));
-        self.changes.send(Change { key: key.clone(), line, written }).map_err(|_| gone())?;
-        done.await.map_err(|_| gone())?.map_err(|e| Error::internal(format!("recording {key:?}"), e))
+        self.changes.send(Change { key: Some(key.clone()), line, written }).map_err(|_| gone(&key))?;
+        Ok(Written { key, done })
     }
+
+    /// Waits until every change queued so far is written (at shutdown, and in tests).
+    pub async fn flush(&self) -> Result<()> {
+        let (written, done) = tokio::sync::oneshot::channel();
+        let flush = || Error::internal("writing the pod records", anyhow::anyhow!("the records' writer has stopped"));
+        self.changes.send(Change { key: None, line: None, written }).map_err(|_| flush())?;
+        done.await.map_err(|_| flush())?.map_err(|e| Error::internal("writing the pod records", e))
+    }
+
+    /// Waits until a change is written.
+    async fn wait(&self, written: Written) -> Result<()> {
+        let Written { key, done } = written;
+        done.await.map_err(|_| gone(&key))?.map_err(|e| Error::internal(format!("recording {key:?}"), e))
+    }
+}
+
+/// A queued change, and the answer of the writer once it is written.
+struct Written {
+    key: Key,
+    done: tokio::sync::oneshot::Receiver<io::Result<()>>,
+}
+
+fn gone(key: &Key) -> Error {
+    Error::internal(format!("recording {key:?}"), anyhow::anyhow!("the records' writer has stopped"))
 }
 
 /// The live records of the journal at `path`, by object, as the lines that
@@ -310,40 +352,64 @@ fn read(path: &Path, set_aside_dir: &Path) -> HashMap<Key, Vec<u8>> {
     live
 }
 
+/// Where each live record's line is in the journal: its offset and length in bytes.
+type Places = HashMap<Key, (u64, usize)>;
+
 /// Replaces the journal at `path` with `lines` (a temporary file renamed
-/// over it, synced when `sync`), and opens it for appending.
-fn rewrite<'a>(path: &Path, lines: impl Iterator<Item = &'a Vec<u8>>, sync: bool) -> io::Result<std::fs::File> {
+/// over it, synced when `sync`), and opens it for appending; says where
+/// each line is.
+fn rewrite<'a>(
+    path: &Path,
+    lines: impl Iterator<Item = (&'a Key, &'a [u8])>,
+    sync: bool,
+) -> io::Result<(std::fs::File, Places)> {
     let tmp = path.with_extension("tmp");
-    let mut file = std::fs::File::create(&tmp)?;
     let mut all = Vec::new();
-    for line in lines {
+    let mut places = Places::new();
+    for (key, line) in lines {
+        places.insert(key.clone(), (all.len() as u64, line.len()));
         all.extend_from_slice(line);
     }
+    let mut file = std::fs::File::create(&tmp)?;
     file.write_all(&all)?;
     if sync {
         file.sync_all()?;
     }
     std::fs::rename(&tmp, path)?;
-    std::fs::OpenOptions::new().append(true).open(path)
+    Ok((std::fs::OpenOptions::new().append(true).open(path)?, places))
+}
+
+/// The live lines of the journal at `path`, found by their `places`.
+fn live_lines(path: &Path, places: &Places) -> io::Result<Vec<(Key, Vec<u8>)>> {
+    let journal = std::fs::read(path)?;
+    places
+        .iter()
+        .map(|(key, &(offset, len))| {
+            let line = journal.get(offset as usize..offset as usize + len).ok_or_else(|| {
+                io::Error::new(io::ErrorKind::UnexpectedEof, format!("the journal is shorter than {key:?}'s line"))
+            })?;
+            Ok((key.clone(), line.to_vec()))
+        })
+        .collect()
 }
 
 /// The writer thread: appends each batch of waiting changes with one write,
-/// then tells their senders; rewrites the journal when it has grown.
-fn write_changes(
-    path: PathBuf,
-    mut file: std::fs::File,
-    mut live: HashMap<Key, Vec<u8>>,
-    queue: std::sync::mpsc::Receiver<Change>,
-) {
-    let mut lines = live.len();
+/// then tells their senders; rewrites the journal when it has grown. It
+/// keeps where each live line is, not the line (a few bytes per object).
+fn write_changes(path: PathBuf, mut file: std::fs::File, mut places: Places, queue: std::sync::mpsc::Receiver<Change>) {
+    let mut lines = places.len();
+    let mut end = file.metadata().map_or(0, |m| m.len());
     while let Ok(first) = queue.recv() {
         let batch: Vec<Change> = std::iter::once(first).chain(queue.try_iter()).collect();
         let mut bytes = Vec::new();
+        let mut batch_places = Vec::with_capacity(batch.len());
         for change in &batch {
-            match &change.line {
-                Some(line) => bytes.extend_from_slice(line),
-                None => {
-                    let line = match &change.key {
+            let start = bytes.len();
+            match (&change.key, &change.line) {
+                (None, _) => {}
+                (Some(_), Some(line)) => bytes.extend_from_slice(line),
+                (Some(key), None) => {
+                    let line = match key {
                         Key::Sandbox(id) => Line::DeleteSandbox(id.clone()),
                         Key::Container(id) => Line::DeleteContainer(id.clone()),
                     };
@@ -351,15 +417,23 @@ fn write_changes(
                     bytes.push(b'\n');
                 }
             }
+            batch_places.push((end + start as u64, bytes.len() - start));
         }
         let written = file.write_all(&bytes);
         if written.is_ok() {
-            lines += batch.len();
-            for change in &batch {
-                match &change.line {
-                    Some(line) => live.insert(change.key.clone(), line.clone()),
-                    None => live.remove(&change.key),
-                };
+            end += bytes.len() as u64;
+            for (change, place) in batch.iter().zip(batch_places) {
+                match (&change.key, &change.line) {
+                    (None, _) => {}
+                    (Some(key), Some(_)) => {
+                        lines += 1;
+                        places.insert(key.clone(), place);
+                    }
+                    (Some(key), None) => {
+                        lines += 1;
+                        places.remove(key);
+                    }
+                }
             }
         }
         let error = written.as_ref().err().map(|e| (e.kind(), e.to_string()));
@@ -370,11 +444,15 @@ fn write_changes(
             };
             let _ = change.written.send(answer);
         }
-        if lines > 2 * live.len() + COMPACT_SLACK {
-            match rewrite(&path, live.values(), false) {
-                Ok(rewritten) => {
+        if lines > 2 * places.len() + COMPACT_SLACK {
+            let rewritten = live_lines(&path, &places)
+                .and_then(|live| rewrite(&path, live.iter().map(|(key, line)| (key, line.as_slice())), false));
+            match rewritten {
+                Ok((rewritten, new_places)) => {
                     file = rewritten;
-                    lines = live.len();
+                    places = new_places;
+                    end = file.metadata().map_or(0, |m| m.len());
+                    lines = places.len();
                 }
                 Err(e) => tracing::warn!(journal = %path.display(), error = %e, "cannot rewrite the pod records"),
             }
@@ -431,7 +509,8 @@ mod tests {
         changed.ready = false;
         records.save_sandbox(&changed).await.unwrap();
         records.save_sandbox(&sandbox("ccc")).await.unwrap();
-        records.delete_sandbox("bbb").await.unwrap();
+        records.delete_sandbox("bbb").unwrap();
+        records.flush().await.unwrap();
         drop(records);
         // A line of another version in the middle, and a last line cut short.
         let journal = root.join("pods/journal");
@@ -464,7 +543,8 @@ mod tests {
         );
         // Rewritten at start: only the live records are left.
         assert_eq!(std::fs::read(&journal).unwrap().split(|b| *b == b'\n').filter(|l| !l.is_empty()).count(), 2);
-        records.delete_sandbox("ccc").await.unwrap();
+        records.delete_sandbox("ccc").unwrap();
+        records.flush().await.unwrap();
         drop(records);
         assert_eq!(Records::open(&root).unwrap().1.sandboxes.len(), 1);
         std::fs::remove_dir_all(root).unwrap();

@@ -1,6 +1,7 @@
 //! A pod sandbox. A wasm pod needs no pause process and no network namespace
 //! of its own: the sandbox is the record of its config and its readiness.
 
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::listing::KeptEntry;
@@ -23,7 +24,7 @@ pub struct Sandbox {
     ready: AtomicBool,
     /// Held while the pod's record is written (see `Container::record_lock`);
     /// true once the record is deleted.
-    pub(super) record_lock: tokio::sync::Mutex<bool>,
+    pub(super) record_lock: Mutex<bool>,
     /// The pod's entry of a ListPodSandbox response.
     pub(super) list_entry: KeptEntry<SandboxState>,
 }
@@ -43,7 +44,7 @@ impl Sandbox {
             runtime_handler,
             created_at,
             ready: AtomicBool::new(ready),
-            record_lock: tokio::sync::Mutex::new(false),
+            record_lock: Mutex::new(false),
             list_entry: KeptEntry::default(),
         }
     }

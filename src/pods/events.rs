@@ -51,6 +51,11 @@ impl Events {
         Self { live: broadcast::channel(BACKLOG).0, recovered: Mutex::new(Vec::new()) }
     }
 
+    /// Whether anyone listens now: an event nobody receives need not be made.
+    pub fn has_subscribers(&self) -> bool {
+        self.live.receiver_count() > 0
+    }
+
     pub fn send(&self, event: ContainerEvent) {
         // No subscriber is fine: nobody is listening.
         let _ = self.live.send(event);

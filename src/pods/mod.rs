@@ -263,8 +263,13 @@ impl Pods {
             .subscribe(|recovered| self.event(&recovered.container_id, &recovered.pod_id, recovered.kind, recovered.at))
     }
 
-    /// Sends an event of `kind` about a container of pod `pod_id`, with the pod's state now.
+    /// Sends an event of `kind` about a container of pod `pod_id`, with the
+    /// pod's state now; when nobody subscribes, makes nothing (the pod's
+    /// containers are found by a scan of all of them).
     fn send(&self, container_id: &str, pod_id: &str, kind: EventKind) {
+        if !self.events.has_subscribers() {
+            return;
+        }
         self.events.send(self.event(container_id, pod_id, kind, crate::clock::now_nanos()));
     }
 

@@ -78,7 +78,10 @@ async fn sigterm_stops_after_the_grace_even_when_a_client_never_reads() {
     let mut silent = std::os::unix::net::UnixStream::connect(daemon.socket()).expect("connect to the CRI socket");
     // The HTTP/2 client preface and an empty SETTINGS frame; then nothing is read or sent.
     silent.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0").expect("write the preface");
-    // The daemon has taken the connection once a later one is served.
+    // The daemon has read the preface once it acknowledges the SETTINGS
+    // (a connection still in its handshake at SIGTERM is dropped at once, and
+    // would test nothing). From then on nothing is read.
+    wait_for_settings_ack(&mut silent);
     daemon.runtime().version(VersionRequest::default()).await.expect("Version");
 
     let status = daemon.sigterm_and_wait();
@@ -86,6 +89,23 @@ async fn sigterm_stops_after_the_grace_even_when_a_client_never_reads() {
     assert!(!daemon.socket().exists(), "socket {} left behind", daemon.socket().display());
     assert!(daemon.log().contains("stopping anyway"), "{}", daemon.log());
     drop(silent);
+}
+
+/// Reads HTTP/2 frames from `stream` until a SETTINGS frame with the ACK
+/// flag (type 4, flag 1); each read is bounded by WAIT_LIMIT.
+fn wait_for_settings_ack(stream: &mut std::os::unix::net::UnixStream) {
+    use std::io::Read;
+    stream.set_read_timeout(Some(WAIT_LIMIT)).expect("set a read timeout");
+    loop {
+        let mut header = [0u8; 9];
+        stream.read_exact(&mut header).expect("an HTTP/2 frame header from the daemon");
+        let length = u32::from_be_bytes([0, header[0], header[1], header[2]]) as usize;
+        let mut payload = vec![0u8; length];
+        stream.read_exact(&mut payload).expect("an HTTP/2 frame payload from the daemon");
+        if header[3] == 4 && header[4] & 1 == 1 {
+            return;
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -67,13 +67,6 @@ struct Registry {
     names: HashSet<String>,
 }
 
-impl Registry {
-    /// Finds an id by its full form or a unique prefix, as crictl users type them.
-    fn resolve<'a, T>(map: &'a HashMap<String, Arc<T>>, id: &str) -> Option<&'a Arc<T>> {
-        crate::ids::resolve(map, id)
-    }
-}
-
 fn new_id() -> String {
     hex::encode(rand::random::<[u8; 32]>())
 }
@@ -321,7 +314,7 @@ impl Pods {
 
     pub fn pod(&self, id: &str) -> Result<Arc<Sandbox>> {
         let registry = self.registry.lock().unwrap();
-        Registry::resolve(&registry.sandboxes, id)
+        crate::ids::resolve(&registry.sandboxes, id)
             .cloned()
             .ok_or_else(|| Error::NotFound(format!("pod sandbox {} not found", crate::error::quoted(id))))
     }
@@ -505,7 +498,7 @@ impl Pods {
 
     pub fn container(&self, id: &str) -> Result<Arc<Container>> {
         let registry = self.registry.lock().unwrap();
-        Registry::resolve(&registry.containers, id)
+        crate::ids::resolve(&registry.containers, id)
             .cloned()
             .ok_or_else(|| Error::NotFound(format!("container {} not found", crate::error::quoted(id))))
     }

@@ -206,8 +206,7 @@ impl Records {
                 _ => {}
             }
         }
-        let (file, places) = rewrite(&path, live.iter().map(|(key, line)| (key, line.as_slice())), true)
-            .map_err(|e| Error::internal(format!("rewriting {}", path.display()), e))?;
+        let (file, places) = rewrite(&path, live.iter().map(|(key, line)| (key, line.as_slice())))?;
         let (changes, queue) = std::sync::mpsc::channel();
         std::thread::Builder::new()
             .name("pod-records".into())
@@ -355,28 +354,22 @@ fn read(path: &Path, set_aside_dir: &Path) -> HashMap<Key, Vec<u8>> {
 /// Where each live record's line is in the journal: its offset and length in bytes.
 type Places = HashMap<Key, (u64, usize)>;
 
-/// Replaces the journal at `path` with `lines` (a temporary file renamed
-/// over it, synced when `sync`), and opens it for appending; says where
-/// each line is.
-fn rewrite<'a>(
-    path: &Path,
-    lines: impl Iterator<Item = (&'a Key, &'a [u8])>,
-    sync: bool,
-) -> io::Result<(std::fs::File, Places)> {
-    let tmp = path.with_extension("tmp");
+/// Replaces the journal at `path` with `lines` (atomically and synced, as
+/// `durable::write_atomically` does), and opens it for appending; says
+/// where each line is.
+fn rewrite<'a>(path: &Path, lines: impl Iterator<Item = (&'a Key, &'a [u8])>) -> Result<(std::fs::File, Places)> {
     let mut all = Vec::new();
     let mut places = Places::new();
     for (key, line) in lines {
         places.insert(key.clone(), (all.len() as u64, line.len()));
         all.extend_from_slice(line);
     }
-    let mut file = std::fs::File::create(&tmp)?;
-    file.write_all(&all)?;
-    if sync {
-        file.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)?;
-    Ok((std::fs::OpenOptions::new().append(true).open(path)?, places))
+    crate::durable::write_atomically(path, &all)?;
+    let file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(path)
+        .map_err(|e| Error::internal(format!("opening {}", path.display()), e))?;
+    Ok((file, places))
 }
 
 /// The live lines of the journal at `path`, found by their `places`.
@@ -446,7 +439,8 @@ fn write_changes(path: PathBuf, mut file: std::fs::File, mut places: Places, que
         }
         if lines > 2 * places.len() + COMPACT_SLACK {
             let rewritten = live_lines(&path, &places)
-                .and_then(|live| rewrite(&path, live.iter().map(|(key, line)| (key, line.as_slice())), false));
+                .map_err(|e| Error::internal(format!("reading {}", path.display()), e))
+                .and_then(|live| rewrite(&path, live.iter().map(|(key, line)| (key, line.as_slice()))));
             match rewritten {
                 Ok((rewritten, new_places)) => {
                     file = rewritten;

@@ -15,6 +15,7 @@ pub mod api {
 
 mod authority;
 mod backing;
+mod blocking;
 mod clock;
 pub mod config;
 mod cri;

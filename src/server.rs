@@ -66,8 +66,6 @@ pub struct Daemon {
     grace: Duration,
     cri: Routes,
     cri_listener: UnixListener,
-    /// Its record journal is flushed once the listeners have stopped.
-    pods: Arc<Pods>,
     /// Held for the daemon's life: one daemon per root.
     _root_lock: std::fs::File,
 }
@@ -113,7 +111,6 @@ impl Daemon {
             grace: Duration::from_secs(config.shutdown_grace_secs),
             cri,
             cri_listener,
-            pods,
             _root_lock: root_lock,
         })
     }
@@ -126,7 +123,7 @@ impl Daemon {
     /// A second listener (metrics, streaming) is one more `listeners.spawn`
     /// of a future that serves until `stop` is cancelled.
     pub async fn serve(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let Daemon { socket, root, grace, cri, cri_listener, pods, _root_lock } = self;
+        let Daemon { socket, root, grace, cri, cri_listener, _root_lock } = self;
         // Cancelled by the caller's signal or by a failing listener; cancelling
         // it never cancels the caller's token.
         let stop = shutdown.child_token();
@@ -159,9 +156,6 @@ impl Daemon {
         };
         // Listeners still running after the grace are aborted here.
         drop(listeners);
-        if let Err(e) = pods.flush_records().await {
-            tracing::warn!(error = %e, "the last pod and container changes may not be recorded");
-        }
         let _ = std::fs::remove_file(&socket);
         served?;
         tracing::info!("wasmrun stopped");

@@ -224,29 +224,23 @@ impl Pods {
         Ok((container, ended_now))
     }
 
-    /// Queues the pod's record as it is now (see `Records::post_sandbox`);
-    /// nothing once it is deleted. A failure is logged.
+    /// Writes the pod's record as it is now; nothing once it is deleted. A
+    /// failure is logged.
     fn persist_sandbox(&self, sandbox: &Sandbox) {
         let deleted = sandbox.record_lock.lock().unwrap();
-        if !*deleted && let Err(e) = self.records.post_sandbox(&sandbox.record()) {
+        if !*deleted && let Err(e) = self.records.save_sandbox(&sandbox.record()) {
             tracing::warn!(pod = %sandbox.id, error = %e, "cannot record the pod sandbox");
         }
     }
 
-    /// Queues the container's record as it is now (see
-    /// `Records::post_container`); nothing once it is deleted. Made under
-    /// the record lock, so records are queued in the order of the states they show.
+    /// Writes the container's record as it is now; nothing once it is
+    /// deleted. Made under the record lock, so records are written in the
+    /// order of the states they show. A failure is logged.
     fn persist_container(&self, container: &Container) {
         let deleted = container.record_lock.lock().unwrap();
-        if !*deleted && let Err(e) = self.records.post_container(&container_record(container)) {
+        if !*deleted && let Err(e) = self.records.save_container(&container_record(container)) {
             tracing::warn!(container = %container.id, error = %e, "cannot record the container");
         }
-    }
-
-    /// Waits until every record change made so far is on disk (written to
-    /// the kernel; see `records.rs`): at shutdown, so that a clean stop loses none.
-    pub async fn flush_records(&self) -> Result<()> {
-        self.records.flush().await
     }
 
     /// The recovered exits, then every container event from now on.
@@ -302,7 +296,7 @@ impl Pods {
             return Err(Error::AlreadyExists(format!("pod sandbox {name} already exists: remove it first")));
         }
         // Recorded before it is visible: a pod kubelet was told of is never lost.
-        if let Err(e) = self.records.save_sandbox(&sandbox.record()).await {
+        if let Err(e) = self.records.save_sandbox(&sandbox.record()) {
             self.registry.lock().unwrap().names.remove(&name);
             return Err(e);
         }
@@ -483,7 +477,7 @@ impl Pods {
             Some(compiled),
         ));
         // Recorded before it is visible: a container kubelet was told of is never lost.
-        if let Err(e) = self.records.save_container(&container_record(&container)).await {
+        if let Err(e) = self.records.save_container(&container_record(&container)) {
             release_name();
             rootfs::release(&container.id, container.root.as_ref()).await;
             let _ = tokio::fs::remove_dir_all(&container.scratch_dir).await;

@@ -2,15 +2,20 @@
 //! kubelet relies on (containerd keeps the same in its metadata store).
 //!
 //! One journal, `<root>/pods/journal`: a JSON line per change, appended
-//! (the object's whole record, or its deletion). A change costs one `write`
-//! to a file kept open, made by one writer thread that appends every change
-//! waiting for it at once (a record file per object, created and renamed
-//! over, cost about 0.4 ms per change on this project's test machine's ext4,
-//! more than doubling RunPodSandbox). A write that returned is in the
-//! kernel: a daemon killed at any moment keeps it. Appends are not fsynced
-//! (a power loss may lose the last changes). The journal is rewritten with
-//! only the live records at start and whenever it holds more than twice as
-//! many lines as live records (plus [`COMPACT_SLACK`]).
+//! (the object's whole record, or its deletion). Every change is written
+//! before the call that made it returns, so an answer kubelet gets never
+//! shows a state the journal lacks; a write that returned is in the kernel,
+//! and a daemon killed at any moment keeps it. Appends are not fsynced (a
+//! power loss may lose the last changes). The journal is rewritten with only
+//! the live records at start and whenever it holds more than twice as many
+//! lines as live records (plus [`COMPACT_SLACK`]).
+//!
+//! A change is one `write` of a line to a file kept open, made on the
+//! calling task's thread through `crate::blocking::in_place`: a write
+//! the kernel makes wait holds up no other task, and a change costs no trip
+//! to another thread (a writer thread answering each change cost about 80 µs
+//! a change on this project's test machine; a record file per object,
+//! created and renamed over, about 0.4 ms).
 //!
 //! At start the lines are read in order, each replacing (or deleting) its
 //! object's record. A line that cannot be used (torn by a power loss, or
@@ -25,6 +30,7 @@
 use std::collections::HashMap;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
@@ -172,26 +178,29 @@ enum Key {
 /// Lines the journal may hold beyond twice the live records before it is rewritten.
 const COMPACT_SLACK: usize = 1024;
 
-/// A change for the writer thread, and whom to tell once it is written.
-struct Change {
-    /// `None`: nothing to write, only an answer once all before it is written.
-    key: Option<Key>,
-    /// The line, newline included; `None` deletes the record.
-    line: Option<Vec<u8>>,
-    written: tokio::sync::oneshot::Sender<io::Result<()>>,
-}
-
-/// The journal under `<root>/pods`, and the thread that appends to it.
+/// The journal under `<root>/pods`, appended to by the calls that change
+/// pods and containers.
 pub(super) struct Records {
-    changes: std::sync::mpsc::Sender<Change>,
+    journal: Mutex<Journal>,
     set_aside: PathBuf,
 }
 
+/// The open journal and where its live lines are.
+struct Journal {
+    path: PathBuf,
+    file: std::fs::File,
+    places: Places,
+    /// The file's length in bytes: where the next line goes.
+    end: u64,
+    /// Lines in the file, live or not.
+    lines: usize,
+}
+
 impl Records {
-    /// Reads the journal under `root` (the daemon's root directory),
-    /// rewrites it with the live records only, and starts its writer.
-    /// Blocking: call it off the async workers. Errors: Internal when the
-    /// directory or the journal cannot be made.
+    /// Reads the journal under `root` (the daemon's root directory) and
+    /// rewrites it with the live records only. Blocking: call it off the
+    /// async workers. Errors: Internal when the directory or the journal
+    /// cannot be made.
     pub fn open(root: &Path) -> Result<(Self, Loaded)> {
         let dir = root.join("pods");
         let set_aside = dir.join("set-aside");
@@ -207,46 +216,30 @@ impl Records {
             }
         }
         let (file, places) = rewrite(&path, live.iter().map(|(key, line)| (key, line.as_slice())))?;
-        let (changes, queue) = std::sync::mpsc::channel();
-        std::thread::Builder::new()
-            .name("pod-records".into())
-            .spawn(move || write_changes(path, file, places, queue))
-            .map_err(|e| Error::internal("starting the pod records' writer", e))?;
-        Ok((Self { changes, set_aside }, loaded))
+        let end = file.metadata().map_err(|e| Error::internal(format!("reading {}", path.display()), e))?.len();
+        let lines = places.len();
+        Ok((Self { journal: Mutex::new(Journal { path, file, places, end, lines }), set_aside }, loaded))
     }
 
-    /// Writes the pod's record and waits until it is written (RunPodSandbox answers after).
-    pub async fn save_sandbox(&self, record: &SandboxRecord) -> Result<()> {
-        self.wait(self.send(Key::Sandbox(record.id.clone()), Some(&Line::Sandbox(Box::new(record.clone()))))?).await
+    /// Writes the pod's record; it is in the journal when this returns.
+    /// Errors: Internal when it cannot be encoded or written.
+    pub fn save_sandbox(&self, record: &SandboxRecord) -> Result<()> {
+        self.write(Key::Sandbox(record.id.clone()), &Line::Sandbox(Box::new(record.clone())))
     }
 
-    /// Writes the container's record and waits until it is written (CreateContainer answers after).
-    pub async fn save_container(&self, record: &ContainerRecord) -> Result<()> {
-        self.wait(self.send(Key::Container(record.id.clone()), Some(&Line::Container(Box::new(record.clone()))))?).await
+    /// Writes the container's record (see [`Records::save_sandbox`]).
+    pub fn save_container(&self, record: &ContainerRecord) -> Result<()> {
+        self.write(Key::Container(record.id.clone()), &Line::Container(Box::new(record.clone())))
     }
 
-    /// Queues the pod's changed record: it is written after every change
-    /// queued before it, within microseconds, without the caller waiting. A
-    /// change of state that is lost with the daemon costs little (a running
-    /// container comes back exited anyway); a new object is saved and waited for.
-    pub fn post_sandbox(&self, record: &SandboxRecord) -> Result<()> {
-        self.send(Key::Sandbox(record.id.clone()), Some(&Line::Sandbox(Box::new(record.clone())))).map(drop)
-    }
-
-    /// Queues the container's changed record (see [`Records::post_sandbox`]).
-    pub fn post_container(&self, record: &ContainerRecord) -> Result<()> {
-        self.send(Key::Container(record.id.clone()), Some(&Line::Container(Box::new(record.clone())))).map(drop)
-    }
-
-    /// Queues the deletion of the pod's record (see [`Records::post_sandbox`]):
-    /// a removal lost with the daemon shows the object again, and kubelet removes it again.
+    /// Deletes the pod's record (see [`Records::save_sandbox`]).
     pub fn delete_sandbox(&self, id: &str) -> Result<()> {
-        self.send(Key::Sandbox(id.to_owned()), None).map(drop)
+        self.write(Key::Sandbox(id.to_owned()), &Line::DeleteSandbox(id.to_owned()))
     }
 
-    /// Queues the deletion of the container's record (see [`Records::delete_sandbox`]).
+    /// Deletes the container's record (see [`Records::save_sandbox`]).
     pub fn delete_container(&self, id: &str) -> Result<()> {
-        self.send(Key::Container(id.to_owned()), None).map(drop)
+        self.write(Key::Container(id.to_owned()), &Line::DeleteContainer(id.to_owned()))
     }
 
     /// Moves a container's record the daemon cannot use (`why`) out of the
@@ -259,45 +252,60 @@ impl Records {
         }
     }
 
-    /// Queues a change for the writer; the receiver says when it is written.
-    fn send(&self, key: Key, line: Option<&Line>) -> Result<Written> {
-        let line = match line {
-            Some(line) => {
-                let mut bytes =
-                    serde_json::to_vec(line).map_err(|e| Error::internal(format!("encoding the record {key:?}"), e))?;
-                bytes.push(b'\n');
-                Some(bytes)
+    /// Appends `line` (about `key`) with one `write`, on the calling thread
+    /// (see the module's docs), and rewrites the journal when it has grown.
+    fn write(&self, key: Key, line: &Line) -> Result<()> {
+        let mut bytes =
+            serde_json::to_vec(line).map_err(|e| Error::internal(format!("encoding the record {key:?}"), e))?;
+        bytes.push(b'\n');
+        let live = matches!(line, Line::Sandbox(_) | Line::Container(_));
+        crate::blocking::in_place(|| {
+            let mut journal = self.journal.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            journal.append(key, &bytes, live)
+        })
+    }
+}
+
+impl Journal {
+    /// Appends the line `bytes` about `key`: its record if `live`, else its
+    /// deletion. A line only partly written is cut off again, so that the
+    /// next one starts a line of its own.
+    fn append(&mut self, key: Key, bytes: &[u8], live: bool) -> Result<()> {
+        if let Err(e) = self.file.write_all(bytes) {
+            let _ = self.file.set_len(self.end);
+            return Err(Error::internal(format!("recording {key:?} in {}", self.path.display()), e));
+        }
+        if live {
+            self.places.insert(key, (self.end, bytes.len()));
+        } else {
+            self.places.remove(&key);
+        }
+        self.end += bytes.len() as u64;
+        self.lines += 1;
+        if self.lines > 2 * self.places.len() + COMPACT_SLACK {
+            self.compact();
+        }
+        Ok(())
+    }
+
+    /// Rewrites the journal with its live lines only. A failure is logged:
+    /// the journal stays as it was, and appends go on.
+    fn compact(&mut self) {
+        let rewritten = live_lines(&self.path, &self.places)
+            .map_err(|e| Error::internal(format!("reading {}", self.path.display()), e))
+            .and_then(|live| rewrite(&self.path, live.iter().map(|(key, line)| (key, line.as_slice()))));
+        match rewritten.and_then(|(file, places)| {
+            let end =
+                file.metadata().map_err(|e| Error::internal(format!("reading {}", self.path.display()), e))?.len();
+            Ok((file, places, end))
+        }) {
+            Ok((file, places, end)) => {
+                self.lines = places.len();
+                (self.file, self.places, self.end) = (file, places, end);
             }
-            None => None,
-        };
-        let (written, done) = tokio::sync::oneshot::channel();
-        self.changes.send(Change { key: Some(key.clone()), line, written }).map_err(|_| gone(&key))?;
-        Ok(Written { key, done })
+            Err(e) => tracing::warn!(journal = %self.path.display(), error = %e, "cannot rewrite the pod records"),
+        }
     }
-
-    /// Waits until every change queued so far is written (at shutdown, and in tests).
-    pub async fn flush(&self) -> Result<()> {
-        let (written, done) = tokio::sync::oneshot::channel();
-        let flush = || Error::internal("writing the pod records", anyhow::anyhow!("the records' writer has stopped"));
-        self.changes.send(Change { key: None, line: None, written }).map_err(|_| flush())?;
-        done.await.map_err(|_| flush())?.map_err(|e| Error::internal("writing the pod records", e))
-    }
-
-    /// Waits until a change is written.
-    async fn wait(&self, written: Written) -> Result<()> {
-        let Written { key, done } = written;
-        done.await.map_err(|_| gone(&key))?.map_err(|e| Error::internal(format!("recording {key:?}"), e))
-    }
-}
-
-/// A queued change, and the answer of the writer once it is written.
-struct Written {
-    key: Key,
-    done: tokio::sync::oneshot::Receiver<io::Result<()>>,
-}
-
-fn gone(key: &Key) -> Error {
-    Error::internal(format!("recording {key:?}"), anyhow::anyhow!("the records' writer has stopped"))
 }
 
 /// The live records of the journal at `path`, by object, as the lines that
@@ -386,74 +394,6 @@ fn live_lines(path: &Path, places: &Places) -> io::Result<Vec<(Key, Vec<u8>)>> {
         .collect()
 }
 
-/// The writer thread: appends each batch of waiting changes with one write,
-/// then tells their senders; rewrites the journal when it has grown. It
-/// keeps where each live line is, not the line (a few bytes per object).
-fn write_changes(path: PathBuf, mut file: std::fs::File, mut places: Places, queue: std::sync::mpsc::Receiver<Change>) {
-    let mut lines = places.len();
-    let mut end = file.metadata().map_or(0, |m| m.len());
-    while let Ok(first) = queue.recv() {
-        let batch: Vec<Change> = std::iter::once(first).chain(queue.try_iter()).collect();
-        let mut bytes = Vec::new();
-        let mut batch_places = Vec::with_capacity(batch.len());
-        for change in &batch {
-            let start = bytes.len();
-            match (&change.key, &change.line) {
-                (None, _) => {}
-                (Some(_), Some(line)) => bytes.extend_from_slice(line),
-                (Some(key), None) => {
-                    let line = match key {
-                        Key::Sandbox(id) => Line::DeleteSandbox(id.clone()),
-                        Key::Container(id) => Line::DeleteContainer(id.clone()),
-                    };
-                    bytes.extend(serde_json::to_vec(&line).unwrap_or_default());
-                    bytes.push(b'\n');
-                }
-            }
-            batch_places.push((end + start as u64, bytes.len() - start));
-        }
-        let written = file.write_all(&bytes);
-        if written.is_ok() {
-            end += bytes.len() as u64;
-            for (change, place) in batch.iter().zip(batch_places) {
-                match (&change.key, &change.line) {
-                    (None, _) => {}
-                    (Some(key), Some(_)) => {
-                        lines += 1;
-                        places.insert(key.clone(), place);
-                    }
-                    (Some(key), None) => {
-                        lines += 1;
-                        places.remove(key);
-                    }
-                }
-            }
-        }
-        let error = written.as_ref().err().map(|e| (e.kind(), e.to_string()));
-        for change in batch {
-            let answer = match &error {
-                None => Ok(()),
-                Some((kind, message)) => Err(io::Error::new(*kind, message.clone())),
-            };
-            let _ = change.written.send(answer);
-        }
-        if lines > 2 * places.len() + COMPACT_SLACK {
-            let rewritten = live_lines(&path, &places)
-                .map_err(|e| Error::internal(format!("reading {}", path.display()), e))
-                .and_then(|live| rewrite(&path, live.iter().map(|(key, line)| (key, line.as_slice()))));
-            match rewritten {
-                Ok((rewritten, new_places)) => {
-                    file = rewritten;
-                    places = new_places;
-                    end = file.metadata().map_or(0, |m| m.len());
-                    lines = places.len();
-                }
-                Err(e) => tracing::warn!(journal = %path.display(), error = %e, "cannot rewrite the pod records"),
-            }
-        }
-    }
-}
-
 /// Keeps `bytes` that cannot be used (`why`) as `<dir>/<name>.<now>`, with a warning.
 fn set_aside(dir: &Path, name: &str, bytes: &[u8], why: &str) {
     let target = dir.join(format!("{name}.{}", crate::clock::now_nanos()));
@@ -492,19 +432,18 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn records_read_back_as_written_and_lines_that_cannot_be_used_are_set_aside() {
+    #[test]
+    fn records_read_back_as_written_and_lines_that_cannot_be_used_are_set_aside() {
         let root = tempdir();
         let (records, loaded) = Records::open(&root).unwrap();
         assert!(loaded.sandboxes.is_empty() && loaded.containers.is_empty());
-        records.save_sandbox(&sandbox("aaa")).await.unwrap();
-        records.save_sandbox(&sandbox("bbb")).await.unwrap();
+        records.save_sandbox(&sandbox("aaa")).unwrap();
+        records.save_sandbox(&sandbox("bbb")).unwrap();
         let mut changed = sandbox("aaa");
         changed.ready = false;
-        records.save_sandbox(&changed).await.unwrap();
-        records.save_sandbox(&sandbox("ccc")).await.unwrap();
+        records.save_sandbox(&changed).unwrap();
+        records.save_sandbox(&sandbox("ccc")).unwrap();
         records.delete_sandbox("bbb").unwrap();
-        records.flush().await.unwrap();
         drop(records);
         // A line of another version in the middle, and a last line cut short.
         let journal = root.join("pods/journal");
@@ -538,20 +477,19 @@ mod tests {
         // Rewritten at start: only the live records are left.
         assert_eq!(std::fs::read(&journal).unwrap().split(|b| *b == b'\n').filter(|l| !l.is_empty()).count(), 2);
         records.delete_sandbox("ccc").unwrap();
-        records.flush().await.unwrap();
         drop(records);
         assert_eq!(Records::open(&root).unwrap().1.sandboxes.len(), 1);
         std::fs::remove_dir_all(root).unwrap();
     }
 
-    #[tokio::test]
-    async fn a_journal_that_grows_is_rewritten_with_the_live_records() {
+    #[test]
+    fn a_journal_that_grows_is_rewritten_with_the_live_records() {
         let root = tempdir();
         let (records, _) = Records::open(&root).unwrap();
         for round in 0..3 * COMPACT_SLACK {
             let mut record = sandbox("aaa");
             record.created_at = round as i64;
-            records.save_sandbox(&record).await.unwrap();
+            records.save_sandbox(&record).unwrap();
         }
         let lines = std::fs::read(root.join("pods/journal")).unwrap().iter().filter(|b| **b == b'\n').count();
         assert!(lines <= 2 + COMPACT_SLACK, "the journal has {lines} lines for one record");

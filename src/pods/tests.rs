@@ -220,7 +220,6 @@ async fn a_stop_ends_a_spinning_guest_and_remove_leaves_nothing() {
     pods.remove_container(&container.id).await.unwrap();
     assert!(matches!(pods.container(&container.id), Err(Error::NotFound(_))));
     pods.remove_pod(&pod.id).await.unwrap();
-    pods.flush_records().await.unwrap();
     let restarted = dirs.open().await;
     assert!(restarted.pods(&PodFilter::default()).is_empty());
     assert!(restarted.containers(&ContainerFilter::default()).is_empty());
@@ -244,7 +243,6 @@ async fn a_restart_brings_back_pods_and_containers() {
     before.stop_pod(&stopped_pod.id).await.unwrap();
     let exited_before = exit_of(&before, &exited.id);
 
-    before.flush_records().await.unwrap();
     let restarted = dirs.as_if_killed();
     before.stop_container(&running.id).await.unwrap();
     let after = restarted.open().await;
@@ -287,7 +285,6 @@ async fn a_restart_brings_back_pods_and_containers() {
     assert!(log.ends_with(" stdout F hello\n"), "{log:?}");
 
     // A third start finds what the second left: the lost exit is not made again.
-    after.flush_records().await.unwrap();
     let third = restarted.open().await;
     assert_eq!(exit_of(&third, &running.id), exit);
     assert_eq!(exit_of(&third, &created.id).code, 0);
@@ -295,7 +292,6 @@ async fn a_restart_brings_back_pods_and_containers() {
         third.stop_pod(id).await.unwrap();
         third.remove_pod(id).await.unwrap();
     }
-    third.flush_records().await.unwrap();
     assert!(restarted.open().await.containers(&ContainerFilter::default()).is_empty());
 }
 
@@ -308,7 +304,6 @@ async fn a_record_that_cannot_be_used_is_set_aside() {
     let torn = before.create_container(&pod.id, container_config("torn", "hello")).await.unwrap();
     let orphan = before.run_pod(pod_config("orphan", &dirs.logs()), "wasmrun").await.unwrap();
     before.create_container(&orphan.id, container_config("c", "hello")).await.unwrap();
-    before.flush_records().await.unwrap();
     drop(before);
     // The orphan's pod record is gone (as if deleted by hand), and the torn
     // container's line is the journal's last, cut short as a power loss may leave it.
@@ -331,7 +326,6 @@ async fn a_record_that_cannot_be_used_is_set_aside() {
     assert_eq!(set_aside, 2);
     // The name of the set-aside container is free again; the orphan is not recovered next time either.
     after.create_container(&pod.id, container_config("torn", "hello")).await.unwrap();
-    after.flush_records().await.unwrap();
     drop(after);
     assert_eq!(dirs.open().await.containers(&ContainerFilter::default()).len(), 2);
 }

@@ -16,6 +16,7 @@
 #[allow(unused_imports)]
 mod harness;
 
+mod append;
 mod cpu;
 mod density;
 mod pull;
@@ -48,6 +49,9 @@ struct Cli {
     #[command(flatten)]
     throughput: throughput::Args,
 
+    #[command(flatten)]
+    append: append::Args,
+
     /// Given by `cargo bench` itself to every bench target; ignored.
     #[arg(long, hide = true)]
     bench: bool,
@@ -65,6 +69,8 @@ enum Section {
     Start,
     /// Short-lived guests started and finished per second.
     Throughput,
+    /// One record line appended from a tokio task, by each way the daemon could make it.
+    Append,
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -84,6 +90,7 @@ async fn main() {
             Section::Pull => pull::run(&cli.pull).await,
             Section::Start => start::run(&cli.start).await,
             Section::Throughput => throughput::run(&cli.throughput).await,
+            Section::Append => append::run(&cli.append).await,
         }
     }
 }

@@ -3,11 +3,13 @@
 //!
 //! `tokio::task::spawn_blocking` hands the call to a thread of the blocking
 //! pool and wakes the caller when it is done: two wake-ups of parked
-//! threads. On this project's 2-core test machine that round trip cost
-//! 80–90 µs (p50 of 2000 400-byte appends 300 µs apart), where the append
-//! itself cost 6 µs and the same append through [`in_place`] 7–9 µs. The
-//! pod and container records (`pods/records.rs`), written before the calls
-//! that change them answer, go through [`in_place`].
+//! threads. `cargo bench -- append` times one 400-byte append from a task on
+//! a worker (2 workers, appends 300 µs apart; p50 on this project's 2-core
+//! test machine): a plain `write` 5–6 µs, [`in_place`] 21 µs,
+//! `spawn_blocking` 30–35 µs, a writer thread answering through a channel
+//! 32–36 µs. The pod and container records (`pods/records.rs`), written
+//! before the calls that change them answer, go through [`in_place`]; the
+//! plain `write` would block a worker on I/O.
 
 /// Runs `f`, a short call that may block in the kernel, on the calling
 /// thread without holding up the runtime's other tasks: on a worker of a

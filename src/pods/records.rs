@@ -11,11 +11,11 @@
 //! lines as live records (plus [`COMPACT_SLACK`]).
 //!
 //! A change is one `write` of a line to a file kept open, made on the
-//! calling task's thread through `crate::blocking::in_place`: a write
-//! the kernel makes wait holds up no other task, and a change costs no trip
-//! to another thread (a writer thread answering each change cost about 80 µs
-//! a change on this project's test machine; a record file per object,
-//! created and renamed over, about 0.4 ms).
+//! calling task's thread through `crate::blocking::in_place`: a write the
+//! kernel makes wait holds up no other task, and a change waits for no
+//! other thread. What each way of appending costs is measured by `cargo
+//! bench -- append` (see `crate::blocking`); a record file per object,
+//! created and renamed over, cost about 0.4 ms a change.
 //!
 //! At start the lines are read in order, each replacing (or deleting) its
 //! object's record. A line that cannot be used (torn by a power loss, or

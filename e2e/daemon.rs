@@ -35,6 +35,9 @@ async fn status_reports_runtime_and_network_ready() {
             .unwrap_or_else(|| panic!("no {wanted} condition in {conditions:?}"));
         assert!(condition.status, "{wanted} is false: {condition:?}");
     }
+    // As containerd lists its runtimes: each by name, the default (here wasm) named empty.
+    let handlers: Vec<&str> = status.runtime_handlers.iter().map(|h| h.name.as_str()).collect();
+    assert_eq!(handlers, ["wasmrun", ""], "{:?}", status.runtime_handlers);
 
     let verbose = rt.status(StatusRequest { verbose: true }).await.expect("Status verbose").into_inner();
     let config = verbose

@@ -6,7 +6,8 @@ use std::time::Duration;
 use tonic::Code;
 use wasmrun::api::{
     ContainerStatusRequest, ListContainersRequest, ListImagesRequest, ListPodSandboxRequest, PodSandboxStatusRequest,
-    RemoveContainerRequest, RemovePodSandboxRequest, RunPodSandboxRequest, StopContainerRequest, StopPodSandboxRequest,
+    RemoveContainerRequest, RemovePodSandboxRequest, RunPodSandboxRequest, StatusRequest, StopContainerRequest,
+    StopPodSandboxRequest,
 };
 
 use crate::harness::*;
@@ -118,6 +119,14 @@ async fn a_linux_pod_and_a_wasm_pod_share_one_node() {
     assert_eq!(exec.exit_code, 0, "{exec:?}");
     assert!(String::from_utf8_lossy(&exec.stdout).contains(LINUX_HELLO_LINE), "{exec:?}");
     assert!(runtime_ready(&mut rt).await.status, "RuntimeReady with containerd up");
+    // The runtime handlers: ours, then containerd's (its default, named empty,
+    // is its own; Debian's containerd 1.6 predates the field and lists none).
+    let theirs = containerd.runtime().status(StatusRequest { verbose: false }).await.expect("containerd Status");
+    let merged = rt.status(StatusRequest { verbose: false }).await.expect("Status").into_inner().runtime_handlers;
+    let wanted: Vec<String> = std::iter::once("wasmrun".to_owned())
+        .chain(theirs.into_inner().runtime_handlers.into_iter().map(|h| h.name).filter(|name| name != "wasmrun"))
+        .collect();
+    assert_eq!(merged.iter().map(|h| h.name.clone()).collect::<Vec<_>>(), wanted, "{merged:?}");
     let stats = rt
         .list_container_stats(wasmrun::api::ListContainerStatsRequest::default())
         .await

@@ -33,7 +33,8 @@ impl RuntimeService for Facade {
 
     /// wasmrun's own conditions: the runtime is ready once it serves. Wasm
     /// pods share the host's network and need no CNI, so the network is ready
-    /// too, as far as wasmrun goes.
+    /// too, as far as wasmrun goes. The runtime handlers are the wasm ones
+    /// (see [`runtime_handlers`]).
     async fn status(&self, request: Request<api::StatusRequest>) -> Reply<api::StatusResponse> {
         let condition = |kind: &str| api::RuntimeCondition { r#type: kind.into(), status: true, ..Default::default() };
         let mut info = HashMap::new();
@@ -43,13 +44,7 @@ impl RuntimeService for Facade {
         Ok(Response::new(api::StatusResponse {
             status: Some(api::RuntimeStatus { conditions: vec![condition("RuntimeReady"), condition("NetworkReady")] }),
             info,
-            runtime_handlers: vec![api::RuntimeHandler {
-                name: String::new(),
-                features: Some(api::RuntimeHandlerFeatures {
-                    recursive_read_only_mounts: false,
-                    user_namespaces: false,
-                }),
-            }],
+            runtime_handlers: runtime_handlers(&self.parts.config.wasm_handlers),
             features: Some(api::RuntimeFeatures { supplemental_groups_policy: false }),
         }))
     }
@@ -233,4 +228,18 @@ impl RuntimeService for Facade {
     ) -> Reply<api::ListPodSandboxMetricsResponse> {
         delegate!(self, unsupported::list_pod_sandbox_metrics, request)
     }
+}
+
+/// The runtime handlers wasmrun serves, as containerd lists its runtimes in
+/// Status (`introspectRuntimeHandlers`): each configured wasm handler by
+/// name, then the default under the empty name, which a pod naming no
+/// handler gets (wasm, when no backing runtime is configured: the front
+/// puts the backing runtime's handlers in its place when one is). No
+/// handler has recursive read-only mounts or user namespaces.
+fn runtime_handlers(wasm_handlers: &[String]) -> Vec<api::RuntimeHandler> {
+    let handler = |name: &str| api::RuntimeHandler {
+        name: name.to_owned(),
+        features: Some(api::RuntimeHandlerFeatures { recursive_read_only_mounts: false, user_namespaces: false }),
+    };
+    wasm_handlers.iter().map(|name| handler(name)).chain([handler("")]).collect()
 }

@@ -184,7 +184,10 @@ pub async fn image_fs_info(
 /// the backing runtime's of the same type is false, with its reason and
 /// message; RuntimeReady false (`BackingRuntimeUnavailable`) when the
 /// backing runtime does not answer. kubelet reads a false NetworkReady as a
-/// NotReady node, as it would from containerd alone.
+/// NotReady node, as it would from containerd alone. The runtime handlers:
+/// the wasm ones, then each of the backing runtime's (its default, named
+/// empty, among them) whose name is not a wasm one; none of the backing
+/// runtime's when it does not answer, or is older than the field (CRI 1.30).
 pub async fn status(
     wasm: &Facade,
     backing: Option<&Backing>,
@@ -197,11 +200,17 @@ pub async fn status(
     let asked =
         tokio::time::timeout(BACKING_STATUS_LIMIT, backing.runtime().status(api::StatusRequest { verbose: false }))
             .await;
-    let conditions = &mut ours.get_mut().status.get_or_insert_with(Default::default).conditions;
+    let answer = ours.get_mut();
+    // A pod naming no handler goes to the backing runtime: the default is its to list.
+    answer.runtime_handlers.retain(|handler| !handler.name.is_empty());
+    let conditions = &mut answer.status.get_or_insert_with(Default::default).conditions;
     match asked {
-        Ok(Ok(answer)) => {
-            let theirs = answer.into_inner().status.map(|s| s.conditions).unwrap_or_default();
-            merge_conditions(conditions, &theirs, &backing.endpoint);
+        Ok(Ok(theirs)) => {
+            let theirs = theirs.into_inner();
+            merge_conditions(conditions, &theirs.status.map(|s| s.conditions).unwrap_or_default(), &backing.endpoint);
+            let handlers = &mut answer.runtime_handlers;
+            let wasm: Vec<String> = handlers.iter().map(|handler| handler.name.clone()).collect();
+            handlers.extend(theirs.runtime_handlers.into_iter().filter(|handler| !wasm.contains(&handler.name)));
         }
         Ok(Err(status)) => backing_down(conditions, &backing.endpoint, status.message()),
         Err(_) => backing_down(conditions, &backing.endpoint, "no answer to Status in time"),

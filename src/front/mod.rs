@@ -13,7 +13,7 @@
 //! | StartContainer, StopContainer, RemoveContainer, ContainerStatus, UpdateContainerResources, ReopenContainerLog, ContainerStats, ExecSync, Exec, Attach | the owner of `container_id`, `Rules::id` | `runtime.rs` |
 //! | RuntimeConfig, UpdateRuntimeConfig | the backing runtime if configured, `Rules::runtime_settings` | `runtime.rs` |
 //! | Version, CheckpointContainer, ListMetricDescriptors, ListPodSandboxMetrics | the wasm side only | `runtime.rs` |
-//! | Status | both: the backing runtime's conditions merged into ours | `merge.rs` |
+//! | Status | both: the backing runtime's conditions merged into ours, its runtime handlers after ours | `merge.rs` |
 //! | ListPodSandbox, ListContainers, ListContainerStats, ListPodSandboxStats | both: ours, then theirs appended | `merge.rs` |
 //! | GetContainerEvents | both: the two streams merged | `merge.rs` |
 //! | PullImage | the wasm side; on `NotWasm`/`Unfetchable`, the backing runtime, `Rules::failed_pull` | `images.rs` |

@@ -215,10 +215,8 @@ impl Records {
                 _ => {}
             }
         }
-        let (file, places) = rewrite(&path, live.iter().map(|(key, line)| (key, line.as_slice())))?;
-        let end = file.metadata().map_err(|e| Error::internal(format!("reading {}", path.display()), e))?.len();
-        let lines = places.len();
-        Ok((Self { journal: Mutex::new(Journal { path, file, places, end, lines }), set_aside }, loaded))
+        let journal = rewrite(path, live.iter().map(|(key, line)| (key, line.as_slice())))?;
+        Ok((Self { journal: Mutex::new(journal), set_aside }, loaded))
     }
 
     /// Writes the pod's record; it is in the journal when this returns.
@@ -293,16 +291,9 @@ impl Journal {
     fn compact(&mut self) {
         let rewritten = live_lines(&self.path, &self.places)
             .map_err(|e| Error::internal(format!("reading {}", self.path.display()), e))
-            .and_then(|live| rewrite(&self.path, live.iter().map(|(key, line)| (key, line.as_slice()))));
-        match rewritten.and_then(|(file, places)| {
-            let end =
-                file.metadata().map_err(|e| Error::internal(format!("reading {}", self.path.display()), e))?.len();
-            Ok((file, places, end))
-        }) {
-            Ok((file, places, end)) => {
-                self.lines = places.len();
-                (self.file, self.places, self.end) = (file, places, end);
-            }
+            .and_then(|live| rewrite(self.path.clone(), live.iter().map(|(key, line)| (key, line.as_slice()))));
+        match rewritten {
+            Ok(journal) => *self = journal,
             Err(e) => tracing::warn!(journal = %self.path.display(), error = %e, "cannot rewrite the pod records"),
         }
     }
@@ -363,21 +354,21 @@ fn read(path: &Path, set_aside_dir: &Path) -> HashMap<Key, Vec<u8>> {
 type Places = HashMap<Key, (u64, usize)>;
 
 /// Replaces the journal at `path` with `lines` (atomically and synced, as
-/// `durable::write_atomically` does), and opens it for appending; says
+/// `durable::write_atomically` does), and opens it for appending, knowing
 /// where each line is.
-fn rewrite<'a>(path: &Path, lines: impl Iterator<Item = (&'a Key, &'a [u8])>) -> Result<(std::fs::File, Places)> {
+fn rewrite<'a>(path: PathBuf, lines: impl Iterator<Item = (&'a Key, &'a [u8])>) -> Result<Journal> {
     let mut all = Vec::new();
     let mut places = Places::new();
     for (key, line) in lines {
         places.insert(key.clone(), (all.len() as u64, line.len()));
         all.extend_from_slice(line);
     }
-    crate::durable::write_atomically(path, &all)?;
+    crate::durable::write_atomically(&path, &all)?;
     let file = std::fs::OpenOptions::new()
         .append(true)
-        .open(path)
+        .open(&path)
         .map_err(|e| Error::internal(format!("opening {}", path.display()), e))?;
-    Ok((file, places))
+    Ok(Journal { path, file, lines: places.len(), places, end: all.len() as u64 })
 }
 
 /// The live lines of the journal at `path`, found by their `places`.

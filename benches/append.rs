@@ -104,27 +104,30 @@ fn measure(path: &std::path::Path, args: &Args) -> Vec<(Way, Latencies)> {
         .enable_all()
         .build()
         .expect("building the bench runtime");
-    let file = std::fs::OpenOptions::new().create(true).append(true).open(path).expect("opening the append file");
+    let file = std::sync::Arc::new(
+        std::fs::OpenOptions::new().create(true).append(true).open(path).expect("opening the append file"),
+    );
     let (samples, gap) = (args.append_samples, Duration::from_micros(args.append_gap_us));
     runtime.block_on(async move {
-        let writer = WriterThread::start(file.try_clone().expect("cloning the append file"));
+        let writer = WriterThread::start(file.clone());
         let mut rows = Vec::new();
         for way in [Way::Plain, Way::BlockInPlace, Way::SpawnBlocking, Way::WriterThread] {
-            let file = file.try_clone().expect("cloning the append file");
+            let file = file.clone();
             let sender = writer.sender.clone();
             let latencies = tokio::spawn(async move {
-                let mut file = file;
                 let mut latencies = Latencies::default();
-                let line = vec![b'x'; LINE_BYTES];
+                let line: std::sync::Arc<[u8]> = vec![b'x'; LINE_BYTES].into();
                 for _ in 0..samples {
                     tokio::time::sleep(gap).await;
                     let began = Instant::now();
                     let written = match way {
-                        Way::Plain => file.write_all(&line),
-                        Way::BlockInPlace => tokio::task::block_in_place(|| file.write_all(&line)),
+                        Way::Plain => (&*file).write_all(&line),
+                        Way::BlockInPlace => tokio::task::block_in_place(|| (&*file).write_all(&line)),
                         Way::SpawnBlocking => {
-                            let (mut file, line) = (file.try_clone().expect("cloning the append file"), line.clone());
-                            tokio::task::spawn_blocking(move || file.write_all(&line)).await.expect("a blocking append")
+                            let (file, line) = (file.clone(), line.clone());
+                            tokio::task::spawn_blocking(move || (&*file).write_all(&line))
+                                .await
+                                .expect("a blocking append")
                         }
                         Way::WriterThread => {
                             let (answer, answered) = tokio::sync::oneshot::channel();
@@ -145,20 +148,22 @@ fn measure(path: &std::path::Path, args: &Args) -> Vec<(Way, Latencies)> {
     })
 }
 
+/// A line for the writer thread, and where it answers once the line is written.
+type Append = (std::sync::Arc<[u8]>, tokio::sync::oneshot::Sender<std::io::Result<()>>);
+
 /// A thread appending the lines it is sent, answering each once written.
 struct WriterThread {
-    sender: std::sync::mpsc::Sender<(Vec<u8>, tokio::sync::oneshot::Sender<std::io::Result<()>>)>,
+    sender: std::sync::mpsc::Sender<Append>,
 }
 
 impl WriterThread {
-    fn start(mut file: std::fs::File) -> Self {
-        let (sender, lines) =
-            std::sync::mpsc::channel::<(Vec<u8>, tokio::sync::oneshot::Sender<std::io::Result<()>>)>();
+    fn start(file: std::sync::Arc<std::fs::File>) -> Self {
+        let (sender, lines) = std::sync::mpsc::channel::<Append>();
         std::thread::Builder::new()
             .name("append-writer".into())
             .spawn(move || {
                 while let Ok((line, answer)) = lines.recv() {
-                    let _ = answer.send(file.write_all(&line));
+                    let _ = answer.send((&*file).write_all(&line));
                 }
             })
             .expect("starting the writer thread");

@@ -5,9 +5,9 @@
 //! pool and wakes the caller when it is done: two wake-ups of parked
 //! threads. `cargo bench -- append` times one 400-byte append from a task on
 //! a worker (2 workers, appends 300 µs apart; p50 on this project's 2-core
-//! test machine): a plain `write` 5–6 µs, [`in_place`] 21 µs,
-//! `spawn_blocking` 30–35 µs, a writer thread answering through a channel
-//! 32–36 µs. The pod and container records (`pods/records.rs`), written
+//! test machine): a plain `write` 5–6 µs, [`in_place`] 20–26 µs,
+//! `spawn_blocking` 26–31 µs, a writer thread answering through a channel
+//! 26–32 µs. The pod and container records (`pods/records.rs`), written
 //! before the calls that change them answer, go through [`in_place`]; the
 //! plain `write` would block a worker on I/O.
 

@@ -16,6 +16,10 @@ export DEBIAN_FRONTEND=noninteractive
 #   clang lld wasi-libc libclang-rt-dev-wasm32
 #                            the C fixtures (e2e/fixtures-c), compiled against wasi-libc
 #   curl                     the download `cargo bench -- pull` compares pulls with
+#   containernetworking-plugins iptables
+#                            the CNI plugins (bridge, host-local, portmap) of the
+#                            pod networking tests, and the rules portmap writes
+#   dnsmasq-base             the DNS server those tests name in a pod's DNS config
 have() { command -v "$1" >/dev/null; }
 have_file() { compgen -G "$1" >/dev/null; }
 missing=()
@@ -30,6 +34,9 @@ have wasm-ld || missing+=(lld)
 have_file "/usr/lib/wasm32-wasi/libc.a" || missing+=(wasi-libc)
 have_file "/usr/lib/llvm-*/lib/clang/*/lib/wasi/libclang_rt.builtins-wasm32.a" || missing+=(libclang-rt-dev-wasm32)
 have curl || missing+=(curl)
+[ -x /usr/lib/cni/bridge ] || missing+=(containernetworking-plugins)
+have iptables || [ -x /usr/sbin/iptables ] || missing+=(iptables)
+have dnsmasq || [ -x /usr/sbin/dnsmasq ] || missing+=(dnsmasq-base)
 if [ "${#missing[@]}" -gt 0 ]; then
   sudo=()
   [ "$(id -u)" -eq 0 ] || sudo=(sudo)

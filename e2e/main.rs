@@ -29,6 +29,7 @@ mod images;
 mod interop;
 mod limits;
 mod mirrors;
+mod network;
 mod pods;
 mod registries;
 mod resources;

@@ -72,6 +72,12 @@ pub struct Config {
     /// After SIGTERM, how long calls in flight (and clients acknowledging
     /// the shutdown) may take before the daemon stops anyway, in seconds.
     pub shutdown_grace_secs: u64,
+    /// The CNI network configuration directory: its first `.conf`,
+    /// `.conflist` or `.json` file in lexical order is the pods' network
+    /// (containerd's `conf_dir`).
+    pub cni_conf_dir: PathBuf,
+    /// Where CNI plugins are looked for, in order (containerd's `bin_dirs`).
+    pub cni_bin_dirs: Vec<PathBuf>,
 }
 
 /// How to reach one registry.
@@ -106,6 +112,8 @@ impl Default for Config {
             backing_connect_timeout_secs: 5,
             wasm_handlers: vec!["wasmrun".into()],
             shutdown_grace_secs: 10,
+            cni_conf_dir: "/etc/cni/net.d".into(),
+            cni_bin_dirs: vec!["/opt/cni/bin".into()],
         }
     }
 }
@@ -153,6 +161,13 @@ pub struct Flags {
     /// After SIGTERM, seconds that calls in flight may take before wasmrun stops anyway [default: 10].
     #[arg(long, value_name = "SECS")]
     pub shutdown_grace_secs: Option<u64>,
+    /// CNI network configuration directory [default: /etc/cni/net.d].
+    #[arg(long, value_name = "DIR")]
+    pub cni_conf_dir: Option<PathBuf>,
+    /// A directory of CNI plugins; repeatable, searched in order; replaces the
+    /// config's list [default: /opt/cni/bin].
+    #[arg(long = "cni-bin-dir", value_name = "DIR")]
+    pub cni_bin_dirs: Vec<PathBuf>,
 }
 
 impl Config {
@@ -205,6 +220,13 @@ impl Config {
         }
         if let Some(secs) = flags.shutdown_grace_secs {
             self.shutdown_grace_secs = secs;
+        }
+        if let Some(dir) = flags.cni_conf_dir {
+            self.cni_conf_dir = dir;
+        }
+        // Plugin directories are a search path, not an allow-list: flags replace it.
+        if !flags.cni_bin_dirs.is_empty() {
+            self.cni_bin_dirs = flags.cni_bin_dirs;
         }
         // Flags add to the file's list: both are allow-lists.
         for registry in flags.insecure_registries {
@@ -261,6 +283,12 @@ impl Config {
             bail!(
                 "config: `wasm_handlers` must not contain an empty name (an empty handler is the backing runtime's default)"
             );
+        }
+        if !self.cni_conf_dir.is_absolute() {
+            bail!("config: `cni_conf_dir` {} must be an absolute path", self.cni_conf_dir.display());
+        }
+        if self.cni_bin_dirs.is_empty() || self.cni_bin_dirs.iter().any(|dir| !dir.is_absolute()) {
+            bail!("config: `cni_bin_dirs` must list at least one directory, each an absolute path");
         }
         if self.max_manifest_bytes == 0 || self.max_blob_bytes == 0 {
             bail!("config: `max_manifest_bytes` and `max_blob_bytes` must be above 0");

@@ -31,6 +31,7 @@ use crate::config::Config;
 use crate::cri::Parts;
 use crate::front::Front;
 use crate::images::{Images, Limits, PullOptions, RegistryOptions};
+use crate::network::Network;
 use crate::pods::{ImagePrograms, Pods};
 use crate::wasm::Engine;
 
@@ -96,13 +97,14 @@ impl Daemon {
         };
         let images = Arc::new(Images::open(&config.root, options, engine.clone()).await?);
         let programs = Arc::new(ImagePrograms { images: images.clone(), engine: engine.clone() });
-        let pods = Arc::new(Pods::open(programs, engine, &config.root, &config.state).await?);
+        let network = Arc::new(Network::new(config.cni_conf_dir.clone(), config.cni_bin_dirs.clone(), &config.state));
+        let pods = Arc::new(Pods::open(programs, engine, network.clone(), &config.root, &config.state).await?);
         let backing = config
             .backing_endpoint
             .as_deref()
             .map(|endpoint| Backing::new(endpoint, Duration::from_secs(config.backing_connect_timeout_secs)))
             .transpose()?;
-        let cri = cri_services(&config, pods.clone(), images, backing);
+        let cri = cri_services(&config, pods.clone(), images, network, backing);
 
         let cri_listener = bind(&config.socket)?;
         Ok(Self {
@@ -165,8 +167,14 @@ impl Daemon {
 
 /// The CRI's two gRPC services over one set of parts: the one place both
 /// are put together.
-fn cri_services(config: &Config, pods: Arc<Pods>, images: Arc<Images>, backing: Option<Backing>) -> Routes {
-    let parts = Parts { config: Arc::new(config.clone()), pods, images };
+fn cri_services(
+    config: &Config,
+    pods: Arc<Pods>,
+    images: Arc<Images>,
+    network: Arc<Network>,
+    backing: Option<Backing>,
+) -> Routes {
+    let parts = Parts { config: Arc::new(config.clone()), pods, images, network };
     let front = Arc::new(Front::new(parts, backing));
     Routes::new(
         RuntimeServiceServer::from_arc(front.clone())

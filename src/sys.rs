@@ -1,8 +1,9 @@
 //! The few calls into the kernel that need `unsafe`: raising the open-files
-//! limit, syncing a filesystem, mounting a container's root filesystem, and
-//! unmounting it. Everything else goes through std, cap-std or tokio.
+//! limit, syncing a filesystem, mounting a container's root filesystem and
+//! unmounting it, making, pinning and entering network namespaces. Everything
+//! else goes through std, cap-std or tokio.
 //!
-//! All of these block: call them off the async workers.
+//! The filesystem calls block: call them off the async workers.
 
 use std::ffi::{CString, OsStr};
 use std::fs::File;
@@ -142,6 +143,87 @@ fn unescape(field: &[u8]) -> Vec<u8> {
         }
     }
     out
+}
+
+// Network namespaces (`network::netns`). Each call changes or reads the
+// calling thread only: on Linux a thread has a network namespace of its own,
+// and the sockets it creates belong to the namespace it is in then.
+
+/// Moves the calling thread into a new network namespace, which holds only a
+/// loopback interface, down (`unshare(CLONE_NEWNET)`).
+///
+/// Errors: `EPERM` without CAP_SYS_ADMIN; `ENOMEM`/`ENOSPC` past the
+/// kernel's limit on namespaces (`user.max_net_namespaces`).
+pub fn unshare_network() -> io::Result<()> {
+    // SAFETY: unshare takes no pointers.
+    if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Moves the calling thread into the network namespace `namespace` refers to
+/// (a file of `/proc/<pid>/ns/net` or a bind mount of one), with
+/// `setns(fd, CLONE_NEWNET)`.
+///
+/// Errors: `EINVAL` when the file is not a network namespace; `EPERM`
+/// without CAP_SYS_ADMIN.
+pub fn enter_network(namespace: &File) -> io::Result<()> {
+    // SAFETY: the descriptor belongs to `namespace`, which stays open for the call.
+    if unsafe { libc::setns(namespace.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Bind-mounts `source` on `target`, an existing file or directory
+/// (`mount --bind source target`). A namespace file of `/proc` bound this
+/// way keeps the namespace alive after its last process is gone, as
+/// `ip netns add` and containerd pin theirs.
+///
+/// Errors: `EPERM` without CAP_SYS_ADMIN; `ENOENT` when either path is missing.
+pub fn bind_mount(source: &Path, target: &Path) -> io::Result<()> {
+    let (source, target) = (c_path(source)?, c_path(target)?);
+    // SAFETY: both paths are NUL-terminated strings that outlive the call;
+    // a bind mount reads neither the type nor the data argument.
+    let result =
+        unsafe { libc::mount(source.as_ptr(), target.as_ptr(), std::ptr::null(), libc::MS_BIND, std::ptr::null()) };
+    if result != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Sets the loopback interface `lo` of the calling thread's network namespace
+/// up (`SIOCGIFFLAGS`, then `SIOCSIFFLAGS` with `IFF_UP`), as `ip link set lo
+/// up` does; the kernel gives it 127.0.0.1/8 and ::1 then.
+///
+/// Errors: whatever `socket(2)` or `ioctl(2)` answer (`EPERM` without CAP_NET_ADMIN).
+pub fn set_loopback_up() -> io::Result<()> {
+    // SAFETY: socket takes no pointers; the descriptor is owned by `socket` below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a new descriptor that nothing else owns.
+    let socket = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    // SAFETY: ifreq is plain old data, for which all zeroes is a valid value.
+    let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (slot, byte) in request.ifr_name.iter_mut().zip(b"lo\0") {
+        *slot = *byte as libc::c_char;
+    }
+    // SAFETY: both ioctls read and write one ifreq, which we own and which
+    // outlives the calls; the descriptor stays open for them.
+    unsafe {
+        if libc::ioctl(socket.as_raw_fd(), libc::SIOCGIFFLAGS, &mut request) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        request.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+        if libc::ioctl(socket.as_raw_fd(), libc::SIOCSIFFLAGS, &request) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 // The calling thread's scheduling and CPU clock (the guest executor's threads,

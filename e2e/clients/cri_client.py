@@ -41,6 +41,12 @@ seen["image_ref"] = images.PullImage(
 pod_config = api.PodSandboxConfig(
     metadata=api.PodSandboxMetadata(name="python-client", uid="python-uid", namespace="default"),
     labels={"io.kubernetes.pod.uid": "python-uid"},
+    # The host's network: the test daemon has no CNI configuration.
+    linux=api.LinuxPodSandboxConfig(
+        security_context=api.LinuxSandboxSecurityContext(
+            namespace_options=api.NamespaceOption(network=api.NamespaceMode.Value("NODE"))
+        )
+    ),
 )
 pod = runtime.RunPodSandbox(api.RunPodSandboxRequest(config=pod_config), timeout=TIMEOUT).pod_sandbox_id
 container = runtime.CreateContainer(

@@ -12,8 +12,9 @@ use wasmrun::api::runtime_service_client::RuntimeServiceClient;
 use wasmrun::api::{
     ContainerConfig, ContainerMetadata, ContainerState, ContainerStatus, ContainerStatusRequest,
     ContainerStatusResponse, CreateContainerRequest, ImageSpec, KeyValue, LinuxContainerConfig,
-    LinuxContainerResources, LinuxPodSandboxConfig, PodSandboxConfig, PodSandboxMetadata, PullImageRequest,
-    RunPodSandboxRequest, StartContainerRequest, VersionRequest,
+    LinuxContainerResources, LinuxPodSandboxConfig, LinuxSandboxSecurityContext, NamespaceMode, NamespaceOption,
+    PodSandboxConfig, PodSandboxMetadata, PullImageRequest, RunPodSandboxRequest, StartContainerRequest,
+    VersionRequest,
 };
 
 use super::{Daemon, POLL_INTERVAL, TestImage, WAIT_LIMIT, push_fixture, scratch_root};
@@ -49,7 +50,9 @@ fn string_map(pairs: &[(&str, &str)]) -> HashMap<String, String> {
 }
 
 /// A pod config as kubelet sends it, in namespace "default", with its log
-/// directory (created, as kubelet does) under the scratch directory.
+/// directory (created, as kubelet does) under the scratch directory, on the
+/// host's network (`network: NODE`, so no CNI is involved: most tests are not
+/// about networking; see [`pod_network_config`]).
 pub fn pod_config(name: &str, uid: &str) -> PodSandboxConfig {
     let log_directory = scratch_root().join("pods").join(uid);
     std::fs::create_dir_all(&log_directory).expect("create pod log directory");
@@ -70,10 +73,30 @@ pub fn pod_config(name: &str, uid: &str) -> PodSandboxConfig {
         annotations: string_map(&[("kubernetes.io/config.source", "api"), ("e2e.wasmrun.dev/pod", name)]),
         linux: Some(LinuxPodSandboxConfig {
             cgroup_parent: format!("kubepods-besteffort-pod{}.slice", uid.replace('-', "_")),
+            security_context: Some(LinuxSandboxSecurityContext {
+                namespace_options: Some(NamespaceOption {
+                    network: NamespaceMode::Node as i32,
+                    pid: NamespaceMode::Container as i32,
+                    ipc: NamespaceMode::Pod as i32,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
             ..Default::default()
         }),
         ..Default::default()
     }
+}
+
+/// [`pod_config`] for a pod with a network namespace of its own
+/// (`network: POD`, kubelet's default), which the CNI configuration sets up.
+pub fn pod_network_config(name: &str, uid: &str) -> PodSandboxConfig {
+    let mut config = pod_config(name, uid);
+    let linux = config.linux.as_mut().expect("pod_config sets linux");
+    let options =
+        linux.security_context.as_mut().and_then(|c| c.namespace_options.as_mut()).expect("namespace options");
+    options.network = NamespaceMode::Pod as i32;
+    config
 }
 
 /// A container config as kubelet sends it (BestEffort resources), logging

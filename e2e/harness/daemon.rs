@@ -42,9 +42,22 @@ impl Daemon {
     /// of a stopped daemon to restart on the same root and state) with
     /// `extra_args` appended to the standard flags.
     pub async fn start_with(dir: Option<PathBuf>, extra_args: &[&str]) -> Daemon {
+        Daemon::start_in(None, dir, extra_args).await
+    }
+
+    /// As [`Daemon::start_with`], inside the test's network namespace `net`
+    /// when there is one (the CRI socket is a file: the test reaches it from anywhere).
+    pub async fn start_in(net: Option<&super::netns::TestNet>, dir: Option<PathBuf>, extra_args: &[&str]) -> Daemon {
         let dir = dir.unwrap_or_else(|| scratch_dir("daemon"));
         let log = OpenOptions::new().create(true).append(true).open(dir.join(LOG)).expect("open daemon log");
         let mut cmd = Daemon::command(&dir, &dir.join(SOCKET), extra_args);
+        if let Some(net) = net {
+            // nsenter execs the daemon: the child's pid is the daemon's.
+            let mut inside = net.command(cmd.get_program());
+            inside.args(cmd.get_args()).stdin(Stdio::null());
+            die_with_parent(&mut inside);
+            cmd = inside;
+        }
         cmd.stdout(log.try_clone().expect("clone log handle")).stderr(log);
         let child = cmd.spawn().expect("spawn wasmrun");
         let mut daemon = Daemon { child: Some(child), dir, channel: None };
@@ -53,10 +66,21 @@ impl Daemon {
     }
 
     /// The command line of a daemon using `dir` for root and state and
-    /// listening on `socket`, without stdout/stderr redirection.
+    /// listening on `socket`, without stdout/stderr redirection. Its CNI
+    /// configuration directory is `<dir>/net.d`, empty (pods of the tests
+    /// that need none use the host's network), and its plugins are Debian's,
+    /// unless `extra_args` name others.
     pub fn command(dir: &Path, socket: &Path, extra_args: &[&str]) -> Command {
         // A `--log-level` among `extra_args` replaces the default (clap refuses a flag given twice).
         let log_level: &[&str] = if extra_args.contains(&"--log-level") { &[] } else { &["--log-level", "debug"] };
+        let conf_dir = dir.join("net.d");
+        let mut cni = Vec::new();
+        if !extra_args.contains(&"--cni-conf-dir") {
+            cni.extend(["--cni-conf-dir".into(), conf_dir.into_os_string()]);
+        }
+        if !extra_args.contains(&"--cni-bin-dir") {
+            cni.extend(["--cni-bin-dir".into(), super::netns::CNI_BIN_DIR.into()]);
+        }
         let mut cmd = Command::new(daemon_binary());
         cmd.arg("--socket")
             .arg(socket)
@@ -65,6 +89,7 @@ impl Daemon {
             .arg("--state")
             .arg(dir.join("state"))
             .args(log_level)
+            .args(cni)
             .arg("--insecure-registry")
             .arg(registry().host())
             .args(extra_args)

@@ -43,6 +43,8 @@ pub struct Parts {
     pub config: Arc<Config>,
     pub pods: Arc<Pods>,
     pub images: Arc<Images>,
+    /// Whether pods can get a network (Status's `NetworkReady`).
+    pub network: Arc<crate::network::Network>,
 }
 
 /// The wasm side's `RuntimeService` and `ImageService`: wasmrun's own pods,

@@ -31,18 +31,29 @@ impl RuntimeService for Facade {
         }))
     }
 
-    /// wasmrun's own conditions: the runtime is ready once it serves. Wasm
-    /// pods share the host's network and need no CNI, so the network is ready
-    /// too, as far as wasmrun goes. The runtime handlers are the wasm ones
-    /// (see [`runtime_handlers`]).
+    /// wasmrun's own conditions: the runtime is ready once it serves; the
+    /// network is ready while the CNI configuration directory holds a usable
+    /// configuration (read at each call), else `NetworkReady` is false with
+    /// reason `NetworkPluginNotReady`, as containerd reports it. The runtime
+    /// handlers are the wasm ones (see [`runtime_handlers`]).
     async fn status(&self, request: Request<api::StatusRequest>) -> Reply<api::StatusResponse> {
-        let condition = |kind: &str| api::RuntimeCondition { r#type: kind.into(), status: true, ..Default::default() };
+        let runtime_ready = api::RuntimeCondition { r#type: "RuntimeReady".into(), status: true, ..Default::default() };
+        let network_ready = match self.parts.network.ready().await {
+            Ok(()) => api::RuntimeCondition { r#type: "NetworkReady".into(), status: true, ..Default::default() },
+            // containerd's words, which kubelet shows in the node's Ready condition.
+            Err(why) => api::RuntimeCondition {
+                r#type: "NetworkReady".into(),
+                status: false,
+                reason: "NetworkPluginNotReady".into(),
+                message: format!("Network plugin returns error: cni plugin not initialized: {why}"),
+            },
+        };
         let mut info = HashMap::new();
         if request.get_ref().verbose {
             info.insert("config".to_owned(), verbose_json(&*self.parts.config));
         }
         Ok(Response::new(api::StatusResponse {
-            status: Some(api::RuntimeStatus { conditions: vec![condition("RuntimeReady"), condition("NetworkReady")] }),
+            status: Some(api::RuntimeStatus { conditions: vec![runtime_ready, network_ready] }),
             info,
             runtime_handlers: runtime_handlers(&self.parts.config.wasm_handlers),
             features: Some(api::RuntimeFeatures { supplemental_groups_policy: false }),
@@ -64,9 +75,11 @@ impl RuntimeService for Facade {
         &self,
         request: Request<api::UpdateRuntimeConfigRequest>,
     ) -> Reply<api::UpdateRuntimeConfigResponse> {
-        // kubelet sends the node's pod CIDR here for CNI; wasm pods use the host network.
+        // kubelet sends the node's pod CIDR here, which containerd only uses
+        // to fill a config template; wasmrun has none: the CNI config is the
+        // node's.
         let cidr = request.into_inner().runtime_config.and_then(|c| c.network_config).map(|n| n.pod_cidr);
-        tracing::debug!(pod_cidr = ?cidr, "runtime config update: nothing to apply for wasm pods");
+        tracing::debug!(pod_cidr = ?cidr, "runtime config update: nothing to apply");
         Ok(Response::new(api::UpdateRuntimeConfigResponse {}))
     }
 

@@ -49,7 +49,15 @@ pub(super) async fn pod_sandbox_status(
         let details = serde_json::json!({
             "runtime": "wasmrun",
             "runtime_handler": sandbox.runtime_handler,
-            "network": "host: wasm guests run in the wasmrun process and share its network",
+            "network": match &sandbox.network.attachment {
+                Some(attachment) => serde_json::json!({
+                    "netns": attachment.netns,
+                    "network_name": attachment.network.name,
+                    "config_file": attachment.network.source,
+                    "cni_result": attachment.result,
+                }),
+                None => serde_json::json!("host: the pod shares the node's network namespace (hostNetwork)"),
+            },
             "log_directory": sandbox.config.log_directory,
             "containers": containers,
         });
@@ -110,11 +118,20 @@ pub(super) fn status(sandbox: &Sandbox) -> api::PodSandboxStatus {
         metadata: sandbox.config.metadata.clone(),
         state: state(sandbox.state()) as i32,
         created_at: sandbox.created_at,
-        // An empty ip tells kubelet the pod uses the host's network.
-        network: Some(api::PodSandboxNetworkStatus { ip: String::new(), additional_ips: Vec::new() }),
+        network: Some(network_status(sandbox)),
         linux: Some(api::LinuxPodSandboxStatus { namespaces: Some(api::Namespace { options: namespace_options }) }),
         labels: sandbox.config.labels.clone(),
         annotations: sandbox.config.annotations.clone(),
         runtime_handler: sandbox.runtime_handler.clone(),
+    }
+}
+
+/// The pod's IPs from its CNI result, IPv4 first (as containerd selects
+/// them); an empty ip tells kubelet the pod uses the host's network.
+fn network_status(sandbox: &Sandbox) -> api::PodSandboxNetworkStatus {
+    let mut ips = sandbox.network.attachment.as_ref().map(|network| network.ips()).unwrap_or_default().into_iter();
+    api::PodSandboxNetworkStatus {
+        ip: ips.next().map(|ip| ip.to_string()).unwrap_or_default(),
+        additional_ips: ips.map(|ip| api::PodIp { ip: ip.to_string() }).collect(),
     }
 }

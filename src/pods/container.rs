@@ -196,7 +196,9 @@ impl Container {
     }
 
     /// The guest's view: argv, env, working dir and mounts.
-    pub(super) fn guest_spec(&self) -> GuestSpec {
+    /// What the guest is started with; its sockets are made in its pod's
+    /// `network` namespace, its names resolved with the pod's DNS config.
+    pub(super) fn guest_spec(&self, network: &crate::network::PodNetwork) -> GuestSpec {
         GuestSpec {
             argv: self.process.argv.clone(),
             env: self.process.env.clone(),
@@ -204,6 +206,8 @@ impl Container {
             root: self.root.clone(),
             mounts: self.mounts.clone(),
             scratch_dir: Some(self.scratch_dir.clone()),
+            netns: network.netns.clone(),
+            resolver: network.resolver.clone(),
         }
     }
 

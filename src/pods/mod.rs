@@ -40,6 +40,7 @@ pub use sandbox::{Sandbox, SandboxState};
 use crate::api;
 use crate::error::{Error, Result};
 use crate::logs::{ContainerLog, OpenedLog};
+use crate::network::{self, Attachment, NetNs, Network, PodNetwork};
 use crate::wasm::{self, EXIT_NOT_STARTED, Engine};
 use lifecycle::{Lifecycle, Phase, Transition};
 use records::{ContainerRecord, PhaseRecord, Proto, Records, RootRecord};
@@ -47,6 +48,7 @@ use records::{ContainerRecord, PhaseRecord, Proto, Records, RootRecord};
 pub struct Pods {
     programs: Arc<dyn Programs>,
     engine: Arc<Engine>,
+    network: Arc<Network>,
     /// `<state>/containers`: each container's scratch directory is in it, named by its id.
     containers_dir: PathBuf,
     records: Records,
@@ -81,9 +83,16 @@ impl Pods {
     /// `records.rs`), with the containers' scratch directories under
     /// `state_dir`. Containers that ran when the daemon stopped come back
     /// exited ([`lifecycle::EXIT_LOST`], reason Error), and each such exit is sent to
-    /// every GetContainerEvents subscriber. Errors: Internal when the record
-    /// directories cannot be made.
-    pub async fn open(programs: Arc<dyn Programs>, engine: Arc<Engine>, root: &Path, state_dir: &Path) -> Result<Self> {
+    /// every GetContainerEvents subscriber. Pods' networks are set up and torn
+    /// down through `network`. Errors: Internal when the record directories
+    /// cannot be made.
+    pub async fn open(
+        programs: Arc<dyn Programs>,
+        engine: Arc<Engine>,
+        network: Arc<Network>,
+        root: &Path,
+        state_dir: &Path,
+    ) -> Result<Self> {
         let containers_dir = state_dir.join("containers");
         let (records, loaded) = {
             let (root, containers_dir) = (root.to_owned(), containers_dir.clone());
@@ -97,6 +106,7 @@ impl Pods {
         let pods = Self {
             programs,
             engine,
+            network,
             containers_dir,
             records,
             registry: Mutex::new(Registry::default()),
@@ -119,8 +129,18 @@ impl Pods {
                 continue;
             };
             let name = sandbox::reserved_name(metadata);
-            let sandbox =
-                Sandbox::new(record.id, record.config.0, record.runtime_handler, record.created_at, record.ready);
+            // Its namespace is pinned still, unless the node rebooted (the
+            // state directory is gone): its teardown runs without it then.
+            let netns = record.network.as_ref().and_then(|network| NetNs::open(&network.netns).ok()).map(Arc::new);
+            let network = PodNetwork::new(&record.id, &record.config.0, record.network, netns);
+            let sandbox = Sandbox::new(
+                record.id,
+                record.config.0,
+                record.runtime_handler,
+                record.created_at,
+                record.ready,
+                network,
+            );
             let mut registry = self.registry.lock().unwrap();
             registry.names.insert(name);
             registry.sandboxes.insert(sandbox.id.clone(), Arc::new(sandbox));
@@ -290,13 +310,31 @@ impl Pods {
         }
         checks::sandbox_config(&config)?;
         let name = sandbox::reserved_name(metadata);
-        let sandbox =
-            Arc::new(Sandbox::new(new_id(), config, runtime_handler.to_owned(), crate::clock::now_nanos(), true));
         if !self.registry.lock().unwrap().names.insert(name.clone()) {
             return Err(Error::AlreadyExists(format!("pod sandbox {name} already exists: remove it first")));
         }
+        let (id, created_at) = (new_id(), crate::clock::now_nanos());
+        let (attachment, netns) = if network::has_own_namespace(&config) {
+            match self.set_up_network(&id, &config, runtime_handler, created_at).await {
+                Ok((attachment, netns)) => (Some(attachment), Some(Arc::new(netns))),
+                Err(e) => {
+                    self.registry.lock().unwrap().names.remove(&name);
+                    return Err(e);
+                }
+            }
+        } else {
+            (None, None)
+        };
+        let network = PodNetwork::new(&id, &config, attachment, netns);
+        let sandbox = Arc::new(Sandbox::new(id, config, runtime_handler.to_owned(), created_at, true, network));
         // Recorded before it is visible: a pod kubelet was told of is never lost.
         if let Err(e) = self.records.save_sandbox(&sandbox.record()) {
+            if let Some(attachment) = &sandbox.network.attachment {
+                self.tear_down_network(&sandbox.id, attachment).await;
+                if let Err(e) = self.records.delete_sandbox(&sandbox.id) {
+                    tracing::warn!(pod = %sandbox.id, error = %e, "cannot delete the record of a pod that failed to start");
+                }
+            }
             self.registry.lock().unwrap().names.remove(&name);
             return Err(e);
         }
@@ -304,6 +342,50 @@ impl Pods {
         self.pod_changes.record();
         tracing::info!(pod = %sandbox.id, %name, "pod sandbox ready");
         Ok(sandbox)
+    }
+
+    /// Sets up the network of pod `id` (not yet visible): its namespace, CNI
+    /// ADD. The attachment is recorded (the pod not ready) before anything is
+    /// made, so that a daemon killed meanwhile leaves a pod whose removal
+    /// tears it down. Errors: the network's (see [`Network::attach`]), after
+    /// which nothing is left, the record included.
+    async fn set_up_network(
+        &self,
+        id: &str,
+        config: &api::PodSandboxConfig,
+        runtime_handler: &str,
+        created_at: i64,
+    ) -> Result<(Attachment, NetNs)> {
+        let mut attachment = self.network.prepare(id, config).await?;
+        let pending = Sandbox::new(
+            id.to_owned(),
+            config.clone(),
+            runtime_handler.to_owned(),
+            created_at,
+            false,
+            PodNetwork { attachment: Some(attachment.clone()), ..PodNetwork::default() },
+        );
+        self.records.save_sandbox(&pending.record())?;
+        match self.network.attach(id, &mut attachment).await {
+            Ok(netns) => Ok((attachment, netns)),
+            Err(e) => {
+                if let Err(e) = self.records.delete_sandbox(id) {
+                    tracing::warn!(pod = %id, error = %e, "cannot delete the record of a pod that failed to start");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// CNI DEL and the namespace removed, for a pod that failed to start;
+    /// failures are logged.
+    async fn tear_down_network(&self, id: &str, attachment: &Attachment) {
+        if let Err(e) = self.network.detach(id, attachment).await {
+            tracing::warn!(pod = %id, error = %e, "cannot tear down the network of a pod that failed to start");
+        }
+        if let Err(e) = self.network.release(attachment).await {
+            tracing::warn!(pod = %id, error = %e, "cannot remove the network namespace of a pod that failed to start");
+        }
     }
 
     pub fn pod(&self, id: &str) -> Result<Arc<Sandbox>> {
@@ -342,13 +424,20 @@ impl Pods {
         self.unfiltered_pod_list.get_or_make(|| self.pod_changes.count(), make).await
     }
 
-    /// Stops every container of the pod and marks it not ready. Unknown ids are fine.
+    /// Stops every container of the pod, tears its network down (CNI DEL,
+    /// at every stop: plugins make a repeated DEL harmless, as containerd
+    /// relies on) and marks it not ready. Unknown ids are fine. Errors: a
+    /// container's stop's, or FailedPrecondition naming the plugin whose DEL
+    /// failed (kubelet stops again).
     pub async fn stop_pod(&self, id: &str) -> Result<()> {
         let Ok(sandbox) = self.pod(id) else {
             return Ok(());
         };
         for container in self.containers_of(&sandbox.id) {
             container.stop().await?;
+        }
+        if let Some(attachment) = &sandbox.network.attachment {
+            self.network.detach(&sandbox.id, attachment).await?;
         }
         if sandbox.state() == SandboxState::Ready {
             sandbox.mark_not_ready();
@@ -359,13 +448,20 @@ impl Pods {
         Ok(())
     }
 
-    /// Removes the pod and all its containers (stopping any still running).
+    /// Removes the pod and all its containers (stopping any still running),
+    /// tears down its network (CNI DEL, again if it was stopped) and unpins
+    /// its namespace. Errors: as [`Pods::stop_pod`]; Internal when the
+    /// namespace cannot be unpinned. The pod stays until both succeed.
     pub async fn remove_pod(&self, id: &str) -> Result<()> {
         let Ok(sandbox) = self.pod(id) else {
             return Ok(());
         };
         for container in self.containers_of(&sandbox.id) {
             self.remove_container(&container.id).await?;
+        }
+        if let Some(attachment) = &sandbox.network.attachment {
+            self.network.detach(&sandbox.id, attachment).await?;
+            self.network.release(attachment).await?;
         }
         sandbox.mark_not_ready();
         let removed = {
@@ -558,8 +654,10 @@ impl Pods {
             let OpenedLog { log, output } = ContainerLog::open(container.log_path.clone())
                 .await
                 .map_err(|e| Error::internal(format!("opening the log of container {}", container.id), e))?;
-            let guest =
-                self.engine.start(compiled, container.guest_spec(), container.usage.clone(), output.into()).await?;
+            let guest = self
+                .engine
+                .start(compiled, container.guest_spec(&sandbox.network), container.usage.clone(), output.into())
+                .await?;
             Ok::<_, Error>((guest, log))
         }
         .await;

@@ -40,6 +40,7 @@ use super::lifecycle::Phase;
 use crate::api;
 use crate::error::{Error, Result};
 use crate::images::Image;
+use crate::network::Attachment;
 use crate::wasm::{Exit, ExitReason, ModuleSource, Root};
 
 /// The version of the record format; a record of another version is set aside.
@@ -55,6 +56,10 @@ pub(super) struct SandboxRecord {
     /// Unix nanoseconds.
     pub created_at: i64,
     pub ready: bool,
+    /// The pod's network (its namespace, CNI configuration and result); none
+    /// for a hostNetwork pod. Absent from records written before pods had one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<Attachment>,
 }
 
 /// A container as recorded.
@@ -420,6 +425,7 @@ mod tests {
             runtime_handler: "wasmrun".into(),
             created_at: 7,
             ready: true,
+            network: None,
         }
     }
 

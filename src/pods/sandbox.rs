@@ -1,5 +1,6 @@
-//! A pod sandbox. A wasm pod needs no pause process and no network namespace
-//! of its own: the sandbox is the record of its config and its readiness.
+//! A pod sandbox. A wasm pod needs no pause process: the sandbox is the
+//! record of its config, its readiness and its network (a namespace of its
+//! own set up by CNI, or none for a hostNetwork pod).
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -7,6 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use super::listing::KeptEntry;
 use super::records::{Proto, SandboxRecord};
 use crate::api;
+use crate::network::PodNetwork;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SandboxState {
@@ -22,6 +24,8 @@ pub struct Sandbox {
     /// Unix time in nanoseconds.
     pub created_at: i64,
     ready: AtomicBool,
+    /// Its namespace and CNI attachment, its name resolution.
+    pub network: PodNetwork,
     /// Held while the pod's record is written (see `Container::record_lock`);
     /// true once the record is deleted.
     pub(super) record_lock: Mutex<bool>,
@@ -37,6 +41,7 @@ impl Sandbox {
         runtime_handler: String,
         created_at: i64,
         ready: bool,
+        network: PodNetwork,
     ) -> Self {
         Self {
             id,
@@ -44,6 +49,7 @@ impl Sandbox {
             runtime_handler,
             created_at,
             ready: AtomicBool::new(ready),
+            network,
             record_lock: Mutex::new(false),
             list_entry: KeptEntry::default(),
         }
@@ -58,6 +64,7 @@ impl Sandbox {
             runtime_handler: self.runtime_handler.clone(),
             created_at: self.created_at,
             ready: self.state() == SandboxState::Ready,
+            network: self.network.attachment.clone(),
         }
     }
 

@@ -119,7 +119,9 @@ impl Dirs {
     async fn open(&self) -> Arc<Pods> {
         let engine = Engine::new(&self.0.join("root/cache"), 64 << 20).unwrap();
         let programs = Arc::new(Wat::new(engine.clone()));
-        Arc::new(Pods::open(programs, engine, &self.0.join("root"), &self.0.join("state")).await.unwrap())
+        // No CNI configuration: these pods use the host's network (see `pod_config`).
+        let network = Arc::new(Network::new(self.0.join("cni"), vec![self.0.join("cni-bin")], &self.0.join("state")));
+        Arc::new(Pods::open(programs, engine, network, &self.0.join("root"), &self.0.join("state")).await.unwrap())
     }
 
     fn logs(&self) -> PathBuf {
@@ -152,6 +154,16 @@ fn pod_config(name: &str, log_directory: &Path) -> api::PodSandboxConfig {
         }),
         log_directory: log_directory.display().to_string(),
         labels: [("app".to_owned(), name.to_owned())].into(),
+        linux: Some(api::LinuxPodSandboxConfig {
+            security_context: Some(api::LinuxSandboxSecurityContext {
+                namespace_options: Some(api::NamespaceOption {
+                    network: api::NamespaceMode::Node as i32,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
         ..Default::default()
     }
 }

@@ -8,6 +8,9 @@
 //! guest runs, and several instances share them.
 
 use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::network::{NetNs, PodResolver};
 
 pub use super::limits::{CpuBandwidth, Limits};
 
@@ -29,6 +32,13 @@ pub struct GuestSpec {
     /// A host directory of the container's own, for the copies that stand in
     /// for its file mounts; created only when there are some.
     pub scratch_dir: Option<PathBuf>,
+    /// The pod's network namespace, where a component's sockets are made;
+    /// none: the daemon's own (a hostNetwork pod). WASI preview 1 modules
+    /// have no sockets.
+    pub netns: Option<Arc<NetNs>>,
+    /// The pod's name resolution (its DNS config, queried from its
+    /// namespace); none: the node's (`getaddrinfo`).
+    pub resolver: Option<Arc<PodResolver>>,
 }
 
 /// A container's root filesystem on the host.

@@ -1,10 +1,31 @@
 //! The host side of a WASI 0.2 component: its context, its resource table
 //! and its linker (wasmtime-wasi's WASI 0.2 interfaces).
+//!
+//! `wasi:sockets` is wasmtime-wasi's, with two changes:
+//! - a socket is created inside the guest's pod network namespace (see
+//!   `network::netns`), so every bind, listen, connect and accept of the
+//!   guest happens there. The two functions that create sockets
+//!   (`tcp-create-socket.create-tcp-socket`,
+//!   `udp-create-socket.create-udp-socket`) are linked again over
+//!   wasmtime-wasi's, as wrappers that run its code inside the namespace;
+//! - `ip-name-lookup` is linked again ([`NameLookup`]): names resolve with
+//!   the pod's DNS config from inside its namespace (`network::dns`), or as
+//!   the node resolves them (`getaddrinfo`, as wasmtime-wasi does) for a
+//!   pod without one.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
-use wasmtime::component::ResourceTable;
+use tokio::sync::oneshot;
+use wasmtime::StoreContextMut;
+use wasmtime::component::{HasData, Resource, ResourceTable, ResourceType};
+use wasmtime_wasi::p2::bindings::sockets::network::{self, ErrorCode, IpAddress, IpAddressFamily};
+use wasmtime_wasi::p2::bindings::sockets::{tcp_create_socket, udp_create_socket};
+use wasmtime_wasi::p2::{SocketError, SocketResult, TcpSocket, UdpSocket};
+use wasmtime_wasi::sockets::WasiSocketsCtxView;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use crate::network::{InNetNs, LookupError, NetNs, PodResolver, dns};
 
 use crate::error::Result;
 use crate::wasm::layout::Preopen;
@@ -19,6 +40,11 @@ pub(in crate::wasm) struct P2State {
     wasi: WasiCtx,
     table: ResourceTable,
     limiter: MemoryLimiter,
+    /// The pod's network namespace its sockets are made in; none: the daemon's
+    /// (a hostNetwork pod).
+    netns: Option<Arc<NetNs>>,
+    /// The pod's name resolution; none: the node's.
+    resolver: Option<Arc<PodResolver>>,
 }
 
 impl P2State {
@@ -34,11 +60,186 @@ impl WasiView for P2State {
     }
 }
 
-/// wasmtime-wasi's WASI 0.2 interfaces (async).
+/// wasmtime-wasi's WASI 0.2 interfaces (async), with sockets created in the
+/// guest's namespace.
 pub(super) fn linker(engine: &wasmtime::Engine) -> wasmtime::Result<wasmtime::component::Linker<P2State>> {
     let mut linker = wasmtime::component::Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+    linker.allow_shadowing(true);
+    tcp_create_socket::add_to_linker::<P2State, PodSockets>(&mut linker, PodSockets::view)?;
+    udp_create_socket::add_to_linker::<P2State, PodSockets>(&mut linker, PodSockets::view)?;
+    link_name_lookup(&mut linker)?;
+    linker.allow_shadowing(false);
     Ok(linker)
+}
+
+/// The `wasi:sockets/ip-name-lookup` interface as wasmtime-wasi names it
+/// (imports of earlier 0.2 versions are served by it, by semver).
+const IP_NAME_LOOKUP: &str = "wasi:sockets/ip-name-lookup@0.2.12";
+
+/// Defines `ip-name-lookup` over wasmtime-wasi's: `resolve-addresses` starts
+/// a [`NameLookup`]; its stream gives the addresses one by one, and a
+/// pollable for when they are there.
+fn link_name_lookup(linker: &mut wasmtime::component::Linker<P2State>) -> wasmtime::Result<()> {
+    let mut instance = linker.instance(IP_NAME_LOOKUP)?;
+    instance.resource("resolve-address-stream", ResourceType::host::<NameLookup>(), |mut store, rep| {
+        store.data_mut().table.delete(Resource::<NameLookup>::new_own(rep))?;
+        Ok(())
+    })?;
+    instance.func_wrap(
+        "resolve-addresses",
+        |mut store: StoreContextMut<'_, P2State>, (network, name): (Resource<wasmtime_wasi::p2::Network>, String)| {
+            let state = store.data_mut();
+            // The network resource is the capability to look names up.
+            state.table.get(&network)?;
+            let lookup = NameLookup::start(state.resolver.clone(), name);
+            Ok((Ok::<_, ErrorCode>(state.table.push(lookup)?),))
+        },
+    )?;
+    instance.func_wrap(
+        "[method]resolve-address-stream.resolve-next-address",
+        |mut store: StoreContextMut<'_, P2State>, (this,): (Resource<NameLookup>,)| {
+            Ok((store.data_mut().table.get_mut(&this)?.next_address(),))
+        },
+    )?;
+    instance.func_wrap(
+        "[method]resolve-address-stream.subscribe",
+        |mut store: StoreContextMut<'_, P2State>, (this,): (Resource<NameLookup>,)| {
+            Ok((wasmtime_wasi::p2::subscribe(&mut store.data_mut().table, this)?,))
+        },
+    )?;
+    Ok(())
+}
+
+/// One `resolve-addresses` call: the lookup runs as a task of its own (on the
+/// guest executor), which the stream waits for without blocking the guest.
+pub(in crate::wasm) struct NameLookup {
+    answer: oneshot::Receiver<Result<Vec<IpAddr>, LookupError>>,
+    addresses: Option<Result<std::vec::IntoIter<IpAddr>, ErrorCode>>,
+    task: tokio::task::AbortHandle,
+}
+
+impl NameLookup {
+    /// Starts looking `name` up with `resolver`, or as the node does without one.
+    fn start(resolver: Option<Arc<PodResolver>>, name: String) -> Self {
+        let (send, answer) = oneshot::channel();
+        let task = tokio::spawn(async move {
+            let found = match (dns::without_query(&name), resolver) {
+                (Some(known), _) => known,
+                (None, Some(resolver)) => resolver.lookup(&name).await,
+                (None, None) => match tokio::net::lookup_host((name.as_str(), 0)).await {
+                    Ok(found) => Ok(found.map(|address| address.ip().to_canonical()).collect()),
+                    Err(_) => Err(LookupError::NoAddress),
+                },
+            };
+            let _ = send.send(found);
+        });
+        Self { answer, addresses: None, task: task.abort_handle() }
+    }
+
+    /// The next address, none when all were given, `would-block` while the
+    /// lookup runs, or why it failed.
+    fn next_address(&mut self) -> Result<Option<IpAddress>, ErrorCode> {
+        if self.addresses.is_none() {
+            match self.answer.try_recv() {
+                Ok(found) => self.settle(Some(found)),
+                Err(oneshot::error::TryRecvError::Empty) => return Err(ErrorCode::WouldBlock),
+                Err(oneshot::error::TryRecvError::Closed) => self.settle(None),
+            }
+        }
+        match self.addresses.as_mut().expect("settled above") {
+            Ok(addresses) => Ok(addresses.next().map(IpAddress::from)),
+            Err(code) => Err(*code),
+        }
+    }
+
+    /// Keeps the lookup's answer (none: its task ended without one).
+    fn settle(&mut self, found: Option<Result<Vec<IpAddr>, LookupError>>) {
+        self.addresses = Some(match found {
+            Some(Ok(addresses)) => Ok(addresses.into_iter()),
+            Some(Err(LookupError::InvalidName)) => Err(ErrorCode::InvalidArgument),
+            Some(Err(LookupError::NoAddress)) => Err(ErrorCode::NameUnresolvable),
+            Some(Err(LookupError::Temporary)) => Err(ErrorCode::TemporaryResolverFailure),
+            None => Err(ErrorCode::PermanentResolverFailure),
+        });
+    }
+}
+
+impl Drop for NameLookup {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[wasmtime_wasi::async_trait]
+impl wasmtime_wasi::p2::Pollable for NameLookup {
+    async fn ready(&mut self) {
+        if self.addresses.is_none() {
+            let found = (&mut self.answer).await.ok();
+            self.settle(found);
+        }
+    }
+}
+
+/// The socket-creating functions of `wasi:sockets`, run in a namespace.
+struct PodSockets;
+
+/// wasmtime-wasi's sockets view of a store, and the namespace to make sockets in.
+struct PodSocketsView<'a> {
+    sockets: WasiSocketsCtxView<'a>,
+    netns: Option<&'a Arc<NetNs>>,
+}
+
+impl HasData for PodSockets {
+    type Data<'a> = PodSocketsView<'a>;
+}
+
+impl PodSockets {
+    fn view(state: &mut P2State) -> PodSocketsView<'_> {
+        PodSocketsView {
+            sockets: WasiSocketsCtxView { ctx: state.wasi.sockets(), table: &mut state.table },
+            netns: state.netns.as_ref(),
+        }
+    }
+}
+
+/// A trap for a namespace the guest's thread could not enter: a fault of the
+/// host (`setns` refused), never of the guest.
+fn not_entered(error: std::io::Error) -> SocketError {
+    SocketError::trap(wasmtime::format_err!("cannot enter the pod's network namespace to make a socket: {error}"))
+}
+
+/// The error conversions every `wasi:sockets` interface needs: wasmtime-wasi's.
+impl network::Host for PodSocketsView<'_> {
+    fn convert_error_code(&mut self, error: SocketError) -> wasmtime::Result<ErrorCode> {
+        network::Host::convert_error_code(&mut self.sockets, error)
+    }
+
+    fn network_error_code(&mut self, error: Resource<wasmtime::Error>) -> wasmtime::Result<Option<ErrorCode>> {
+        network::Host::network_error_code(&mut self.sockets, error)
+    }
+}
+
+impl network::HostNetwork for PodSocketsView<'_> {
+    fn drop(&mut self, this: Resource<wasmtime_wasi::p2::Network>) -> wasmtime::Result<()> {
+        network::HostNetwork::drop(&mut self.sockets, this)
+    }
+}
+
+impl tcp_create_socket::Host for PodSocketsView<'_> {
+    fn create_tcp_socket(&mut self, family: IpAddressFamily) -> SocketResult<Resource<TcpSocket>> {
+        let _inside = self.netns.map(|netns| netns.enter()).transpose().map_err(not_entered)?;
+        tcp_create_socket::Host::create_tcp_socket(&mut self.sockets, family)
+    }
+}
+
+impl udp_create_socket::Host for PodSocketsView<'_> {
+    async fn create_udp_socket(&mut self, family: IpAddressFamily) -> SocketResult<Resource<UdpSocket>> {
+        let netns = self.netns.cloned();
+        InNetNs::new(netns, udp_create_socket::Host::create_udp_socket(&mut self.sockets, family))
+            .await
+            .map_err(not_entered)?
+    }
 }
 
 /// A store for one component instance started with `spec`, `preopens` and
@@ -53,7 +254,16 @@ pub(in crate::wasm) fn store(
     (stdout, stderr): (Writer, Writer),
     usage: Arc<Usage>,
 ) -> Result<wasmtime::Store<P2State>> {
-    let wasi = super::wasi_builder(spec, preopens, stdout, stderr)?.build();
-    let state = P2State { wasi, table: ResourceTable::new(), limiter: MemoryLimiter::new(usage) };
+    let mut wasi = super::wasi_builder(spec, preopens, stdout, stderr)?;
+    // Every address of the pod's namespace (or the node's, for a hostNetwork
+    // pod), as a process in a Linux container has them.
+    wasi.inherit_network().allow_tcp(true).allow_udp(true).allow_ip_name_lookup(true);
+    let state = P2State {
+        wasi: wasi.build(),
+        table: ResourceTable::new(),
+        limiter: MemoryLimiter::new(usage),
+        netns: spec.netns.clone(),
+        resolver: spec.resolver.clone(),
+    };
     Ok(super::new_store(engine, state, |state| &mut state.limiter))
 }

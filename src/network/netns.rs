@@ -1,0 +1,192 @@
+//! Network namespaces: made and pinned for a pod, opened by their path
+//! whoever made them, and entered by the thread that creates a guest's socket.
+//!
+//! A pod's namespace is pinned by a bind mount of `/proc/thread-self/ns/net`
+//! on a file (`<state>/netns/<pod id>`), as `ip netns add` and containerd pin
+//! theirs, so it outlives the thread that made it and the CNI plugins can
+//! be handed its path (`CNI_NETNS`).
+//!
+//! A socket belongs to the namespace its creating thread is in at `socket(2)`
+//! time, and keeps it for its life: binds, listens, connects and accepted
+//! sockets all happen there. So a guest's sockets are made by entering its
+//! pod's namespace around the creation only ([`NetNs::enter`], [`InNetNs`]),
+//! on whichever thread runs the guest, and returning to the daemon's own
+//! namespace at once.
+
+use std::fs::File;
+use std::future::Future;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
+
+/// An open network namespace: a pod's, or one another runtime made.
+#[derive(Debug)]
+pub struct NetNs {
+    file: File,
+}
+
+impl NetNs {
+    /// Opens the namespace pinned at `path` (a bind mount of a namespace
+    /// file, or `/proc/<pid>/ns/net`). The namespace lives at least as long
+    /// as this value. Errors: whatever opening the file answers (`NotFound`
+    /// once it is unpinned).
+    pub fn open(path: &Path) -> io::Result<Self> {
+        Ok(Self { file: File::open(path)? })
+    }
+
+    /// Moves the calling thread into this namespace until the returned guard
+    /// is dropped, which moves it back to the daemon's own namespace. Hold the
+    /// guard only across synchronous code: a task that awaits with it held
+    /// would leave its worker thread in the pod's namespace for other tasks.
+    ///
+    /// Errors: `setns(2)`'s (`EPERM` without CAP_SYS_ADMIN).
+    pub fn enter(&self) -> io::Result<Entered> {
+        let home = daemon_namespace()?;
+        crate::sys::enter_network(&self.file)?;
+        Ok(Entered { home })
+    }
+}
+
+/// A thread inside a pod's namespace; dropping it moves the thread back.
+#[must_use = "the thread goes back to the daemon's namespace when this is dropped"]
+pub struct Entered {
+    home: &'static File,
+}
+
+impl Drop for Entered {
+    fn drop(&mut self) {
+        if let Err(error) = crate::sys::enter_network(self.home) {
+            // Cannot happen for a namespace file held open; if it ever did,
+            // this thread would go on making every later guest's sockets in
+            // another pod's namespace. Nothing is safe to run after that.
+            eprintln!("wasmrun: cannot return a thread to the daemon's network namespace: {error}; aborting");
+            std::process::abort();
+        }
+    }
+}
+
+/// The daemon's own network namespace: that of its main thread, which never
+/// leaves it (`/proc/self/ns/net` names the main thread's), opened once.
+fn daemon_namespace() -> io::Result<&'static File> {
+    static HOME: OnceLock<File> = OnceLock::new();
+    if let Some(home) = HOME.get() {
+        return Ok(home);
+    }
+    let file = File::open("/proc/self/ns/net")?;
+    Ok(HOME.get_or_init(|| file))
+}
+
+pin_project_lite::pin_project! {
+    /// A future polled inside a namespace: each poll runs on a thread moved
+    /// into `netns` for that poll only (nothing else runs on the thread
+    /// meanwhile). With no namespace, polled as it is, in the daemon's.
+    pub struct InNetNs<F> {
+        netns: Option<Arc<NetNs>>,
+        #[pin]
+        inner: F,
+    }
+}
+
+impl<F> InNetNs<F> {
+    pub fn new(netns: Option<Arc<NetNs>>, inner: F) -> Self {
+        Self { netns, inner }
+    }
+}
+
+impl<F: Future> Future for InNetNs<F> {
+    /// The inner future's output, or the error of entering the namespace.
+    type Output = io::Result<F::Output>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let _inside = match this.netns.as_deref().map(NetNs::enter).transpose() {
+            Ok(inside) => inside,
+            Err(error) => return Poll::Ready(Err(error)),
+        };
+        this.inner.poll(cx).map(Ok)
+    }
+}
+
+/// Makes a new network namespace with its loopback interface up and pins it
+/// at `path` (an empty file is created there), on a thread of its own that
+/// ends once it is pinned, so no thread of the daemon changes namespace.
+///
+/// Errors: `AlreadyExists` when `path` exists; `EPERM` without
+/// CAP_SYS_ADMIN; the kernel's limit on namespaces. Nothing is left at
+/// `path` after an error.
+pub async fn create(path: PathBuf) -> io::Result<()> {
+    let (done, result) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new().name("netns-create".into()).spawn(move || {
+        let _ = done.send(create_here(&path));
+    })?;
+    result.await.map_err(|_| io::Error::other("the thread making a network namespace ended early"))?
+}
+
+fn create_here(path: &Path) -> io::Result<()> {
+    std::fs::OpenOptions::new().write(true).create_new(true).open(path)?;
+    let made = (|| {
+        crate::sys::unshare_network()?;
+        crate::sys::set_loopback_up()?;
+        crate::sys::bind_mount(Path::new("/proc/thread-self/ns/net"), path)
+    })();
+    if made.is_err() {
+        let _ = std::fs::remove_file(path);
+    }
+    made
+}
+
+/// Unpins the namespace at `path` and removes the file; the namespace ends
+/// once no process, socket or open file holds it. A path that is not pinned,
+/// or is gone, is fine. Blocking: call it off the async workers.
+///
+/// Errors: whatever unmounting answers other than "not a mount point", or
+/// removing the file other than "not found".
+pub fn remove(path: &Path) -> io::Result<()> {
+    match crate::sys::unmount(path) {
+        Err(e) if !matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOENT)) => return Err(e),
+        _ => {}
+    }
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Needs root (CAP_SYS_ADMIN), as the daemon does; the suite runs as root.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_pinned_namespace_is_entered_and_left_around_a_socket() {
+        let dir = std::env::temp_dir().join(format!("wasmrun-netns-{}", rand::random::<u64>()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("pod");
+        create(path.clone()).await.expect("making a namespace (needs root)");
+        assert_eq!(create(path.clone()).await.unwrap_err().kind(), io::ErrorKind::AlreadyExists);
+        let netns = Arc::new(NetNs::open(&path).unwrap());
+        // A namespace is known by its inode.
+        use std::os::unix::fs::MetadataExt;
+        let current = || std::fs::metadata("/proc/thread-self/ns/net").unwrap().ino();
+        let (own, pod) = (current(), netns.file.metadata().unwrap().ino());
+        assert_ne!(own, pod);
+        // A listener on the same port in the pod and here: two namespaces.
+        let here = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = here.local_addr().unwrap().port();
+        let inside = InNetNs::new(Some(netns.clone()), async {
+            assert_eq!(current(), pod);
+            std::net::TcpListener::bind(("127.0.0.1", port))
+        })
+        .await
+        .unwrap()
+        .expect("loopback is up in the pod's namespace and the port is free there");
+        assert_eq!(current(), own, "back home after the poll");
+        drop((inside, here, netns));
+        remove(&path).unwrap();
+        remove(&path).unwrap();
+        assert!(!path.exists());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}

@@ -19,6 +19,7 @@ mod harness;
 mod append;
 mod cpu;
 mod density;
+mod netstart;
 mod pull;
 mod start;
 mod support;
@@ -50,6 +51,9 @@ struct Cli {
     throughput: throughput::Args,
 
     #[command(flatten)]
+    net_start: netstart::Args,
+
+    #[command(flatten)]
     append: append::Args,
 
     /// Given by `cargo bench` itself to every bench target; ignored.
@@ -71,6 +75,8 @@ enum Section {
     Throughput,
     /// One record line appended from a tokio task, by each way the daemon could make it.
     Append,
+    /// Pod start with pod networking (CNI bridge) against the plugins alone and containerd + runc.
+    NetStart,
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -91,6 +97,7 @@ async fn main() {
             Section::Start => start::run(&cli.start).await,
             Section::Throughput => throughput::run(&cli.throughput).await,
             Section::Append => append::run(&cli.append).await,
+            Section::NetStart => netstart::run(&cli.net_start).await,
         }
     }
 }

@@ -47,7 +47,7 @@ use crate::harness::{self, Containerd, Daemon, Runtime};
 use crate::support::{Latencies, Table, ms};
 
 /// The line the wasm `hello` fixture prints first.
-const WASM_LINE: &str = "hello from wasm";
+pub(crate) const WASM_LINE: &str = "hello from wasm";
 /// How long a start may take until its line is on disk.
 const LINE_LIMIT: Duration = Duration::from_secs(60);
 /// A row gives up after this many failed starts.
@@ -93,16 +93,19 @@ pub struct Args {
 
 /// The runtime a start goes to.
 #[derive(Clone)]
-struct Target {
-    name: &'static str,
-    rt: Runtime,
-    image: String,
+pub(crate) struct Target {
+    pub name: &'static str,
+    pub rt: Runtime,
+    pub image: String,
     /// The guest's first line.
-    line: &'static str,
-    /// Pods on the host network (containerd: no CNI here).
-    host_network: bool,
+    pub line: &'static str,
+    /// Pods on the host network as kubelet makes them for containerd (no
+    /// hostname; containerd: no CNI here).
+    pub host_network: bool,
+    /// Pods with a network namespace of their own, set up by CNI (section `net-start`).
+    pub pod_network: bool,
     /// For a compat image: the containers' `readonly_rootfs`.
-    readonly_rootfs: Option<bool>,
+    pub readonly_rootfs: Option<bool>,
 }
 
 /// One timed start.
@@ -123,11 +126,11 @@ struct Sample {
 }
 
 /// A row of the table: a runtime at one parallelism.
-struct Row {
-    label: String,
-    parallel: usize,
-    total: Latencies,
-    run_pod: Latencies,
+pub(crate) struct Row {
+    pub label: String,
+    pub parallel: usize,
+    pub total: Latencies,
+    pub run_pod: Latencies,
     create: Latencies,
     start: Latencies,
     after_start: Latencies,
@@ -136,11 +139,11 @@ struct Row {
     instantiate: Latencies,
     line_first: usize,
     samples: usize,
-    failures: Vec<String>,
+    pub failures: Vec<String>,
 }
 
 impl Row {
-    fn new(label: &str, parallel: usize) -> Self {
+    pub fn new(label: &str, parallel: usize) -> Self {
         Row {
             label: label.to_owned(),
             parallel,
@@ -175,11 +178,11 @@ impl Row {
         self.samples += 1;
     }
 
-    fn p50(&self) -> Option<Duration> {
+    pub fn p50(&self) -> Option<Duration> {
         self.total.percentile(50.0)
     }
 
-    fn cells(&self) -> Vec<String> {
+    pub fn cells(&self) -> Vec<String> {
         let p = |l: &Latencies, q: f64| l.percentile(q).map_or("-".into(), ms);
         let calls = self.samples > 0 && !self.label.starts_with("floor");
         let call = |l: &Latencies| if calls { p(l, 50.0) } else { "-".into() };
@@ -227,6 +230,7 @@ pub async fn run(args: &Args) {
         image: image.name.clone(),
         line: WASM_LINE,
         host_network: false,
+        pod_network: false,
         readonly_rootfs: None,
     };
 
@@ -383,7 +387,7 @@ pub async fn run(args: &Args) {
     println!();
 }
 
-const LEGEND: &str = "\
+pub(crate) const LEGEND: &str = "\
 p50/p99: from right before RunPodSandbox to the guest's first line in its log file (seen by inotify) with \
 StartContainer answered, whichever is later; the floor rows: new Store + WASI context, instantiate, _start to \
 completion, stdout in memory;
@@ -466,6 +470,7 @@ async fn peer(args: &Args, watcher: &Arc<Watcher>, rows: &mut Vec<Row>, notes: &
         image,
         line: harness::LINUX_HELLO_LINE,
         host_network: true,
+        pod_network: false,
         readonly_rootfs: None,
     };
     let warmup = (args.start_warmup as usize).min(3);
@@ -496,7 +501,7 @@ async fn peer(args: &Args, watcher: &Arc<Watcher>, rows: &mut Vec<Row>, notes: &
 
 /// `count` (at least 1) starts one at a time, not measured; returns notes on
 /// failures and the log of the first one.
-async fn warm_up(target: &Target, watcher: &Arc<Watcher>, count: usize) -> (Vec<String>, Option<String>) {
+pub(crate) async fn warm_up(target: &Target, watcher: &Arc<Watcher>, count: usize) -> (Vec<String>, Option<String>) {
     let mut notes = Vec::new();
     let mut first_log = None;
     for n in 0..count.max(1) {
@@ -528,7 +533,13 @@ async fn warm_up(target: &Target, watcher: &Arc<Watcher>, count: usize) -> (Vec<
 }
 
 /// Rounds of `parallel` starts launched together until there are `samples` samples.
-async fn measure(target: &Target, watcher: &Arc<Watcher>, label: &str, parallel: usize, samples: usize) -> Row {
+pub(crate) async fn measure(
+    target: &Target,
+    watcher: &Arc<Watcher>,
+    label: &str,
+    parallel: usize,
+    samples: usize,
+) -> Row {
     let mut row = Row::new(label, parallel);
     let rounds = samples.div_ceil(parallel);
     let mut n = 0;
@@ -593,6 +604,8 @@ fn prepare(target: &Target, watcher: &Arc<Watcher>, name: &str) -> Result<Prepar
     let uid = harness::new_uid();
     let pod = if target.host_network {
         harness::host_network_pod_config(name, &uid)
+    } else if target.pod_network {
+        harness::pod_network_config(name, &uid)
     } else {
         harness::pod_config(name, &uid)
     };
@@ -840,7 +853,7 @@ fn floor(
 
 /// Tells, through inotify, when a line is in a log file: one thread reads the
 /// events of every watched directory and checks the file each time it changes.
-struct Watcher {
+pub(crate) struct Watcher {
     shared: Arc<WatcherShared>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -860,7 +873,7 @@ struct Pending {
 }
 
 impl Watcher {
-    fn new() -> std::io::Result<Self> {
+    pub fn new() -> std::io::Result<Self> {
         // SAFETY: inotify_init1 takes no pointers.
         let fd = unsafe { libc::inotify_init1(libc::IN_CLOEXEC | libc::IN_NONBLOCK) };
         if fd < 0 {

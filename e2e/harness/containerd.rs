@@ -72,6 +72,8 @@ pub struct Containerd {
     pub dir: PathBuf,
     /// containerd's stdout and stderr (every start appends).
     pub log: PathBuf,
+    /// The network namespace it runs in (a [`super::TestNet`]'s); none: the machine's.
+    pub netns: Option<PathBuf>,
     /// The config file containerd is started with.
     pub config: PathBuf,
     process: Option<Process>,
@@ -113,6 +115,13 @@ impl Containerd {
     /// Starts a containerd in a new directory and waits until its CRI
     /// plugin answers `Version`.
     pub async fn start() -> Containerd {
+        Containerd::start_in(None).await
+    }
+
+    /// As [`Containerd::start`], inside the test's network namespace `net`
+    /// when there is one, with `net`'s CNI configuration (its pods then get
+    /// the same bridge network as the daemon's there).
+    pub async fn start_in(net: Option<&super::TestNet>) -> Containerd {
         reap_orphans();
         let pause = pause_image().await;
         let dir = scratch_dir("containerd");
@@ -120,8 +129,21 @@ impl Containerd {
         std::fs::write(&config, config_toml(&dir, &pause)).expect("write containerd config");
         write_registry_hosts(&dir.join("certs.d"), &registry().host());
         std::fs::create_dir_all(dir.join("cni/net.d")).expect("create CNI conf dir");
-        let mut containerd =
-            Containerd { socket: dir.join(SOCKET), log: dir.join(LOG), dir, config, process: None, channel: None };
+        if let Some(net) = net {
+            for file in std::fs::read_dir(net.conf_dir()).expect("read the namespace's CNI configs").flatten() {
+                std::fs::copy(file.path(), dir.join("cni/net.d").join(file.file_name())).expect("copy a CNI config");
+            }
+        }
+        let netns = net.map(|net| net.file.clone());
+        let mut containerd = Containerd {
+            socket: dir.join(SOCKET),
+            log: dir.join(LOG),
+            dir,
+            netns,
+            config,
+            process: None,
+            channel: None,
+        };
         containerd.spawn().await;
         containerd
     }
@@ -222,12 +244,20 @@ impl Containerd {
             assert!(Path::new(program).exists(), "{program} is missing; install it with `{CONTAINERD_INSTALL}`");
         }
         let (tx, rx) = mpsc::channel();
-        let (config, log) = (self.config.clone(), self.log.clone());
+        let (config, log, netns) = (self.config.clone(), self.log.clone(), self.netns.clone());
         std::thread::Builder::new()
             .name("e2e-containerd".into())
             .spawn(move || {
                 let spawned = OpenOptions::new().create(true).append(true).open(&log).and_then(|log| {
-                    let mut cmd = Command::new(CONTAINERD_BIN);
+                    // nsenter (changing only the network namespace) execs containerd: the pid is containerd's.
+                    let mut cmd = match &netns {
+                        Some(netns) => {
+                            let mut cmd = Command::new("nsenter");
+                            cmd.arg(format!("--net={}", netns.display())).arg("--").arg(CONTAINERD_BIN);
+                            cmd
+                        }
+                        None => Command::new(CONTAINERD_BIN),
+                    };
                     cmd.arg("--config")
                         .arg(&config)
                         .stdin(Stdio::null())

@@ -16,8 +16,8 @@
 //!   the same daemon with `network: NODE`.
 //! - CNI plugins alone: the same configuration list run by the daemon's own
 //!   CNI code (`wasmrun::cni`), from a thread inside the namespace, on a
-//!   namespace made (untimed) by the daemon's own code (`wasmrun::netns`):
-//!   ADD timed, then DEL (timed apart) and the namespace removed.
+//!   namespace made by the daemon's own code (`wasmrun::netns`, timed
+//!   apart): ADD timed, then DEL (timed apart) and the namespace removed.
 //! - containerd + runc: the static C `hello` program in a pod with its own
 //!   network namespace, containerd running the same `.conflist` (and its
 //!   own loopback plugin).
@@ -25,7 +25,7 @@
 //!   (no containers), less its RSS before, per pod.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use tokio::task::JoinSet;
 use wasmrun::api::{ImageSpec, PullImageRequest, RemovePodSandboxRequest, RunPodSandboxRequest, StopPodSandboxRequest};
@@ -96,22 +96,34 @@ pub async fn run(args: &Args) {
 
     let mut rows: Vec<Row> = Vec::new();
     for (target, label) in [(&networked, "wasmrun, pod network"), (&host, "wasmrun, host network")] {
-        notes.extend(warm_up(target, &watcher, 5).await.0);
+        notes.extend(warm_up(target, &watcher, WARM_UPS).await.0);
         for &parallel in &parallels {
             eprintln!("net-start: {label}, {parallel} at a time, {samples} samples");
             rows.push(measure(target, &watcher, label, parallel, samples).await);
         }
     }
 
-    let mut plugin_rows: Vec<(usize, Latencies, Latencies)> = Vec::new();
+    let mut plugin_rows: Vec<(usize, Alone)> = Vec::new();
     for &parallel in &parallels {
         eprintln!("net-start: the CNI plugins alone, {parallel} at a time, {samples} samples");
         match plugins_alone(&net, parallel, samples) {
-            Ok((add, del)) => plugin_rows.push((parallel, add, del)),
+            Ok(alone) => plugin_rows.push((parallel, alone)),
             Err(e) => notes.push(format!("ERROR: the plugins alone at {parallel} in parallel: {e}")),
         }
     }
 
+    // The daemon's own measure of each networked RunPodSandbox: its network
+    // setup, and the CNI plugins' ADD within it (the log's "pod sandbox ready").
+    // In the log's order: the warm-ups, then each pod-network row in turn.
+    let mut own_share = own_share_from_log(&daemon.log_path()).into_iter().skip(WARM_UPS);
+    let own_shares: Vec<(usize, Latencies)> = parallels
+        .iter()
+        .map(|&parallel| {
+            let mut row = Latencies::default();
+            own_share.by_ref().take(samples.div_ceil(parallel) * parallel).for_each(|d| row.push(d));
+            (parallel, row)
+        })
+        .collect();
     eprintln!("net-start: the daemon's memory per pod, {} pods of each kind", args.net_pods);
     match daemon.pid().map(Process) {
         Some(process) => {
@@ -167,17 +179,18 @@ pub async fn run(args: &Args) {
 
     let mut split = Table::new(&[
         "parallel",
-        "wasmrun RunPod p50 (pod network)",
-        "plugins' ADD alone p50",
+        "wasmrun RunPod (pod network)",
+        "plugins' ADD alone",
         "wasmrun's own share",
-        "wasmrun RunPod p50 (host network)",
-        "plugins' DEL alone p50",
+        "making a namespace (wasmrun: made ahead)",
+        "wasmrun RunPod (host network)",
+        "plugins' DEL alone",
         "target",
     ]);
     let run_pod = |label: &str, n: usize| {
         rows.iter().find(|r| r.label == label && r.parallel == n).and_then(|r| r.run_pod.percentile(50.0))
     };
-    for (parallel, add, del) in &plugin_rows {
+    for (parallel, Alone { add, del, netns }) in &plugin_rows {
         let ours = run_pod("wasmrun, pod network", *parallel);
         let share = match (ours, add.percentile(50.0)) {
             (Some(ours), Some(add)) if ours >= add => ms(ours - add),
@@ -189,6 +202,7 @@ pub async fn run(args: &Args) {
             ours.map(ms).unwrap_or_else(|| "-".into()),
             add.percentile(50.0).map(ms).unwrap_or_else(|| "-".into()),
             share,
+            netns.percentile(50.0).map(ms).unwrap_or_else(|| "-".into()),
             run_pod("wasmrun, host network", *parallel).map(ms).unwrap_or_else(|| "-".into()),
             del.percentile(50.0).map(ms).unwrap_or_else(|| "-".into()),
             "share < 1 ms".into(),
@@ -196,6 +210,15 @@ pub async fn run(args: &Args) {
     }
     println!("== net-start: where a networked RunPodSandbox's time goes (p50s, ms) ==");
     println!("{}", split.render());
+    for (parallel, share) in &own_shares {
+        println!(
+            "the daemon's own measure at {parallel} in parallel ({} pods): its network setup less the plugins' ADD \
+             within it (the config loaded, the pod's record written before ADD, a namespace taken or made, opened): \
+             p50/p99 {} ms; target < 1 ms",
+            share.len(),
+            share.p50_p99()
+        );
+    }
     for row in rows.iter().chain(&peer_rows) {
         for failure in &row.failures {
             notes.push(format!("FAILED start ({} at {} in parallel): {failure}", row.label, row.parallel));
@@ -209,9 +232,37 @@ pub async fn run(args: &Args) {
     println!();
 }
 
-/// ADD (timed), then DEL (timed) and the namespace removed, of `net`'s CNI
-/// configuration on fresh namespaces, `parallel` at a time until `samples`.
-fn plugins_alone(net: &TestNet, parallel: usize, samples: usize) -> Result<(Latencies, Latencies), String> {
+/// Warm-up starts before each kind of wasmrun row.
+const WARM_UPS: usize = 5;
+
+/// `network_setup_us` less `cni_add_us` of each "pod sandbox ready" line of
+/// the daemon's log, in order.
+fn own_share_from_log(log: &std::path::Path) -> Vec<std::time::Duration> {
+    let mut share = Vec::new();
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    for line in text.lines().filter(|line| line.contains("pod sandbox ready")) {
+        let field = |key: &str| {
+            line.split_whitespace().find_map(|word| word.strip_prefix(key)?.strip_prefix('=')?.parse::<u64>().ok())
+        };
+        if let (Some(setup), Some(add)) = (field("network_setup_us"), field("cni_add_us")) {
+            share.push(std::time::Duration::from_micros(setup.saturating_sub(add)));
+        }
+    }
+    share
+}
+
+/// What the plugins alone took, and making a pod's namespace.
+struct Alone {
+    add: Latencies,
+    del: Latencies,
+    /// `wasmrun::netns::create`: a thread unsharing a namespace, loopback up, pinned.
+    netns: Latencies,
+}
+
+/// A namespace made (timed), ADD (timed), then DEL (timed) and the
+/// namespace removed, of `net`'s CNI configuration, `parallel` at a time
+/// until `samples`.
+fn plugins_alone(net: &TestNet, parallel: usize, samples: usize) -> Result<Alone, String> {
     let list = wasmrun::cni::load(&net.conf_dir())?;
     let pins = net.dir.join("bench-pins");
     std::fs::create_dir_all(&pins).map_err(|e| format!("creating {}: {e}", pins.display()))?;
@@ -222,7 +273,7 @@ fn plugins_alone(net: &TestNet, parallel: usize, samples: usize) -> Result<(Late
             .build()
             .map_err(|e| format!("a runtime in the namespace: {e}"))?;
         runtime.block_on(async {
-            let (mut add, mut del) = (Latencies::default(), Latencies::default());
+            let (mut add, mut del, mut netns) = (Latencies::default(), Latencies::default(), Latencies::default());
             let list = Arc::new(list);
             for round in 0..samples.div_ceil(parallel) {
                 let mut tasks = JoinSet::new();
@@ -230,7 +281,9 @@ fn plugins_alone(net: &TestNet, parallel: usize, samples: usize) -> Result<(Late
                     let (list, id) = (list.clone(), format!("bench-plugins-{round}-{n}"));
                     let pin = pins.join(&id);
                     tasks.spawn(async move {
+                        let started = Instant::now();
                         wasmrun::netns::create(pin.clone()).await.map_err(|e| format!("a namespace: {e}"))?;
+                        let netns_time = started.elapsed();
                         let args: Vec<(String, String)> = [
                             ("IgnoreUnknown", "1"),
                             ("K8S_POD_NAMESPACE", "default"),
@@ -260,16 +313,17 @@ fn plugins_alone(net: &TestNet, parallel: usize, samples: usize) -> Result<(Late
                         let _ = wasmrun::netns::remove(&pin);
                         added.map_err(|e| e.to_string())?;
                         deleted.map_err(|e| e.to_string())?;
-                        Ok::<(Duration, Duration), String>((add_time, del_time))
+                        Ok::<_, String>((netns_time, add_time, del_time))
                     });
                 }
                 while let Some(joined) = tasks.join_next().await {
-                    let (add_time, del_time) = joined.map_err(|e| e.to_string())??;
+                    let (netns_time, add_time, del_time) = joined.map_err(|e| e.to_string())??;
+                    netns.push(netns_time);
                     add.push(add_time);
                     del.push(del_time);
                 }
             }
-            Ok((add, del))
+            Ok(Alone { add, del, netns })
         })
     })
 }

@@ -78,6 +78,9 @@ pub struct Config {
     pub cni_conf_dir: PathBuf,
     /// Where CNI plugins are looked for, in order (containerd's `bin_dirs`).
     pub cni_bin_dirs: Vec<PathBuf>,
+    /// Network namespaces made ahead of the pods that will take them, so
+    /// that RunPodSandbox does not wait for one to be made; 0: none.
+    pub netns_pool_size: usize,
 }
 
 /// How to reach one registry.
@@ -114,6 +117,7 @@ impl Default for Config {
             shutdown_grace_secs: 10,
             cni_conf_dir: "/etc/cni/net.d".into(),
             cni_bin_dirs: vec!["/opt/cni/bin".into()],
+            netns_pool_size: 4,
         }
     }
 }
@@ -289,6 +293,9 @@ impl Config {
         }
         if self.cni_bin_dirs.is_empty() || self.cni_bin_dirs.iter().any(|dir| !dir.is_absolute()) {
             bail!("config: `cni_bin_dirs` must list at least one directory, each an absolute path");
+        }
+        if self.netns_pool_size > 1024 {
+            bail!("config: `netns_pool_size` must be at most 1024");
         }
         if self.max_manifest_bytes == 0 || self.max_blob_bytes == 0 {
             bail!("config: `max_manifest_bytes` and `max_blob_bytes` must be above 0");

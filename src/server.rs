@@ -67,6 +67,8 @@ pub struct Daemon {
     grace: Duration,
     cri: Routes,
     cri_listener: UnixListener,
+    /// Pods' networks: its pool of namespaces made ahead is emptied at the end.
+    network: Arc<Network>,
     /// Held for the daemon's life: one daemon per root.
     _root_lock: std::fs::File,
 }
@@ -97,14 +99,20 @@ impl Daemon {
         };
         let images = Arc::new(Images::open(&config.root, options, engine.clone()).await?);
         let programs = Arc::new(ImagePrograms { images: images.clone(), engine: engine.clone() });
-        let network = Arc::new(Network::new(config.cni_conf_dir.clone(), config.cni_bin_dirs.clone(), &config.state));
+        let network = Arc::new(Network::new(
+            config.cni_conf_dir.clone(),
+            config.cni_bin_dirs.clone(),
+            &config.state,
+            config.netns_pool_size,
+        )?);
+        network.fill_pool().await;
         let pods = Arc::new(Pods::open(programs, engine, network.clone(), &config.root, &config.state).await?);
         let backing = config
             .backing_endpoint
             .as_deref()
             .map(|endpoint| Backing::new(endpoint, Duration::from_secs(config.backing_connect_timeout_secs)))
             .transpose()?;
-        let cri = cri_services(&config, pods.clone(), images, network, backing);
+        let cri = cri_services(&config, pods.clone(), images, network.clone(), backing);
 
         let cri_listener = bind(&config.socket)?;
         Ok(Self {
@@ -113,6 +121,7 @@ impl Daemon {
             grace: Duration::from_secs(config.shutdown_grace_secs),
             cri,
             cri_listener,
+            network,
             _root_lock: root_lock,
         })
     }
@@ -125,7 +134,7 @@ impl Daemon {
     /// A second listener (metrics, streaming) is one more `listeners.spawn`
     /// of a future that serves until `stop` is cancelled.
     pub async fn serve(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let Daemon { socket, root, grace, cri, cri_listener, _root_lock } = self;
+        let Daemon { socket, root, grace, cri, cri_listener, network, _root_lock } = self;
         // Cancelled by the caller's signal or by a failing listener; cancelling
         // it never cancels the caller's token.
         let stop = shutdown.child_token();
@@ -159,6 +168,8 @@ impl Daemon {
         // Listeners still running after the grace are aborted here.
         drop(listeners);
         let _ = std::fs::remove_file(&socket);
+        // Namespaces made ahead were never given to a pod: nothing holds them after us.
+        network.empty_pool().await;
         served?;
         tracing::info!("wasmrun stopped");
         Ok(())

@@ -22,6 +22,7 @@ pub mod netns;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
@@ -42,6 +43,8 @@ pub struct Network {
     bin_dirs: Vec<PathBuf>,
     /// `<state>/netns`: where pods' namespaces are pinned.
     netns_dir: PathBuf,
+    /// Namespaces made ahead (`<state>/netns-pool`).
+    pool: Arc<netns::Pool>,
 }
 
 /// What a pod's network is: everything its CNI DEL and unpinning need.
@@ -104,9 +107,38 @@ impl Attachment {
 
 impl Network {
     /// CNI configuration read from `conf_dir`, plugins looked for in
-    /// `bin_dirs`, namespaces pinned under `<state_dir>/netns`.
-    pub fn new(conf_dir: PathBuf, bin_dirs: Vec<PathBuf>, state_dir: &Path) -> Self {
-        Self { conf_dir, bin_dirs, netns_dir: state_dir.join("netns") }
+    /// `bin_dirs`, namespaces pinned under `<state_dir>/netns`, up to
+    /// `pool_size` of them made ahead under `<state_dir>/netns-pool` (emptied
+    /// now, filled in the background once a runtime runs: see
+    /// [`Network::fill_pool`]). Blocking.
+    ///
+    /// Errors: Internal when the pool's directory or the pins' directory
+    /// cannot be made, or the pool emptied.
+    pub fn new(conf_dir: PathBuf, bin_dirs: Vec<PathBuf>, state_dir: &Path, pool_size: usize) -> Result<Self> {
+        let pool_dir = state_dir.join("netns-pool");
+        let pool = netns::Pool::new(pool_dir.clone(), pool_size)
+            .map_err(|e| Error::internal(format!("emptying the network namespace pool {}", pool_dir.display()), e))?;
+        let netns_dir = state_dir.join("netns");
+        std::fs::create_dir_all(&netns_dir)
+            .map_err(|e| Error::internal(format!("creating {}", netns_dir.display()), e))?;
+        Ok(Self { conf_dir, bin_dirs, netns_dir, pool: Arc::new(pool) })
+    }
+
+    /// Starts making namespaces ahead of the pods, when there is a CNI
+    /// configuration (a node whose pods all use the host's network needs
+    /// none). Call it from a runtime.
+    pub async fn fill_pool(&self) {
+        if self.ready().await.is_ok() {
+            self.pool.refill();
+        }
+    }
+
+    /// Unpins the namespaces made ahead (at shutdown: a stopped daemon holds none).
+    pub async fn empty_pool(&self) {
+        let pool = self.pool.clone();
+        if let Err(e) = tokio::task::spawn_blocking(move || pool.empty()).await {
+            tracing::warn!(error = %e, "cannot empty the network namespace pool");
+        }
     }
 
     /// Whether pods can get a network: a usable configuration is in the
@@ -146,18 +178,16 @@ impl Network {
         })
     }
 
-    /// Makes the pod's namespace (loopback up), pins it, and runs CNI ADD on
-    /// it; records the result in `attachment`. Returns the open namespace.
+    /// Makes the pod's namespace (loopback up; one made ahead when the pool
+    /// has one), pins it, and runs CNI ADD on it; records the result in
+    /// `attachment`. Returns the open namespace, and how long ADD took.
     ///
     /// Errors: Internal when the namespace cannot be made; FailedPrecondition
     /// naming the plugin and its error output when ADD fails. Either way
     /// nothing is left: what ADD did is deleted (DEL) and the namespace is
     /// removed.
-    pub async fn attach(&self, pod_id: &str, attachment: &mut Attachment) -> Result<NetNs> {
-        tokio::fs::create_dir_all(&self.netns_dir)
-            .await
-            .map_err(|e| Error::internal(format!("creating {}", self.netns_dir.display()), e))?;
-        netns::create(attachment.netns.clone()).await.map_err(|e| {
+    pub async fn attach(&self, pod_id: &str, attachment: &mut Attachment) -> Result<(NetNs, Duration)> {
+        self.pool.take(attachment.netns.clone()).await.map_err(|e| {
             Error::internal(
                 format!("making the network namespace of pod sandbox {pod_id} at {}", attachment.netns.display()),
                 e,
@@ -165,6 +195,7 @@ impl Network {
         })?;
         let opened = NetNs::open(&attachment.netns)
             .map_err(|e| Error::internal(format!("opening the network namespace of pod sandbox {pod_id}"), e));
+        let adding = Instant::now();
         let added = match opened {
             Ok(netns) => cni::add(&attachment.network, &self.invocation(pod_id, attachment, &attachment.netns))
                 .await
@@ -177,7 +208,7 @@ impl Network {
         match added {
             Ok((netns, result)) => {
                 attachment.result = Some(result);
-                Ok(netns)
+                Ok((netns, adding.elapsed()))
             }
             Err(error) => {
                 // Whatever ADD did before it failed: DEL is made to undo a partial ADD.

@@ -137,6 +137,127 @@ fn create_here(path: &Path) -> io::Result<()> {
     made
 }
 
+/// Namespaces made ahead of the pods that will take them: making one (a
+/// thread unsharing, loopback up, a bind mount) costs about 1.3 ms, most of
+/// it in the kernel, and namespaces made together wait for each other
+/// (`cargo bench -- net-start`). A RunPodSandbox that finds one ready only
+/// pins it again at the pod's path (a bind mount); its pool pin is removed
+/// and the pool refilled in the background.
+///
+/// Pooled namespaces are pinned under their own directory, which is
+/// emptied when the pool is made: what an earlier daemon left there was
+/// never given to a pod.
+#[derive(Debug)]
+pub struct Pool {
+    dir: PathBuf,
+    size: usize,
+    ready: std::sync::Mutex<Vec<PathBuf>>,
+    refilling: std::sync::atomic::AtomicBool,
+    next: std::sync::atomic::AtomicU64,
+}
+
+impl Pool {
+    /// A pool of up to `size` namespaces pinned in `dir` (0: none kept, each
+    /// pod's made when it is run), emptied of an earlier daemon's. Blocking.
+    /// Call [`Pool::refill`] to fill it.
+    ///
+    /// Errors: `dir` cannot be made or emptied.
+    pub fn new(dir: PathBuf, size: usize) -> io::Result<Self> {
+        std::fs::create_dir_all(&dir)?;
+        for entry in std::fs::read_dir(&dir)? {
+            remove(&entry?.path())?;
+        }
+        Ok(Self {
+            dir,
+            size,
+            ready: std::sync::Mutex::new(Vec::new()),
+            refilling: std::sync::atomic::AtomicBool::new(false),
+            next: std::sync::atomic::AtomicU64::new(0),
+        })
+    }
+
+    /// A new namespace pinned at `path`: a pooled one pinned there when one is
+    /// ready (its pool pin removed, and the pool refilled, in the
+    /// background), else one made now.
+    ///
+    /// Errors: as [`create`]; a pooled namespace that cannot be moved is
+    /// removed, and one is made instead.
+    pub async fn take(self: &Arc<Self>, path: PathBuf) -> io::Result<()> {
+        let pooled = self.ready.lock().unwrap().pop();
+        self.refill();
+        if let Some(pooled) = pooled {
+            let moved = crate::blocking::in_place(|| pin_again(&pooled, &path));
+            match moved {
+                Ok(()) => {
+                    // Unmounting waits for the kernel's RCU grace period
+                    // (about a millisecond here): off the pod's path.
+                    tokio::task::spawn_blocking(move || {
+                        if let Err(error) = remove(&pooled) {
+                            tracing::warn!(%error, pooled = %pooled.display(), "cannot unpin a pooled network namespace");
+                        }
+                    });
+                    return Ok(());
+                }
+                Err(error) => {
+                    tracing::warn!(%error, pooled = %pooled.display(), "cannot move a pooled network namespace; making one");
+                    let _ = crate::blocking::in_place(|| remove(&pooled));
+                }
+            }
+        }
+        create(path).await
+    }
+
+    /// Fills the pool up to its size, one namespace at a time, in a task of
+    /// its own (at most one such task runs); returns at once.
+    pub fn refill(self: &Arc<Self>) {
+        use std::sync::atomic::Ordering;
+        if self.size == 0 || self.refilling.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let pool = self.clone();
+        tokio::spawn(async move {
+            while pool.ready.lock().unwrap().len() < pool.size {
+                let path = pool.dir.join(pool.next.fetch_add(1, Ordering::Relaxed).to_string());
+                match create(path.clone()).await {
+                    Ok(()) => pool.ready.lock().unwrap().push(path),
+                    Err(error) => {
+                        tracing::warn!(%error, "cannot make a network namespace ahead of a pod");
+                        break;
+                    }
+                }
+            }
+            pool.refilling.store(false, Ordering::Release);
+        });
+    }
+
+    /// Unpins and removes every namespace ready now (those a refill makes
+    /// later are kept); failures are logged. Blocking.
+    pub fn empty(&self) {
+        for path in std::mem::take(&mut *self.ready.lock().unwrap()) {
+            if let Err(error) = remove(&path) {
+                tracing::warn!(%error, path = %path.display(), "cannot remove a pooled network namespace");
+            }
+        }
+    }
+
+    /// How many namespaces are ready now.
+    #[cfg(test)]
+    fn ready(&self) -> usize {
+        self.ready.lock().unwrap().len()
+    }
+}
+
+/// Pins the namespace pinned at `from` at `to` too (a new file). Nothing is
+/// left at `to` on an error.
+fn pin_again(from: &Path, to: &Path) -> io::Result<()> {
+    std::fs::OpenOptions::new().write(true).create_new(true).open(to)?;
+    if let Err(error) = crate::sys::bind_mount(from, to) {
+        let _ = std::fs::remove_file(to);
+        return Err(error);
+    }
+    Ok(())
+}
+
 /// Unpins the namespace at `path` and removes the file; the namespace ends
 /// once no process, socket or open file holds it. A path that is not pinned,
 /// or is gone, is fine. Blocking: call it off the async workers.
@@ -187,6 +308,45 @@ mod tests {
         remove(&path).unwrap();
         remove(&path).unwrap();
         assert!(!path.exists());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_pooled_namespace_is_moved_to_the_pod_and_the_pool_refilled() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = std::env::temp_dir().join(format!("wasmrun-netns-pool-{}", rand::random::<u64>()));
+        let pool_dir = dir.join("pool");
+        std::fs::create_dir_all(&pool_dir).unwrap();
+        // What an earlier daemon left is removed.
+        create(pool_dir.join("left")).await.unwrap();
+        let pool = Arc::new(Pool::new(pool_dir.clone(), 2).unwrap());
+        assert_eq!(std::fs::read_dir(&pool_dir).unwrap().count(), 0);
+        pool.refill();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while pool.ready() < 2 {
+            assert!(std::time::Instant::now() < deadline, "the pool was not filled");
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        let pooled_inode = std::fs::metadata(pool.ready.lock().unwrap().last().unwrap()).unwrap().ino();
+        let pod = dir.join("pod");
+        pool.take(pod.clone()).await.unwrap();
+        // The pod got the pooled namespace itself, and it works: loopback is up.
+        assert_eq!(std::fs::metadata(&pod).unwrap().ino(), pooled_inode);
+        let netns = Arc::new(NetNs::open(&pod).unwrap());
+        InNetNs::new(Some(netns), async { std::net::TcpListener::bind("127.0.0.1:0") }).await.unwrap().unwrap();
+        // Refilled, and the taken one's pool pin removed.
+        while pool.ready() < 2 || std::fs::read_dir(&pool_dir).unwrap().count() != 2 {
+            assert!(std::time::Instant::now() < deadline, "the pool was not refilled");
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        // An empty pool makes one at once.
+        let empty = Arc::new(Pool::new(dir.join("none"), 0).unwrap());
+        empty.take(dir.join("pod2")).await.unwrap();
+        assert!(NetNs::open(&dir.join("pod2")).is_ok());
+        for path in [pod, dir.join("pod2")] {
+            remove(&path).unwrap();
+        }
+        drop(Pool::new(pool_dir, 0).unwrap());
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -300,7 +300,17 @@ impl Pods {
         }
     }
 
-    pub async fn run_pod(&self, config: api::PodSandboxConfig, runtime_handler: &str) -> Result<Arc<Sandbox>> {
+    /// Runs a pod: checks its config, reserves its name, sets up its network
+    /// (a namespace of its own, unless hostNetwork), records it, and makes
+    /// it visible. Errors: InvalidArgument for a bad config, AlreadyExists
+    /// for a name in use, the network's (FailedPrecondition without a CNI
+    /// config or when a plugin fails), Internal when it cannot be recorded;
+    /// after any of them nothing of the pod is left.
+    pub async fn run_pod(
+        self: &Arc<Self>,
+        config: api::PodSandboxConfig,
+        runtime_handler: &str,
+    ) -> Result<Arc<Sandbox>> {
         let metadata = config
             .metadata
             .as_ref()
@@ -313,18 +323,42 @@ impl Pods {
         if !self.registry.lock().unwrap().names.insert(name.clone()) {
             return Err(Error::AlreadyExists(format!("pod sandbox {name} already exists: remove it first")));
         }
+        if !network::has_own_namespace(&config) {
+            return self.admit(name, config, runtime_handler.to_owned()).await;
+        }
+        // A client that gives up (kubelet's request timeout) drops this call
+        // between awaits: the rest runs as a task of its own, so that it
+        // always ends with a pod or with nothing (no namespace, no address,
+        // no reserved name).
+        let pods = self.clone();
+        let runtime_handler = runtime_handler.to_owned();
+        tokio::spawn(async move { pods.admit(name, config, runtime_handler).await })
+            .await
+            .map_err(|e| Error::internal("running a pod sandbox", e))?
+    }
+
+    /// The rest of [`Pods::run_pod`], once the pod's name is reserved.
+    async fn admit(
+        &self,
+        name: String,
+        config: api::PodSandboxConfig,
+        runtime_handler: String,
+    ) -> Result<Arc<Sandbox>> {
+        let runtime_handler = runtime_handler.as_str();
         let (id, created_at) = (new_id(), crate::clock::now_nanos());
-        let (attachment, netns) = if network::has_own_namespace(&config) {
+        let setting_up = std::time::Instant::now();
+        let (attachment, netns, cni_add) = if network::has_own_namespace(&config) {
             match self.set_up_network(&id, &config, runtime_handler, created_at).await {
-                Ok((attachment, netns)) => (Some(attachment), Some(Arc::new(netns))),
+                Ok((attachment, netns, cni_add)) => (Some(attachment), Some(Arc::new(netns)), Some(cni_add)),
                 Err(e) => {
                     self.registry.lock().unwrap().names.remove(&name);
                     return Err(e);
                 }
             }
         } else {
-            (None, None)
+            (None, None, None)
         };
+        let network_setup = setting_up.elapsed();
         let network = PodNetwork::new(&id, &config, attachment, netns);
         let sandbox = Arc::new(Sandbox::new(id, config, runtime_handler.to_owned(), created_at, true, network));
         // Recorded before it is visible: a pod kubelet was told of is never lost.
@@ -340,22 +374,33 @@ impl Pods {
         }
         self.registry.lock().unwrap().sandboxes.insert(sandbox.id.clone(), sandbox.clone());
         self.pod_changes.record();
-        tracing::info!(pod = %sandbox.id, %name, "pod sandbox ready");
+        match cni_add {
+            // How long setting up its network took, and the CNI plugins' part of it.
+            Some(cni_add) => tracing::info!(
+                pod = %sandbox.id,
+                %name,
+                network_setup_us = network_setup.as_micros() as u64,
+                cni_add_us = cni_add.as_micros() as u64,
+                "pod sandbox ready"
+            ),
+            None => tracing::info!(pod = %sandbox.id, %name, "pod sandbox ready"),
+        }
         Ok(sandbox)
     }
 
     /// Sets up the network of pod `id` (not yet visible): its namespace, CNI
     /// ADD. The attachment is recorded (the pod not ready) before anything is
     /// made, so that a daemon killed meanwhile leaves a pod whose removal
-    /// tears it down. Errors: the network's (see [`Network::attach`]), after
-    /// which nothing is left, the record included.
+    /// tears it down. Returns the attachment, the namespace and how long ADD
+    /// took. Errors: the network's (see [`Network::attach`]), after which
+    /// nothing is left, the record included.
     async fn set_up_network(
         &self,
         id: &str,
         config: &api::PodSandboxConfig,
         runtime_handler: &str,
         created_at: i64,
-    ) -> Result<(Attachment, NetNs)> {
+    ) -> Result<(Attachment, NetNs, std::time::Duration)> {
         let mut attachment = self.network.prepare(id, config).await?;
         let pending = Sandbox::new(
             id.to_owned(),
@@ -367,7 +412,7 @@ impl Pods {
         );
         self.records.save_sandbox(&pending.record())?;
         match self.network.attach(id, &mut attachment).await {
-            Ok(netns) => Ok((attachment, netns)),
+            Ok((netns, cni_add)) => Ok((attachment, netns, cni_add)),
             Err(e) => {
                 if let Err(e) = self.records.delete_sandbox(id) {
                     tracing::warn!(pod = %id, error = %e, "cannot delete the record of a pod that failed to start");

@@ -120,7 +120,8 @@ impl Dirs {
         let engine = Engine::new(&self.0.join("root/cache"), 64 << 20).unwrap();
         let programs = Arc::new(Wat::new(engine.clone()));
         // No CNI configuration: these pods use the host's network (see `pod_config`).
-        let network = Arc::new(Network::new(self.0.join("cni"), vec![self.0.join("cni-bin")], &self.0.join("state")));
+        let network =
+            Arc::new(Network::new(self.0.join("cni"), vec![self.0.join("cni-bin")], &self.0.join("state"), 0).unwrap());
         Arc::new(Pods::open(programs, engine, network, &self.0.join("root"), &self.0.join("state")).await.unwrap())
     }
 

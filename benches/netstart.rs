@@ -28,10 +28,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::task::JoinSet;
-use wasmrun::api::{ImageSpec, PullImageRequest, RemovePodSandboxRequest, RunPodSandboxRequest, StopPodSandboxRequest};
+use wasmrun::api::{RemovePodSandboxRequest, RunPodSandboxRequest, StopPodSandboxRequest};
 
-use crate::harness::{self, Containerd, Daemon, TestNet};
-use crate::start::{LEGEND, Row, Target, WASM_LINE, Watcher, measure, warm_up};
+use crate::harness::{self, Daemon, TestNet};
+use crate::start::{LEGEND, Peer, Row, Target, WASM_LINE, Watcher, measure, warm_up};
 use crate::support::{Latencies, Process, Table, kib, ms};
 
 #[derive(clap::Args, Debug, Clone)]
@@ -151,7 +151,13 @@ pub async fn run(args: &Args) {
     if args.net_no_peer {
         notes.push("containerd + runc rows left out (--net-no-peer)".into());
     } else {
-        peer(&net, args, &watcher, &mut peer_rows, &mut notes).await;
+        let peer = Peer {
+            net: Some((net.file.clone(), net.conf_dir())),
+            warmup: 3,
+            parallels: &parallels,
+            samples: args.net_peer_samples as usize,
+        };
+        peer.rows(&watcher, &mut peer_rows, &mut notes).await;
     }
 
     let mut table = Table::new(&[
@@ -295,7 +301,9 @@ fn plugins_alone(net: &TestNet, parallel: usize, samples: usize) -> Result<Alone
                         .map(|(k, v)| (k.to_owned(), v.to_owned()))
                         .collect();
                         let bin_dirs = [std::path::PathBuf::from(harness::netns::CNI_BIN_DIR)];
-                        let capabilities = serde_json::Map::new();
+                        // What the daemon gives a pod without host ports (portmap declares only this).
+                        let capabilities: serde_json::Map<String, serde_json::Value> =
+                            [("portMappings".to_owned(), serde_json::json!([]))].into_iter().collect();
                         let invocation = wasmrun::cni::Invocation {
                             bin_dirs: &bin_dirs,
                             container_id: &id,
@@ -350,48 +358,4 @@ async fn memory_per_pod(daemon: &Daemon, process: Process, network: bool, count:
         let _ = rt.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: id }).await;
     }
     Ok(after.saturating_sub(before) as f64 / count as f64)
-}
-
-/// containerd + runc rows, in the namespace, with the same configuration.
-async fn peer(net: &TestNet, args: &Args, watcher: &Arc<Watcher>, rows: &mut Vec<Row>, notes: &mut Vec<String>) {
-    eprintln!("net-start: containerd in the namespace");
-    let containerd = Containerd::start_in(Some(net)).await;
-    let image = harness::linux_hello_image().await;
-    let mut images = containerd.images();
-    for name in [harness::pause_image().await, image.clone()] {
-        let pull = images.pull_image(PullImageRequest {
-            image: Some(ImageSpec { image: name.clone(), ..Default::default() }),
-            ..Default::default()
-        });
-        if let Err(e) = pull.await {
-            notes.push(format!("containerd + runc rows SKIPPED: PullImage {name}: {e:?}"));
-            return;
-        }
-    }
-    let target = Target {
-        name: "containerd",
-        rt: containerd.runtime(),
-        image,
-        line: harness::LINUX_HELLO_LINE,
-        host_network: false,
-        pod_network: true,
-        readonly_rootfs: None,
-    };
-    notes.extend(warm_up(&target, watcher, 3).await.0);
-    let version = containerd
-        .runtime()
-        .version(wasmrun::api::VersionRequest { version: "v1".into() })
-        .await
-        .map(|v| v.into_inner().runtime_version)
-        .unwrap_or_else(|_| "?".into());
-    let label = format!("containerd {version} + runc, pod network");
-    let mut parallels: Vec<usize> = args.net_parallel.iter().map(|&n| n as usize).collect();
-    parallels.dedup();
-    for parallel in parallels {
-        let samples = args.net_peer_samples as usize;
-        eprintln!("net-start: {label}, {parallel} at a time, {samples} samples");
-        let row = measure(&target, watcher, &label, parallel, samples).await;
-        rows.push(row);
-    }
-    drop(containerd);
 }

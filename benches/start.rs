@@ -437,66 +437,100 @@ fn peer_unavailable(args: &Args) -> Option<String> {
 
 /// The containerd + runc rows: one containerd for all of them, killed at the end.
 async fn peer(args: &Args, watcher: &Arc<Watcher>, rows: &mut Vec<Row>, notes: &mut Vec<String>) {
-    eprintln!("start: starting containerd");
-    // Containerd::start panics when it fails; in a task of its own, that is a skipped section.
-    let containerd = match tokio::spawn(async {
-        let containerd = Containerd::start().await;
-        let image = harness::linux_hello_image().await;
-        (containerd, image)
-    })
-    .await
-    {
-        Ok(started) => started,
-        Err(e) => {
-            notes.push(format!("containerd + runc rows SKIPPED: containerd did not start: {e}"));
-            return;
-        }
+    let parallels: Vec<usize> = args.peer_parallel.iter().map(|&n| n as usize).collect();
+    let peer = Peer {
+        net: None,
+        warmup: (args.start_warmup as usize).min(3),
+        parallels: &parallels,
+        samples: args.peer_samples as usize,
     };
-    let (containerd, image) = containerd;
-    let mut images = containerd.images();
-    for name in [harness::pause_image().await, image.clone()] {
-        let pull = images.pull_image(PullImageRequest {
-            image: Some(ImageSpec { image: name.clone(), ..Default::default() }),
-            ..Default::default()
-        });
-        if let Err(e) = pull.await {
-            notes.push(format!("containerd + runc rows SKIPPED: PullImage {name}: {e:?}"));
-            return;
-        }
-    }
-    let target = Target {
-        name: "containerd",
-        rt: containerd.runtime(),
-        image,
-        line: harness::LINUX_HELLO_LINE,
-        host_network: true,
-        pod_network: false,
-        readonly_rootfs: None,
-    };
-    let warmup = (args.start_warmup as usize).min(3);
-    eprintln!("start: {warmup} warm-up starts on containerd");
-    let (warm, _) = warm_up(&target, watcher, warmup).await;
-    notes.extend(warm);
-    let version = containerd
-        .runtime()
-        .version(wasmrun::api::VersionRequest { version: "v1".into() })
+    peer.rows(watcher, rows, notes).await;
+}
+
+/// How containerd + runc rows are made.
+pub(crate) struct Peer<'a> {
+    /// A test network namespace to run containerd in (its pinned file and its
+    /// CNI configuration directory), its pods then with a network namespace
+    /// each; none: the machine's, its pods on the host network.
+    pub net: Option<(PathBuf, PathBuf)>,
+    /// Starts thrown away first.
+    pub warmup: usize,
+    /// One row per number of starts launched together.
+    pub parallels: &'a [usize],
+    /// Samples per row.
+    pub samples: usize,
+}
+
+impl Peer<'_> {
+    /// Starts containerd, pulls the pause and hello images, and measures
+    /// one row per parallelism; containerd is killed at the end.
+    pub async fn rows(self, watcher: &Arc<Watcher>, rows: &mut Vec<Row>, notes: &mut Vec<String>) {
+        eprintln!("start: starting containerd");
+        let pod_network = self.net.is_some();
+        let net = self.net.clone();
+        // Containerd::start panics when it fails; in a task of its own, that is a skipped section.
+        let containerd = match tokio::spawn(async {
+            let containerd = Containerd::start_in(net).await;
+            let image = harness::linux_hello_image().await;
+            (containerd, image)
+        })
         .await
-        .map(|v| v.into_inner().runtime_version)
-        .unwrap_or_else(|_| "?".into());
-    let label = format!("containerd {version} + runc");
-    let mut parallels: Vec<usize> = args.peer_parallel.iter().map(|&n| n as usize).collect();
-    parallels.dedup();
-    for parallel in parallels {
-        let samples = args.peer_samples as usize;
-        eprintln!("start: containerd, {parallel} at a time, {samples} samples");
-        rows.push(measure(&target, watcher, &label, parallel, samples).await);
+        {
+            Ok(started) => started,
+            Err(e) => {
+                notes.push(format!("containerd + runc rows SKIPPED: containerd did not start: {e}"));
+                return;
+            }
+        };
+        let (containerd, image) = containerd;
+        let mut images = containerd.images();
+        for name in [harness::pause_image().await, image.clone()] {
+            let pull = images.pull_image(PullImageRequest {
+                image: Some(ImageSpec { image: name.clone(), ..Default::default() }),
+                ..Default::default()
+            });
+            if let Err(e) = pull.await {
+                notes.push(format!("containerd + runc rows SKIPPED: PullImage {name}: {e:?}"));
+                return;
+            }
+        }
+        let target = Target {
+            name: "containerd",
+            rt: containerd.runtime(),
+            image,
+            line: harness::LINUX_HELLO_LINE,
+            host_network: !pod_network,
+            pod_network,
+            readonly_rootfs: None,
+        };
+        eprintln!("start: {} warm-up starts on containerd", self.warmup);
+        let (warm, _) = warm_up(&target, watcher, self.warmup).await;
+        notes.extend(warm);
+        let version = containerd
+            .runtime()
+            .version(wasmrun::api::VersionRequest { version: "v1".into() })
+            .await
+            .map(|v| v.into_inner().runtime_version)
+            .unwrap_or_else(|_| "?".into());
+        let label = if pod_network {
+            format!("containerd {version} + runc, pod network")
+        } else {
+            format!("containerd {version} + runc")
+        };
+        let mut parallels = self.parallels.to_vec();
+        parallels.dedup();
+        for parallel in parallels {
+            eprintln!("start: {label}, {parallel} at a time, {} samples", self.samples);
+            rows.push(measure(&target, watcher, &label, parallel, self.samples).await);
+        }
+        let pid = containerd.pid();
+        drop(containerd);
+        notes.push(format!(
+            "containerd (pid {}) killed at the end, its containers and shims removed; warm-up: {} starts",
+            pid.map_or("?".into(), |p| p.to_string()),
+            self.warmup
+        ));
     }
-    let pid = containerd.pid();
-    drop(containerd);
-    notes.push(format!(
-        "containerd (pid {}) killed at the end, its containers and shims removed; warm-up: {warmup} starts",
-        pid.map_or("?".into(), |p| p.to_string())
-    ));
 }
 
 /// `count` (at least 1) starts one at a time, not measured; returns notes on

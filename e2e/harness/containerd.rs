@@ -118,10 +118,11 @@ impl Containerd {
         Containerd::start_in(None).await
     }
 
-    /// As [`Containerd::start`], inside the test's network namespace `net`
-    /// when there is one, with `net`'s CNI configuration (its pods then get
-    /// the same bridge network as the daemon's there).
-    pub async fn start_in(net: Option<&super::TestNet>) -> Containerd {
+    /// As [`Containerd::start`], inside a test's network namespace when `net`
+    /// gives one (its pinned file and its CNI configuration directory, see
+    /// [`super::TestNet`]), with the CNI configuration copied from there (its
+    /// pods then get the same network as the daemon's there).
+    pub async fn start_in(net: Option<(PathBuf, PathBuf)>) -> Containerd {
         reap_orphans();
         let pause = pause_image().await;
         let dir = scratch_dir("containerd");
@@ -129,12 +130,12 @@ impl Containerd {
         std::fs::write(&config, config_toml(&dir, &pause)).expect("write containerd config");
         write_registry_hosts(&dir.join("certs.d"), &registry().host());
         std::fs::create_dir_all(dir.join("cni/net.d")).expect("create CNI conf dir");
-        if let Some(net) = net {
-            for file in std::fs::read_dir(net.conf_dir()).expect("read the namespace's CNI configs").flatten() {
+        if let Some((_, conf_dir)) = &net {
+            for file in std::fs::read_dir(conf_dir).expect("read the namespace's CNI configs").flatten() {
                 std::fs::copy(file.path(), dir.join("cni/net.d").join(file.file_name())).expect("copy a CNI config");
             }
         }
-        let netns = net.map(|net| net.file.clone());
+        let netns = net.map(|(file, _)| file);
         let mut containerd = Containerd {
             socket: dir.join(SOCKET),
             log: dir.join(LOG),

@@ -294,7 +294,7 @@ fn cni_args(pod_id: &str, config: &api::PodSandboxConfig) -> Vec<(String, String
 }
 
 /// The capability arguments containerd gives a pod's plugins: `portMappings`
-/// (those with a host port), `bandwidth` (from the
+/// (those with a host port; an empty list when none), `bandwidth` (from the
 /// `kubernetes.io/ingress-bandwidth` and `egress-bandwidth` annotations, in
 /// bits per second, burst unlimited), `dns` (from the pod's DNS config), and
 /// the pod's annotations (`io.kubernetes.cri.pod-annotations`).
@@ -320,9 +320,8 @@ fn capability_args(config: &api::PodSandboxConfig) -> Result<Map<String, Value>>
             })
         })
         .collect();
-    if !mappings.is_empty() {
-        args.insert("portMappings".into(), Value::Array(mappings));
-    }
+    // Always, empty too, as containerd's go-cni sets it.
+    args.insert("portMappings".into(), Value::Array(mappings));
     let mut bandwidth = Map::new();
     for (annotation, rate, burst) in [
         ("kubernetes.io/ingress-bandwidth", "ingressRate", "ingressBurst"),
@@ -428,6 +427,7 @@ mod tests {
         assert_eq!(args["portMappings"], json!([{"hostPort":5353,"containerPort":53,"protocol":"udp","hostIP":""}]));
         assert_eq!(args["bandwidth"], json!({"ingressRate":10_000_000u64,"ingressBurst":u32::MAX}));
         assert_eq!(args["dns"]["searches"], json!(["ns.svc.cluster.local"]));
+        assert_eq!(capability_args(&api::PodSandboxConfig::default()).unwrap()["portMappings"], json!([]));
         let bad = api::PodSandboxConfig {
             annotations: [("kubernetes.io/egress-bandwidth".to_owned(), "fast".to_owned())].into(),
             ..Default::default()

@@ -481,14 +481,17 @@ impl Pods {
         for container in self.containers_of(&sandbox.id) {
             container.stop().await?;
         }
-        if let Some(attachment) = &sandbox.network.attachment {
-            self.network.detach(&sandbox.id, attachment).await?;
-        }
+        // Not ready before its network goes, as containerd stops the sandbox
+        // before tearing its network down: a failed DEL leaves a stopped pod
+        // that kubelet stops again.
         if sandbox.state() == SandboxState::Ready {
             sandbox.mark_not_ready();
             self.persist_sandbox(&sandbox);
             self.pod_changes.record();
             tracing::info!(pod = %sandbox.id, "pod sandbox stopped");
+        }
+        if let Some(attachment) = &sandbox.network.attachment {
+            self.network.detach(&sandbox.id, attachment).await?;
         }
         Ok(())
     }

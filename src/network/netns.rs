@@ -189,8 +189,8 @@ impl Pool {
             let moved = crate::blocking::in_place(|| pin_again(&pooled, &path));
             match moved {
                 Ok(()) => {
-                    // Unmounting waits for the kernel's RCU grace period
-                    // (about a millisecond here): off the pod's path.
+                    // An unmount may wait for the kernel's RCU grace period:
+                    // off the pod's path (BENCHMARKS.md, `net-start`).
                     tokio::task::spawn_blocking(move || {
                         if let Err(error) = remove(&pooled) {
                             tracing::warn!(%error, pooled = %pooled.display(), "cannot unpin a pooled network namespace");

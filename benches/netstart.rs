@@ -31,7 +31,7 @@ use tokio::task::JoinSet;
 use wasmrun::api::{RemovePodSandboxRequest, RunPodSandboxRequest, StopPodSandboxRequest};
 
 use crate::harness::{self, Daemon, TestNet};
-use crate::start::{LEGEND, Peer, Row, Target, WASM_LINE, Watcher, measure, warm_up};
+use crate::start::{LEGEND, Peer, Row, Target, WASM_LINE, Watcher, failure_notes, measure, rows_table, warm_up};
 use crate::support::{Latencies, Process, Table, kib, ms};
 
 #[derive(clap::Args, Debug, Clone)]
@@ -160,19 +160,7 @@ pub async fn run(args: &Args) {
         peer.rows(&watcher, &mut peer_rows, &mut notes).await;
     }
 
-    let mut table = Table::new(&[
-        "runtime",
-        "parallel",
-        "samples",
-        "p50 ms",
-        "p99 ms",
-        "RunPod p50",
-        "Create p50",
-        "Start p50",
-        "answer→line p50",
-        "instantiate p50",
-        "line first",
-    ]);
+    let mut table = rows_table();
     for row in rows.iter().chain(&peer_rows) {
         table.row(row.cells());
     }
@@ -225,11 +213,7 @@ pub async fn run(args: &Args) {
             share.p50_p99()
         );
     }
-    for row in rows.iter().chain(&peer_rows) {
-        for failure in &row.failures {
-            notes.push(format!("FAILED start ({} at {} in parallel): {failure}", row.label, row.parallel));
-        }
-    }
+    notes.extend(failure_notes(rows.iter().chain(&peer_rows)));
     let _ = std::fs::remove_dir_all(harness::scratch_root().join("pods"));
     drop(net);
     for note in notes {

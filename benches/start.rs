@@ -314,19 +314,7 @@ pub async fn run(args: &Args) {
         None => peer(args, &watcher, &mut peer_rows, &mut notes).await,
     }
 
-    let mut table = Table::new(&[
-        "runtime",
-        "parallel",
-        "samples",
-        "p50 ms",
-        "p99 ms",
-        "RunPod p50",
-        "Create p50",
-        "Start p50",
-        "answer→line p50",
-        "instantiate p50",
-        "line first",
-    ]);
+    let mut table = rows_table();
     for row in rows.iter().chain(&floor_rows).chain(&peer_rows) {
         table.row(row.cells());
     }
@@ -375,16 +363,39 @@ pub async fn run(args: &Args) {
             row.samples
         ));
     }
-    for row in rows.iter().chain(&peer_rows) {
-        for failure in &row.failures {
-            notes.push(format!("FAILED start ({} at {} in parallel): {failure}", row.label, row.parallel));
-        }
-    }
+    notes.extend(failure_notes(rows.iter().chain(&peer_rows)));
     let _ = std::fs::remove_dir_all(harness::scratch_root().join("pods"));
     for note in notes {
         println!("- {note}");
     }
     println!();
+}
+
+/// An empty table with the columns of [`Row::cells`].
+pub(crate) fn rows_table() -> Table {
+    Table::new(&[
+        "runtime",
+        "parallel",
+        "samples",
+        "p50 ms",
+        "p99 ms",
+        "RunPod p50",
+        "Create p50",
+        "Start p50",
+        "answer→line p50",
+        "instantiate p50",
+        "line first",
+    ])
+}
+
+/// A note for each failed start of `rows`.
+pub(crate) fn failure_notes<'a>(rows: impl Iterator<Item = &'a Row>) -> Vec<String> {
+    rows.flat_map(|row| {
+        row.failures
+            .iter()
+            .map(|failure| format!("FAILED start ({} at {} in parallel): {failure}", row.label, row.parallel))
+    })
+    .collect()
 }
 
 pub(crate) const LEGEND: &str = "\

@@ -469,9 +469,9 @@ impl Pods {
         self.unfiltered_pod_list.get_or_make(|| self.pod_changes.count(), make).await
     }
 
-    /// Stops every container of the pod, tears its network down (CNI DEL,
-    /// at every stop: plugins make a repeated DEL harmless, as containerd
-    /// relies on) and marks it not ready. Unknown ids are fine. Errors: a
+    /// Stops every container of the pod, marks it not ready, and tears its
+    /// network down (CNI DEL, at every stop: plugins make a repeated DEL
+    /// harmless, as containerd relies on). Unknown ids are fine. Errors: a
     /// container's stop's, or FailedPrecondition naming the plugin whose DEL
     /// failed (kubelet stops again).
     pub async fn stop_pod(&self, id: &str) -> Result<()> {

@@ -131,6 +131,7 @@ pub fn container_config(
 }
 
 /// A pod sandbox that has been run.
+#[derive(Debug)]
 pub struct Pod {
     pub id: String,
     pub config: PodSandboxConfig,
@@ -143,15 +144,16 @@ impl Pod {
     }
 
     pub async fn run_config(daemon: &Daemon, config: PodSandboxConfig) -> Pod {
-        let id = daemon
-            .runtime()
-            .run_pod_sandbox(RunPodSandboxRequest { config: Some(config.clone()), runtime_handler: String::new() })
-            .await
-            .unwrap_or_else(|s| panic!("RunPodSandbox: {s:?}"))
-            .into_inner()
-            .pod_sandbox_id;
-        assert_hex_id(&id);
-        Pod { id, config }
+        let pod = Pod::try_run_config(daemon, config).await.unwrap_or_else(|s| panic!("RunPodSandbox: {s:?}"));
+        assert_hex_id(&pod.id);
+        pod
+    }
+
+    /// RunPodSandbox with `config` and the default runtime handler.
+    pub async fn try_run_config(daemon: &Daemon, config: PodSandboxConfig) -> Result<Pod, Status> {
+        let request = RunPodSandboxRequest { config: Some(config.clone()), runtime_handler: String::new() };
+        let id = daemon.runtime().run_pod_sandbox(request).await?.into_inner().pod_sandbox_id;
+        Ok(Pod { id, config })
     }
 
     pub fn log_dir(&self) -> PathBuf {

@@ -193,18 +193,17 @@ impl Network {
                 e,
             )
         })?;
-        let opened = NetNs::open(&attachment.netns)
-            .map_err(|e| Error::internal(format!("opening the network namespace of pod sandbox {pod_id}"), e));
         let adding = Instant::now();
-        let added = match opened {
-            Ok(netns) => cni::add(&attachment.network, &self.invocation(pod_id, attachment, &attachment.netns))
-                .await
-                .map(|result| (netns, result))
-                .map_err(|e| {
-                    Error::FailedPrecondition(format!("cannot set up the network of pod sandbox {pod_id}: {e}"))
-                }),
-            Err(e) => Err(e),
-        };
+        let added = async {
+            let netns = NetNs::open(&attachment.netns)
+                .map_err(|e| Error::internal(format!("opening the network namespace of pod sandbox {pod_id}"), e))?;
+            let result =
+                cni::add(&attachment.network, &self.invocation(pod_id, attachment, &attachment.netns)).await.map_err(
+                    |e| Error::FailedPrecondition(format!("cannot set up the network of pod sandbox {pod_id}: {e}")),
+                )?;
+            Ok::<_, Error>((netns, result))
+        }
+        .await;
         match added {
             Ok((netns, result)) => {
                 attachment.result = Some(result);

@@ -216,17 +216,24 @@ impl Pool {
         }
         let pool = self.clone();
         tokio::spawn(async move {
-            while pool.ready.lock().unwrap().len() < pool.size {
-                let path = pool.dir.join(pool.next.fetch_add(1, Ordering::Relaxed).to_string());
-                match create(path.clone()).await {
-                    Ok(()) => pool.ready.lock().unwrap().push(path),
-                    Err(error) => {
+            loop {
+                while pool.ready.lock().unwrap().len() < pool.size {
+                    let path = pool.dir.join(pool.next.fetch_add(1, Ordering::Relaxed).to_string());
+                    if let Err(error) = create(path.clone()).await {
                         tracing::warn!(%error, "cannot make a network namespace ahead of a pod");
-                        break;
+                        pool.refilling.store(false, Ordering::Release);
+                        return;
                     }
+                    pool.ready.lock().unwrap().push(path);
+                }
+                pool.refilling.store(false, Ordering::Release);
+                // A take between the last check and the store above found the
+                // flag set and left the refill to this task: check again.
+                let short = pool.ready.lock().unwrap().len() < pool.size;
+                if !short || pool.refilling.swap(true, Ordering::AcqRel) {
+                    return;
                 }
             }
-            pool.refilling.store(false, Ordering::Release);
         });
     }
 

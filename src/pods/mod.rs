@@ -324,7 +324,7 @@ impl Pods {
             return Err(Error::AlreadyExists(format!("pod sandbox {name} already exists: remove it first")));
         }
         if !network::has_own_namespace(&config) {
-            return self.admit(name, config, runtime_handler.to_owned()).await;
+            return self.admit(name, config, runtime_handler.to_owned(), false).await;
         }
         // A client that gives up (kubelet's request timeout) drops this call
         // between awaits: the rest runs as a task of its own, so that it
@@ -332,22 +332,24 @@ impl Pods {
         // no reserved name).
         let pods = self.clone();
         let runtime_handler = runtime_handler.to_owned();
-        tokio::spawn(async move { pods.admit(name, config, runtime_handler).await })
+        tokio::spawn(async move { pods.admit(name, config, runtime_handler, true).await })
             .await
             .map_err(|e| Error::internal("running a pod sandbox", e))?
     }
 
-    /// The rest of [`Pods::run_pod`], once the pod's name is reserved.
+    /// The rest of [`Pods::run_pod`], once the pod's name is reserved; the
+    /// pod gets a namespace of its own when `networked`.
     async fn admit(
         &self,
         name: String,
         config: api::PodSandboxConfig,
         runtime_handler: String,
+        networked: bool,
     ) -> Result<Arc<Sandbox>> {
         let runtime_handler = runtime_handler.as_str();
         let (id, created_at) = (new_id(), crate::clock::now_nanos());
         let setting_up = std::time::Instant::now();
-        let (attachment, netns, cni_add) = if network::has_own_namespace(&config) {
+        let (attachment, netns, cni_add) = if networked {
             match self.set_up_network(&id, &config, runtime_handler, created_at).await {
                 Ok((attachment, netns, cni_add)) => (Some(attachment), Some(Arc::new(netns)), Some(cni_add)),
                 Err(e) => {

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use tonic::Code;
 use wasmrun::api::{
-    DnsConfig, PodSandboxStatusRequest, PortMapping, Protocol, RemovePodSandboxRequest, RunPodSandboxRequest,
-    StatusRequest, StopPodSandboxRequest,
+    DnsConfig, PodSandboxStatusRequest, PortMapping, Protocol, RemovePodSandboxRequest, StatusRequest,
+    StopPodSandboxRequest,
 };
 
 use crate::harness::*;
@@ -65,13 +65,7 @@ async fn network_ready_follows_the_cni_config_directory() {
     assert_eq!(reason, "NetworkPluginNotReady");
     assert!(message.contains("cni plugin not initialized") && message.contains("no network config"), "{message}");
     // A pod that needs a network is refused; one on the host's is not.
-    let result = daemon
-        .runtime()
-        .run_pod_sandbox(RunPodSandboxRequest {
-            config: Some(pod_network_config("no-cni", &new_uid())),
-            runtime_handler: String::new(),
-        })
-        .await;
+    let result = Pod::try_run_config(&daemon, pod_network_config("no-cni", &new_uid())).await;
     let status = expect_code(result, Code::FailedPrecondition, "RunPodSandbox without a CNI configuration");
     assert!(status.message().contains("cni plugin not initialized"), "{}", status.message());
     Pod::run(&daemon, "host-network").await;
@@ -84,6 +78,26 @@ async fn network_ready_follows_the_cni_config_directory() {
     .expect("write a config");
     let (ready, reason, message) = network_ready(&daemon).await;
     assert!(ready, "{reason}: {message}");
+    // Bad network settings of a pod are refused before any plugin runs, and leave no pod.
+    let mut bandwidth = pod_network_config("bad-bandwidth", &new_uid());
+    bandwidth.annotations.insert("kubernetes.io/ingress-bandwidth".into(), "fast".into());
+    let status = expect_code(
+        Pod::try_run_config(&daemon, bandwidth).await,
+        Code::InvalidArgument,
+        "RunPodSandbox with a bandwidth annotation that is not a quantity",
+    );
+    assert!(status.message().contains("kubernetes.io/ingress-bandwidth"), "{}", status.message());
+    let mut dns = pod_network_config("bad-dns", &new_uid());
+    dns.dns_config = Some(DnsConfig { servers: vec!["dns.example".into()], ..Default::default() });
+    let status = expect_code(
+        Pod::try_run_config(&daemon, dns).await,
+        Code::InvalidArgument,
+        "RunPodSandbox with a DNS server that is not an address",
+    );
+    assert!(status.message().contains("dns.example"), "{}", status.message());
+    let pods = daemon.runtime().list_pod_sandbox(wasmrun::api::ListPodSandboxRequest { filter: None }).await.unwrap();
+    assert_eq!(pods.into_inner().items.len(), 1, "only the host-network pod is kept");
+    assert_eq!(std::fs::read_dir(daemon.state().join("netns")).map(|d| d.count()).unwrap_or(0), 0);
     // The first file in lexical order is the network: one that does not parse is an error, as in containerd.
     std::fs::write(conf_dir.join("05-broken.conf"), "{ not json").expect("write a broken config");
     let (ready, _, message) = network_ready(&daemon).await;
@@ -201,13 +215,7 @@ async fn a_failing_plugin_fails_the_pod_and_leaves_nothing_behind() {
     net.write_bridge_config(&[r#"{"type":"wasmrun-no-such-plugin"}"#]);
     let conf_dir = net.conf_dir();
     let daemon = Daemon::start_in(Some(&net), None, &["--cni-conf-dir", conf_dir.to_str().unwrap()]).await;
-    let result = daemon
-        .runtime()
-        .run_pod_sandbox(RunPodSandboxRequest {
-            config: Some(pod_network_config("net-fail", &new_uid())),
-            runtime_handler: String::new(),
-        })
-        .await;
+    let result = Pod::try_run_config(&daemon, pod_network_config("net-fail", &new_uid())).await;
     let status = expect_code(result, Code::FailedPrecondition, "RunPodSandbox with a missing plugin");
     assert!(status.message().contains("wasmrun-no-such-plugin"), "{}", status.message());
     assert_eq!(net.leftovers(&daemon.state()), Vec::<String>::new());

@@ -21,6 +21,16 @@ const KERNEL_FILESYSTEMS: [&str; 3] = ["/proc", "/sys", "/dev"];
 /// RunPodSandbox: the log directory and the pod's security context.
 pub fn sandbox_config(config: &api::PodSandboxConfig) -> Result<()> {
     log_directory(&config.log_directory)?;
+    // A pod's name servers are addresses (kubelet validates `dnsConfig` so);
+    // its guests' lookups are sent to them.
+    for server in config.dns_config.iter().flat_map(|dns| &dns.servers) {
+        if server.parse::<std::net::IpAddr>().is_err() {
+            return Err(Error::InvalidArgument(format!(
+                "RunPodSandbox: dns_config.servers: {} is not an IP address",
+                crate::error::quoted(server)
+            )));
+        }
+    }
     if let Some(context) = config.linux.as_ref().and_then(|linux| linux.security_context.as_ref()) {
         user_and_group("RunPodSandbox", context.run_as_user.is_some(), false, context.run_as_group.is_some())?;
         profile("RunPodSandbox", "seccomp", &context.seccomp_profile_path, context.seccomp.as_ref())?;

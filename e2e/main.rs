@@ -6,9 +6,9 @@
 //! Requires what `.ci/run` installs: docker-registry, buildah, containerd,
 //! runc, gcc with a static libc, oras (Python), wkg, the wasm32-wasip1 and
 //! wasm32-wasip2 Rust targets, and clang, lld and wasi-libc (the guest
-//! programs in e2e/fixtures, e2e/fixtures-p2 and e2e/fixtures-c are built on
-//! first use; the hand-written ones in e2e/fixtures-wat are compiled from
-//! text by the tests).
+//! programs in e2e/fixtures, e2e/fixtures-p2, e2e/fixtures-http and
+//! e2e/fixtures-c are built on first use; the hand-written ones in
+//! e2e/fixtures-wat are compiled from text by the tests).
 
 mod harness;
 
@@ -25,6 +25,7 @@ mod events;
 mod formats;
 mod forwarding;
 mod harness_checks;
+mod http;
 mod images;
 mod interop;
 mod limits;

@@ -81,6 +81,9 @@ pub struct Config {
     /// Network namespaces made ahead of the pods that will take them, so
     /// that RunPodSandbox does not wait for one to be made; 0: none.
     pub netns_pool_size: usize,
+    /// How many requests a served `wasi:http` component answers at once
+    /// (each an instance); a request over it gets a 503.
+    pub http_max_concurrent_requests: usize,
 }
 
 /// How to reach one registry.
@@ -118,6 +121,7 @@ impl Default for Config {
             cni_conf_dir: "/etc/cni/net.d".into(),
             cni_bin_dirs: vec!["/opt/cni/bin".into()],
             netns_pool_size: 4,
+            http_max_concurrent_requests: 1000,
         }
     }
 }
@@ -172,6 +176,9 @@ pub struct Flags {
     /// config's list [default: /opt/cni/bin].
     #[arg(long = "cni-bin-dir", value_name = "DIR")]
     pub cni_bin_dirs: Vec<PathBuf>,
+    /// Requests a served wasi:http container answers at once; more get a 503 [default: 1000].
+    #[arg(long, value_name = "N")]
+    pub http_max_concurrent_requests: Option<usize>,
 }
 
 impl Config {
@@ -227,6 +234,9 @@ impl Config {
         }
         if let Some(dir) = flags.cni_conf_dir {
             self.cni_conf_dir = dir;
+        }
+        if let Some(max) = flags.http_max_concurrent_requests {
+            self.http_max_concurrent_requests = max;
         }
         // Plugin directories are a search path, not an allow-list: flags replace it.
         if !flags.cni_bin_dirs.is_empty() {
@@ -296,6 +306,11 @@ impl Config {
         }
         if self.netns_pool_size > 1024 {
             bail!("config: `netns_pool_size` must be at most 1024");
+        }
+        if self.http_max_concurrent_requests == 0
+            || self.http_max_concurrent_requests > tokio::sync::Semaphore::MAX_PERMITS
+        {
+            bail!("config: `http_max_concurrent_requests` must be at least 1 (and fit a semaphore)");
         }
         if self.max_manifest_bytes == 0 || self.max_blob_bytes == 0 {
             bail!("config: `max_manifest_bytes` and `max_blob_bytes` must be above 0");

@@ -72,7 +72,7 @@ pub struct GuestOutput {
 /// writer has written everything to the file.
 impl From<GuestOutput> for crate::wasm::Output {
     fn from(output: GuestOutput) -> Self {
-        crate::wasm::Output::new(output.stdout, output.stderr, output.done.wait())
+        crate::wasm::Output::shared(output.stdout, output.stderr, output.done.wait())
     }
 }
 
@@ -257,6 +257,10 @@ impl LineFramer {
 
 /// One stream of a guest's output, as an `AsyncWrite`. Dropping every writer
 /// of a log closes it.
+///
+/// A clone writes to the same file (another instance of the container); the
+/// file's writer ends once every clone is dropped.
+#[derive(Clone)]
 pub struct LogWriter {
     stream: Stream,
     tx: PollSender<(Stream, Vec<u8>)>,

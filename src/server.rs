@@ -90,7 +90,11 @@ impl Daemon {
         let root_lock = lock_root(&config.root)?;
         raise_open_files_limit();
 
-        let engine = Engine::new(&config.root.join("cache"), config.default_memory_limit_bytes)?;
+        let engine = Engine::new(
+            &config.root.join("cache"),
+            config.default_memory_limit_bytes,
+            config.http_max_concurrent_requests,
+        )?;
         let options = PullOptions {
             registries: registry_options(&config)?,
             limits: Limits { max_manifest_bytes: config.max_manifest_bytes, max_blob_bytes: config.max_blob_bytes },

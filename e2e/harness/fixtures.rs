@@ -34,6 +34,17 @@ pub fn fixture_p2(name: &str) -> Vec<u8> {
     read(BUILT.get_or_init(|| build("e2e/fixtures-p2", "wasm32-wasip2")), name)
 }
 
+/// The bytes of the fixture `name` of e2e/fixtures-http: a WASI 0.2 component
+/// exporting `wasi:http/incoming-handler`, `http-service` (the crate's
+/// library, built as `http_service.wasm`) or `http-command` (a program that
+/// also exports the handler).
+pub fn fixture_http(name: &str) -> Vec<u8> {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    let dir = BUILT.get_or_init(|| build("e2e/fixtures-http", "wasm32-wasip2"));
+    // A cdylib's file is named after its library, with underscores.
+    read(dir, if name == "http-service" { "http_service" } else { name })
+}
+
 /// Debian's packages for the C fixtures: clang and lld with the wasm32
 /// builtins, and wasi-libc.
 pub const C_FIXTURE_INSTALL: &str = "apt-get install -y clang lld wasi-libc libclang-rt-dev-wasm32";

@@ -30,8 +30,9 @@ pub(super) async fn stop_container(
     parts: &Parts,
     request: api::StopContainerRequest,
 ) -> Result<api::StopContainerResponse, Status> {
-    // The guest is ended at once (see `Pods::stop_container`), which honours any timeout.
-    parts.pods.stop_container(&request.container_id).await?;
+    // `timeout` is the grace period in seconds (kubelet's terminationGracePeriodSeconds); below 0 is none.
+    let grace = std::time::Duration::from_secs(request.timeout.max(0) as u64);
+    parts.pods.stop_container(&request.container_id, grace).await?;
     Ok(api::StopContainerResponse {})
 }
 

@@ -90,6 +90,20 @@ impl PodResolver {
     }
 }
 
+/// The addresses of `name` as a guest of a pod resolves it: with the pod's
+/// `resolver`, or as the node resolves names (`getaddrinfo`) for a pod
+/// without a DNS config of its own.
+pub async fn lookup(resolver: Option<&PodResolver>, name: &str) -> Result<Vec<IpAddr>, LookupError> {
+    match (without_query(name), resolver) {
+        (Some(known), _) => known,
+        (None, Some(resolver)) => resolver.lookup(name).await,
+        (None, None) => match tokio::net::lookup_host((name, 0)).await {
+            Ok(found) => Ok(found.map(|address| address.ip().to_canonical()).collect()),
+            Err(_) => Err(LookupError::NoAddress),
+        },
+    }
+}
+
 /// The answer to a name that needs no query: an address, `localhost`, or
 /// something that is not a name at all.
 pub fn without_query(name: &str) -> Option<Result<Vec<IpAddr>, LookupError>> {

@@ -20,8 +20,9 @@ use crate::wasm::{
     Compiled, CpuBandwidth, Exit, Guest, GuestSpec, Limits, ModuleSource, Mount, Root, Usage, UsageSnapshot,
 };
 
-/// How long a stop waits for a killed guest's exit to be recorded. A guest
-/// yields every epoch tick, so this is only reached if something is badly wrong.
+/// How long a stop waits, past its grace period, for the guest's exit to be
+/// recorded. A guest yields every epoch tick, so this is only reached if
+/// something is badly wrong.
 const STOP_GRACE: Duration = Duration::from_secs(10);
 
 pub struct Container {
@@ -211,12 +212,14 @@ impl Container {
         }
     }
 
-    /// Ends the guest if it runs, and waits until its exit is recorded (its
-    /// output written, its file mounts copied back, its event sent): also
-    /// when it ended by itself and the exit path is still at work. Nothing to
-    /// do for a container that never ran. Errors: FailedPrecondition while it
-    /// is being started (as containerd refuses); Internal if the guest does not end.
-    pub(super) async fn stop(&self) -> Result<()> {
+    /// Ends the guest if it runs, giving it `grace` (a served component's
+    /// requests in flight get it; a command ends at once, see
+    /// [`Guest::stop`]), and waits until its exit is recorded (its output
+    /// written, its file mounts copied back, its event sent): also when it
+    /// ended by itself and the exit path is still at work. Nothing to do for
+    /// a container that never ran. Errors: FailedPrecondition while it is
+    /// being started (as containerd refuses); Internal if the guest does not end.
+    pub(super) async fn stop(&self, grace: Duration) -> Result<()> {
         let mut ended = self.ended.subscribe();
         {
             let mut inner = self.inner.lock().unwrap();
@@ -232,19 +235,19 @@ impl Container {
                 }
                 StopAction::Kill => {
                     if let Some(guest) = inner.guest.as_mut() {
-                        guest.kill();
+                        guest.stop(grace);
                     }
                 }
             }
         }
-        match tokio::time::timeout(STOP_GRACE, ended.wait_for(|ended| *ended)).await {
+        match tokio::time::timeout(grace + STOP_GRACE, ended.wait_for(|ended| *ended)).await {
             Ok(_) => {
                 tracing::info!(container = %self.id, "container stopped");
                 Ok(())
             }
             Err(_) => Err(Error::internal(
                 format!("stopping container {}", self.id),
-                anyhow::anyhow!("the guest's exit was not recorded within {STOP_GRACE:?} of killing it"),
+                anyhow::anyhow!("the guest's exit was not recorded within {:?} of stopping it", grace + STOP_GRACE),
             )),
         }
     }

@@ -26,6 +26,7 @@ mod tests;
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 use tokio_stream::Stream;
@@ -481,7 +482,7 @@ impl Pods {
             return Ok(());
         };
         for container in self.containers_of(&sandbox.id) {
-            container.stop().await?;
+            container.stop(Duration::ZERO).await?;
         }
         // Not ready before its network goes, as containerd stops the sandbox
         // before tearing its network down: a failed DEL leaves a stopped pod
@@ -748,12 +749,14 @@ impl Pods {
         container.wake_stoppers();
     }
 
-    /// Ends a running container's guest. WASI preview 1 has no signals, so there
-    /// is nothing to ask a guest to shut down with: it is ended at once, which is
-    /// within any timeout. Stopping a container that is not running is fine.
-    pub async fn stop_container(&self, id: &str) -> Result<()> {
+    /// Ends a running container's guest within `grace` (StopContainer's
+    /// timeout): a served component stops accepting and lets its requests in
+    /// flight finish until then; a command is ended at once (WASI has no
+    /// signal to ask it to shut down with), which is within any timeout.
+    /// Stopping a container that is not running is fine.
+    pub async fn stop_container(&self, id: &str, grace: Duration) -> Result<()> {
         match self.container(id) {
-            Ok(container) => container.stop().await,
+            Ok(container) => container.stop(grace).await,
             Err(_) => Ok(()),
         }
     }
@@ -773,7 +776,7 @@ impl Pods {
         let Ok(container) = self.container(id) else {
             return Ok(());
         };
-        container.stop().await?;
+        container.stop(Duration::ZERO).await?;
         if container.lifecycle().removing {
             return Ok(());
         }

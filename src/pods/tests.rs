@@ -117,7 +117,7 @@ impl Dirs {
 
     /// A daemon over these directories, as it starts.
     async fn open(&self) -> Arc<Pods> {
-        let engine = Engine::new(&self.0.join("root/cache"), 64 << 20).unwrap();
+        let engine = Engine::new(&self.0.join("root/cache"), 64 << 20, 1000).unwrap();
         let programs = Arc::new(Wat::new(engine.clone()));
         // No CNI configuration: these pods use the host's network (see `pod_config`).
         let network =
@@ -226,9 +226,9 @@ async fn a_stop_ends_a_spinning_guest_and_remove_leaves_nothing() {
     let container = pods.create_container(&pod.id, container_config("c", "spin")).await.unwrap();
     pods.start_container(&container.id).await.unwrap();
     assert_eq!(container.state(), ContainerState::Running);
-    pods.stop_container(&container.id).await.unwrap();
+    pods.stop_container(&container.id, Duration::ZERO).await.unwrap();
     assert_eq!(exit_of(&pods, &container.id).code, 128 + 9);
-    pods.stop_container(&container.id).await.unwrap();
+    pods.stop_container(&container.id, Duration::ZERO).await.unwrap();
     pods.remove_container(&container.id).await.unwrap();
     pods.remove_container(&container.id).await.unwrap();
     assert!(matches!(pods.container(&container.id), Err(Error::NotFound(_))));
@@ -257,7 +257,7 @@ async fn a_restart_brings_back_pods_and_containers() {
     let exited_before = exit_of(&before, &exited.id);
 
     let restarted = dirs.as_if_killed();
-    before.stop_container(&running.id).await.unwrap();
+    before.stop_container(&running.id, Duration::ZERO).await.unwrap();
     let after = restarted.open().await;
 
     let pods = after.pods(&PodFilter::default());

@@ -51,8 +51,32 @@ pub struct Compiled {
 pub(super) enum Program {
     /// A WASI preview 1 command module, run through `_start`.
     Module(wasmtime::InstancePre<P1State>),
-    /// A WASI 0.2 component, run through `wasi:cli/run`.
-    Component(wasmtime_wasi::p2::bindings::CommandPre<P2State>),
+    /// A WASI 0.2 component: a command, a `wasi:http` service, or both.
+    Component(ComponentProgram),
+}
+
+/// What a component can be run as: at least one of the two is there.
+pub(super) struct ComponentProgram {
+    /// Run through its `wasi:cli/run` export.
+    pub command: Option<wasmtime_wasi::p2::bindings::CommandPre<P2State>>,
+    /// Served, a fresh instance per request, through its
+    /// `wasi:http/incoming-handler` export (the `wasi:http/proxy` world).
+    pub proxy: Option<wasmtime_wasi_http::p2::bindings::ProxyPre<P2State>>,
+}
+
+impl Compiled {
+    /// Whether it is a component exporting `wasi:http/incoming-handler`.
+    pub fn serves_http(&self) -> bool {
+        matches!(&self.program, Program::Component(ComponentProgram { proxy: Some(_), .. }))
+    }
+
+    /// Whether it can run as a command (`_start`, or `wasi:cli/run`).
+    pub fn runs_as_command(&self) -> bool {
+        match &self.program {
+            Program::Module(_) => true,
+            Program::Component(component) => component.command.is_some(),
+        }
+    }
 }
 
 /// Where a container's compiled code came from; shown in ContainerStatus' verbose info.
@@ -207,7 +231,7 @@ fn link_component(
     linkers: &Linkers,
     digest: &str,
     component: &wasmtime::component::Component,
-) -> Result<wasmtime_wasi::p2::bindings::CommandPre<P2State>> {
+) -> Result<ComponentProgram> {
     let pre = linkers.component.instantiate_pre(component).map_err(|e| {
         let missing = missing_component_imports(&linkers.component, component);
         if missing.is_empty() {
@@ -217,15 +241,19 @@ fn link_component(
         }
         Error::FailedPrecondition(format!(
             "component {digest} imports {}, which wasmrun does not provide (a component can import the WASI 0.2 \
-             interfaces only: wasi:cli, wasi:clocks, wasi:filesystem, wasi:io, wasi:random, wasi:sockets)",
+             interfaces only: wasi:cli, wasi:clocks, wasi:filesystem, wasi:http, wasi:io, wasi:random, wasi:sockets)",
             missing.join(", ")
         ))
     })?;
-    wasmtime_wasi::p2::bindings::CommandPre::new(pre).map_err(|e| {
-        Error::InvalidArgument(format!(
-            "component {digest} does not export `wasi:cli/run`: {e:#} (only WASI command components can run)"
-        ))
-    })
+    let command = wasmtime_wasi::p2::bindings::CommandPre::new(pre.clone());
+    let proxy = wasmtime_wasi_http::p2::bindings::ProxyPre::new(pre);
+    match (command, proxy) {
+        (Err(command), Err(proxy)) => Err(Error::InvalidArgument(format!(
+            "component {digest} exports neither `wasi:cli/run` ({command:#}) nor `wasi:http/incoming-handler` \
+             ({proxy:#}): wasmrun runs WASI command components and serves `wasi:http/proxy` components"
+        ))),
+        (command, proxy) => Ok(ComponentProgram { command: command.ok(), proxy: proxy.ok() }),
+    }
 }
 
 /// Every import of `component` that `linker` has nothing under, named like

@@ -5,6 +5,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use tokio::sync::{oneshot, watch};
 use wasmtime_wasi::I32Exit;
@@ -12,7 +13,7 @@ use wasmtime_wasi::I32Exit;
 use super::compile::{Compiled, Program};
 use super::host::p1::{self, P1State};
 use super::host::p2::{self, P2State};
-use super::limits::{CpuMeter, Usage};
+use super::limits::{CpuMeter, MemoryLimiter, Usage};
 use super::output::{Output, Writer};
 use super::spec::GuestSpec;
 use super::{file_mounts, layout};
@@ -62,13 +63,19 @@ pub struct Exit {
     pub finished_at: i64,
 }
 
-/// The host's side of a running guest.
+/// The host's side of a running guest: a command's instance, or a served
+/// component's server.
 pub struct Guest {
-    stop: Option<oneshot::Sender<()>>,
+    /// Takes the grace period of a stop.
+    stop: Option<oneshot::Sender<Duration>>,
     exit: watch::Receiver<Option<Exit>>,
 }
 
 impl Guest {
+    pub(super) fn new(stop: oneshot::Sender<Duration>, exit: watch::Receiver<Option<Exit>>) -> Self {
+        Self { stop: Some(stop), exit }
+    }
+
     /// Whether it has ended, without copying how (its message can be long).
     #[cfg(test)]
     pub fn has_ended(&self) -> bool {
@@ -76,9 +83,18 @@ impl Guest {
     }
 
     /// Asks the guest to end now; returns at once.
+    #[cfg(test)]
     pub fn kill(&mut self) {
+        self.stop(Duration::ZERO);
+    }
+
+    /// Asks the guest to end within `grace`; returns at once. A command is
+    /// ended at once (WASI has no signal to ask it to shut down with); a
+    /// served component stops accepting and gives the requests in flight
+    /// `grace` to finish (see `serve`).
+    pub fn stop(&mut self, grace: Duration) {
         if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
+            let _ = stop.send(grace);
         }
     }
 
@@ -123,8 +139,11 @@ impl Instance {
     ) -> Result<Self> {
         Ok(match &compiled.program {
             Program::Module(pre) => Instance::Module(p1::store(engine, spec, preopens, output, usage)?, pre.clone()),
-            Program::Component(pre) => {
-                Instance::Component(p2::store(engine, spec, preopens, output, usage)?, pre.clone())
+            Program::Component(component) => {
+                let pre = component.command.clone().ok_or_else(|| {
+                    Error::internal("running a component", anyhow::anyhow!("it does not export `wasi:cli/run`"))
+                })?;
+                Instance::Component(p2::store(engine, spec, preopens, output, MemoryLimiter::new(usage))?, pre)
             }
         })
     }
@@ -176,7 +195,9 @@ pub(super) async fn start(
     usage: Arc<Usage>,
     output: Output,
 ) -> Result<Guest> {
-    let Output { stdout, stderr, done: output_done } = output;
+    let Output { stdout, stderr, done: output_done, fork } = output;
+    // One instance: nothing else writes to its output.
+    drop(fork);
     let has_mounts = !spec.mounts.is_empty() || spec.root.is_some();
     let prepare = {
         let (engine, usage) = (engine.clone(), usage.clone());
@@ -195,7 +216,7 @@ pub(super) async fn start(
     } else {
         prepare()?
     };
-    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let (stop_tx, stop_rx) = oneshot::channel::<Duration>();
     let (exit_tx, exit_rx) = watch::channel(None);
     let task_usage = usage.clone();
     executor.spawn(async move {
@@ -206,10 +227,10 @@ pub(super) async fn start(
         tokio::join!(files.copy_back(), output_done);
         let _ = exit_tx.send(Some(exit));
     });
-    Ok(Guest { stop: Some(stop_tx), exit: exit_rx })
+    Ok(Guest::new(stop_tx, exit_rx))
 }
 
-async fn run_until_stopped(mut instance: Instance, stop: oneshot::Receiver<()>, usage: &Usage) -> Exit {
+async fn run_until_stopped(mut instance: Instance, stop: oneshot::Receiver<Duration>, usage: &Usage) -> Exit {
     let ended = {
         let run = CpuMeter::new(instance.run(usage), usage);
         tokio::select! {
@@ -316,7 +337,7 @@ mod tests {
         ENGINE
             .get_or_init(|| {
                 let cache = std::env::temp_dir().join(format!("wasmrun-guest-tests-{}", rand::random::<u64>()));
-                Engine::new(&cache, 0).unwrap()
+                Engine::new(&cache, 0, 1000).unwrap()
             })
             .clone()
     }

@@ -8,8 +8,8 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -64,8 +64,10 @@ impl CpuBandwidth {
 ///
 /// Made by the caller ([`super::Engine::new_usage`]), one per container, and
 /// given to every instance started for it ([`super::Engine::start`]): the
-/// counters are sums over those instances, and the memory limit bounds what
-/// they hold together. The CPU quota is charged per instance.
+/// counters are sums over those instances, and the CPU quota covers them
+/// together (one budget per period, as a cgroup's). The memory limit bounds
+/// what a command's instances hold together, and each instance of a served
+/// component on its own ([`MemoryLimiter::per_instance`]).
 #[derive(Debug, Default)]
 pub struct Usage {
     /// CPU time spent running the guest (and its host calls), in nanoseconds.
@@ -85,6 +87,8 @@ pub struct Usage {
     pub instantiate_nanos: AtomicU64,
     /// The memory limit of a container that sets none; 0 means none.
     default_memory_limit: u64,
+    /// CPU time used in the current period, by every instance together.
+    budget: Mutex<Option<Budget>>,
 }
 
 impl Usage {
@@ -130,15 +134,28 @@ impl Usage {
     }
 
     /// Accepts a growth of one memory or table from `current` to `desired`
-    /// bytes, unless what all instances hold would then pass the limit.
-    fn grow(&self, current: u64, desired: u64) -> bool {
+    /// bytes, unless what all instances hold would then pass the limit
+    /// (`shared`), or what the growing instance holds, `instance_after`, would.
+    fn grow(&self, current: u64, desired: u64, shared: bool, instance_after: u64) -> bool {
         let limit = self.memory_limit();
+        if !shared && limit != 0 && instance_after > limit {
+            return false;
+        }
         self.memory_bytes
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |held| {
                 let after = held.saturating_sub(current).saturating_add(desired);
-                (limit == 0 || after <= limit).then_some(after)
+                (!shared || limit == 0 || after <= limit).then_some(after)
             })
             .is_ok()
+    }
+
+    /// Charges `spent` nanoseconds of CPU at `now` to the container's budget
+    /// for its quota; returns when its instances may run again if the quota
+    /// of the period is used up. None: no quota, or within it.
+    fn charge_cpu(&self, spent: u64, now: Instant) -> Option<Instant> {
+        let (quota, period) = self.bandwidth()?;
+        let mut budget = self.budget.lock().unwrap();
+        budget.get_or_insert_with(|| Budget::new(now)).charge(spent, now, quota, period)
     }
 
     /// Gives back `bytes` an instance held, when it ends.
@@ -159,11 +176,23 @@ pub(super) struct MemoryLimiter {
     held: u64,
     /// Whether a growth of this instance was refused for the limit.
     refused: bool,
+    /// Whether the limit bounds all instances of the `Usage` together (a
+    /// command and its execs), or this one alone (a request's instance).
+    shared: bool,
 }
 
 impl MemoryLimiter {
+    /// A limiter holding every instance of `usage` together to its limit.
     pub fn new(usage: Arc<Usage>) -> Self {
-        Self { usage, held: 0, refused: false }
+        Self { usage, held: 0, refused: false, shared: true }
+    }
+
+    /// A limiter holding this instance alone to the limit of `usage` (what
+    /// it holds still counts in the usage's memory): each request of a
+    /// served component gets the container's memory limit, as
+    /// `wasmtime serve` gives each its `-W max-memory-size`.
+    pub fn per_instance(usage: Arc<Usage>) -> Self {
+        Self { usage, held: 0, refused: false, shared: false }
     }
 
     /// Whether a memory or table growth of this instance was refused for the
@@ -173,8 +202,9 @@ impl MemoryLimiter {
     }
 
     fn grow(&mut self, current: u64, desired: u64) -> bool {
-        if self.usage.grow(current, desired) {
-            self.held = self.held.saturating_sub(current).saturating_add(desired);
+        let after = self.held.saturating_sub(current).saturating_add(desired);
+        if self.usage.grow(current, desired, self.shared, after) {
+            self.held = after;
             true
         } else {
             self.refused = true;
@@ -206,22 +236,24 @@ pin_project_lite::pin_project! {
     /// A guest yields at every epoch tick, so it can overrun its quota by up to a
     /// tick; the overrun is carried into the next periods as debt, which keeps
     /// the long-run share at quota / period (as the CFS does with its slices).
-    pub(super) struct CpuMeter<'a, F> {
+    pub(super) struct CpuMeter<U, F> {
         #[pin]
         inner: F,
-        usage: &'a Usage,
-        budget: Budget,
+        usage: U,
         throttle: Option<Pin<Box<Sleep>>>,
     }
 }
 
-impl<'a, F> CpuMeter<'a, F> {
-    pub fn new(inner: F, usage: &'a Usage) -> Self {
-        Self { inner, usage, budget: Budget::new(Instant::now()), throttle: None }
+impl<U: std::ops::Deref<Target = Usage>, F> CpuMeter<U, F> {
+    /// Meters `inner` against `usage` (a reference or an `Arc`): its CPU
+    /// is counted there, and its quota's budget is the container's, shared
+    /// by all its instances.
+    pub fn new(inner: F, usage: U) -> Self {
+        Self { inner, usage, throttle: None }
     }
 }
 
-impl<F: Future> Future for CpuMeter<'_, F> {
+impl<U: std::ops::Deref<Target = Usage>, F: Future> Future for CpuMeter<U, F> {
     type Output = F::Output;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
@@ -237,8 +269,7 @@ impl<F: Future> Future for CpuMeter<'_, F> {
         let spent = crate::sys::thread_cpu_nanos().saturating_sub(before);
         this.usage.cpu_nanos.fetch_add(spent, Ordering::Relaxed);
         if poll.is_pending()
-            && let Some((quota, period)) = this.usage.bandwidth()
-            && let Some(until) = this.budget.charge(spent, Instant::now(), quota, period)
+            && let Some(until) = this.usage.charge_cpu(spent, Instant::now())
         {
             let now = Instant::now();
             this.usage.throttled_periods.fetch_add(1, Ordering::Relaxed);
@@ -358,6 +389,33 @@ mod tests {
         drop(first);
         assert_eq!(usage.memory_bytes.load(Ordering::Relaxed), 400);
         assert!(second.grow(400, 1000), "what the first held is free again");
+    }
+
+    #[test]
+    fn a_per_instance_limit_holds_each_instance_alone_and_counts_all() {
+        let usage = Arc::new(Usage::new(Limits { memory_bytes: 1000, cpu: None }, 0));
+        let (mut first, mut second) =
+            (MemoryLimiter::per_instance(usage.clone()), MemoryLimiter::per_instance(usage.clone()));
+        assert!(first.grow(0, 800));
+        assert!(second.grow(0, 800), "each instance has the whole limit");
+        assert_eq!(usage.memory_bytes.load(Ordering::Relaxed), 1600, "the usage counts both");
+        assert!(!first.grow(800, 1200), "one instance past the limit is refused");
+        assert!(first.hit_limit() && !second.hit_limit());
+        assert_eq!(usage.memory_bytes.load(Ordering::Relaxed), 1600, "a refused growth takes nothing");
+        drop(first);
+        assert_eq!(usage.memory_bytes.load(Ordering::Relaxed), 800);
+    }
+
+    #[test]
+    fn instances_share_one_cpu_budget_per_period() {
+        let cpu = CpuBandwidth { quota: Duration::from_millis(10), period: Duration::from_millis(100) };
+        let usage = Usage::new(Limits { memory_bytes: 0, cpu: Some(cpu) }, 0);
+        let start = Instant::now();
+        // Two instances each using 6 ms pass the 10 ms quota together.
+        assert_eq!(usage.charge_cpu(6 * MS, start), None);
+        assert_eq!(usage.charge_cpu(6 * MS, start), Some(start + Duration::from_millis(100)));
+        let unlimited = Usage::new(Limits::default(), 0);
+        assert_eq!(unlimited.charge_cpu(u64::MAX / 2, start), None);
     }
 
     #[test]

@@ -36,6 +36,7 @@ mod limits;
 // ExecSync captures a guest's output in memory (the next issue's caller).
 #[cfg_attr(not(test), allow(dead_code))]
 pub mod output;
+mod serve;
 mod spec;
 
 use std::path::Path;
@@ -62,13 +63,15 @@ pub struct Engine {
     cache: compile::Cache,
     guests: tokio::runtime::Handle,
     default_memory_limit: u64,
+    max_concurrent_requests: usize,
 }
 
 impl Engine {
     /// Creates the engine, its compiled-code cache under `cache_dir`, the epoch
     /// ticker and the guest executor. Guests whose container sets no memory
-    /// limit get `default_memory_limit` bytes (0: none).
-    pub fn new(cache_dir: &Path, default_memory_limit: u64) -> Result<Arc<Self>> {
+    /// limit get `default_memory_limit` bytes (0: none). A served component
+    /// runs at most `max_concurrent_requests` instances at once.
+    pub fn new(cache_dir: &Path, default_memory_limit: u64, max_concurrent_requests: usize) -> Result<Arc<Self>> {
         let wasm_error = |what: &str, e: wasmtime::Error| Error::internal(what.to_owned(), anyhow::anyhow!("{e:#}"));
         let mut config = wasmtime::Config::new();
         config.epoch_interruption(true);
@@ -84,7 +87,7 @@ impl Engine {
         let cache = compile::Cache::new(&engine, cache_dir)?;
         spawn_epoch_ticker(&engine)?;
         let guests = spawn_guest_executor()?;
-        Ok(Arc::new(Self { engine, linkers, cache, guests, default_memory_limit }))
+        Ok(Arc::new(Self { engine, linkers, cache, guests, default_memory_limit, max_concurrent_requests }))
     }
 
     /// The compiled form of the binary with `digest`, from memory, from the
@@ -114,13 +117,17 @@ impl Engine {
 
     /// Starts `compiled` as a guest seeing `spec`, its memory and CPU charged
     /// to `usage` (from [`Engine::new_usage`]; its limits apply), its stdout
-    /// and stderr written to `output`. Returns once its WASI context is built
-    /// (mounts opened), so a bad mount fails the call instead of the guest.
-    /// The guest's exit ([`Guest::exit`], [`ExitWaiter::wait`]) is reported
-    /// once `output` is done and its file mounts are copied back.
+    /// and stderr written to `output`: run as a command, or served when it
+    /// is a `wasi:http` component (see `serve::address` for which, and
+    /// where). Returns once its WASI context is built (mounts opened), or it
+    /// listens, so a bad mount or a taken port fails the call instead of the
+    /// guest. The guest's exit ([`Guest::waiter`]) is reported once `output`
+    /// is done and its file mounts are copied back.
     ///
-    /// Errors: InvalidArgument for a mount that cannot be opened or a file
-    /// mount that cannot be copied; Internal when the executor is gone.
+    /// Errors: InvalidArgument for a mount that cannot be opened, a file
+    /// mount that cannot be copied, or a bad address to serve on;
+    /// FailedPrecondition for an address that cannot be listened on;
+    /// Internal when the executor is gone.
     pub async fn start(
         &self,
         compiled: Arc<Compiled>,
@@ -128,7 +135,13 @@ impl Engine {
         usage: Arc<Usage>,
         output: Output,
     ) -> Result<Guest> {
-        guest::start(&self.engine, &self.guests, compiled, spec, usage, output).await
+        match serve::address(&compiled, &spec.env)? {
+            Some(address) => {
+                let listen = serve::Listen { address, max_concurrent_requests: self.max_concurrent_requests };
+                serve::start(&self.engine, &self.guests, compiled, spec, usage, output, listen).await
+            }
+            None => guest::start(&self.engine, &self.guests, compiled, spec, usage, output).await,
+        }
     }
 }
 

@@ -32,7 +32,14 @@ pub struct Output {
     pub(super) stdout: Writer,
     pub(super) stderr: Writer,
     pub(super) done: Done,
+    /// Makes one more pair of writers to the same destination, for another
+    /// instance (a served component's requests); none for a sink of one
+    /// instance only. `done` also waits for this to be dropped.
+    pub(super) fork: Option<Fork>,
 }
+
+/// Makes a new pair of writers (stdout, stderr) to an output's destination.
+pub(super) type Fork = Box<dyn Fn() -> (Writer, Writer) + Send + Sync>;
 
 impl Output {
     /// An output of two writers and the future that resolves when what they
@@ -42,7 +49,19 @@ impl Output {
         stderr: impl AsyncWrite + Send + Sync + Unpin + 'static,
         done: impl Future<Output = ()> + Send + 'static,
     ) -> Self {
-        Self { stdout: Box::new(stdout), stderr: Box::new(stderr), done: Box::pin(done) }
+        Self { stdout: Box::new(stdout), stderr: Box::new(stderr), done: Box::pin(done), fork: None }
+    }
+
+    /// An output whose writers can be cloned, so that many instances (the
+    /// requests of a served component) write to it at once. `done` must
+    /// resolve once every clone is dropped and what they took is written.
+    pub fn shared<W>(stdout: W, stderr: W, done: impl Future<Output = ()> + Send + 'static) -> Self
+    where
+        W: AsyncWrite + Clone + Send + Sync + Unpin + 'static,
+    {
+        let (out, err) = (stdout.clone(), stderr.clone());
+        let fork: Fork = Box::new(move || (Box::new(out.clone()) as Writer, Box::new(err.clone()) as Writer));
+        Self { fork: Some(fork), ..Self::new(stdout, stderr, done) }
     }
 
     /// Output nobody reads: both streams are discarded.
@@ -138,7 +157,7 @@ mod tests {
     #[tokio::test]
     async fn captured_output_keeps_each_stream_up_to_its_limit() {
         let (captured, output) = Captured::new(8);
-        let Output { mut stdout, mut stderr, done } = output;
+        let Output { mut stdout, mut stderr, done, .. } = output;
         stdout.write_all(b"hello ").await.unwrap();
         stderr.write_all(b"oops").await.unwrap();
         stdout.write_all(b"world").await.unwrap();
@@ -152,7 +171,7 @@ mod tests {
     #[tokio::test]
     async fn captured_output_is_done_only_once_both_writers_are_dropped() {
         let (captured, output) = Captured::new(64);
-        let Output { stdout, mut stderr, mut done } = output;
+        let Output { stdout, mut stderr, mut done, .. } = output;
         drop(stdout);
         let waker = std::task::Waker::noop();
         assert!(done.as_mut().poll(&mut Context::from_waker(waker)).is_pending());

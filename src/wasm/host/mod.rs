@@ -7,6 +7,7 @@
 //! directory) and the directories `layout` chose to preopen; the guest's
 //! output goes to the writers of an [`Output`](super::output::Output).
 
+mod http;
 pub(super) mod p1;
 pub(super) mod p2;
 mod read_only_root;

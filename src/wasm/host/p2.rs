@@ -24,12 +24,14 @@ use wasmtime_wasi::p2::bindings::sockets::{tcp_create_socket, udp_create_socket}
 use wasmtime_wasi::p2::{SocketError, SocketResult, TcpSocket, UdpSocket};
 use wasmtime_wasi::sockets::WasiSocketsCtxView;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::network::{InNetNs, LookupError, NetNs, PodResolver, dns};
 
+use super::http::PodHttp;
 use crate::error::Result;
 use crate::wasm::layout::Preopen;
-use crate::wasm::limits::{MemoryLimiter, Usage};
+use crate::wasm::limits::MemoryLimiter;
 use crate::wasm::output::Writer;
 use crate::wasm::spec::GuestSpec;
 
@@ -40,6 +42,9 @@ pub(in crate::wasm) struct P2State {
     wasi: WasiCtx,
     table: ResourceTable,
     limiter: MemoryLimiter,
+    /// `wasi:http`'s context, and where outgoing requests leave from.
+    http: WasiHttpCtx,
+    http_hooks: PodHttp,
     /// The pod's network namespace its sockets are made in; none: the daemon's
     /// (a hostNetwork pod).
     netns: Option<Arc<NetNs>>,
@@ -60,11 +65,19 @@ impl WasiView for P2State {
     }
 }
 
+impl WasiHttpView for P2State {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView { ctx: &mut self.http, table: &mut self.table, hooks: &mut self.http_hooks }
+    }
+}
+
 /// wasmtime-wasi's WASI 0.2 interfaces (async), with sockets created in the
-/// guest's namespace.
+/// guest's namespace, and wasmtime-wasi-http's `wasi:http` (its outgoing
+/// requests sent from that namespace too, see `host::http`).
 pub(super) fn linker(engine: &wasmtime::Engine) -> wasmtime::Result<wasmtime::component::Linker<P2State>> {
     let mut linker = wasmtime::component::Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+    wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
     linker.allow_shadowing(true);
     tcp_create_socket::add_to_linker::<P2State, PodSockets>(&mut linker, PodSockets::view)?;
     udp_create_socket::add_to_linker::<P2State, PodSockets>(&mut linker, PodSockets::view)?;
@@ -124,15 +137,7 @@ impl NameLookup {
     fn start(resolver: Option<Arc<PodResolver>>, name: String) -> Self {
         let (send, answer) = oneshot::channel();
         let task = tokio::spawn(async move {
-            let found = match (dns::without_query(&name), resolver) {
-                (Some(known), _) => known,
-                (None, Some(resolver)) => resolver.lookup(&name).await,
-                (None, None) => match tokio::net::lookup_host((name.as_str(), 0)).await {
-                    Ok(found) => Ok(found.map(|address| address.ip().to_canonical()).collect()),
-                    Err(_) => Err(LookupError::NoAddress),
-                },
-            };
-            let _ = send.send(found);
+            let _ = send.send(dns::lookup(resolver.as_deref(), &name).await);
         });
         Self { answer, addresses: None, task: task.abort_handle() }
     }
@@ -243,7 +248,8 @@ impl udp_create_socket::Host for PodSocketsView<'_> {
 }
 
 /// A store for one component instance started with `spec`, `preopens` and
-/// the output writers, its memory charged to `usage`.
+/// the output writers, its memory charged to `usage` under `limiter`
+/// (`MemoryLimiter::new` or `MemoryLimiter::per_instance`).
 ///
 /// Errors: InvalidArgument naming a mount that cannot be opened. Opens
 /// directories: call it off the async workers when there are any.
@@ -252,7 +258,7 @@ pub(in crate::wasm) fn store(
     spec: &GuestSpec,
     preopens: &[Preopen],
     (stdout, stderr): (Writer, Writer),
-    usage: Arc<Usage>,
+    limiter: MemoryLimiter,
 ) -> Result<wasmtime::Store<P2State>> {
     let mut wasi = super::wasi_builder(spec, preopens, stdout, stderr)?;
     // Every address of the pod's namespace (or the node's, for a hostNetwork
@@ -261,7 +267,9 @@ pub(in crate::wasm) fn store(
     let state = P2State {
         wasi: wasi.build(),
         table: ResourceTable::new(),
-        limiter: MemoryLimiter::new(usage),
+        limiter,
+        http: WasiHttpCtx::new(),
+        http_hooks: PodHttp { netns: spec.netns.clone(), resolver: spec.resolver.clone() },
         netns: spec.netns.clone(),
         resolver: spec.resolver.clone(),
     };

@@ -290,6 +290,36 @@ async fn requests_over_the_concurrency_ceiling_get_503() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn served_containers_share_the_daemons_pool_of_instances() {
+    let daemon = Daemon::start_with(None, &["--http-instance-pool-size", "2"]).await;
+    let image = pulled_http(&daemon, "http-service", "http-pool").await;
+    let pod = Pod::run(&daemon, "http-pool").await;
+    let (busy, busy_addr) = on_the_node("busy", &image, &[]);
+    let (other, other_addr) = on_the_node("other", &image, &[]);
+    pod.create_and_start(&daemon, &busy).await;
+    pod.create_and_start(&daemon, &other).await;
+
+    // Two requests of one container take both slots of the daemon's pool...
+    let slow: Vec<_> = [4000, 4001]
+        .into_iter()
+        .map(|ms| tokio::spawn(async move { http_request(busy_addr, "GET", &format!("/sleep?ms={ms}"), b"").await }))
+        .collect();
+    for ms in [4000, 4001] {
+        wait_log_line(&pod.log_path(&busy), "stdout", &format!("sleeping {ms} ms")).await;
+    }
+    // ...so another container's request finds none: 503, and a line in its log.
+    let (status, body) = get(other_addr, "/").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("cannot make an instance"), "{body}");
+    wait_log_containing(&pod.log_path(&other), Some("stderr"), "cannot make an instance").await;
+    for task in slow {
+        let (status, _, _) = task.await.expect("the request's task").expect("a request that had a slot");
+        assert_eq!(status, 200);
+    }
+    assert_eq!(get(other_addr, "/").await, (200, "hello from wasm\n".into()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_component_that_is_also_a_command_is_served_only_when_asked() {
     let daemon = Daemon::start().await;
     let image = pulled_http(&daemon, "http-command", "http-command").await;

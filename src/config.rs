@@ -84,6 +84,11 @@ pub struct Config {
     /// How many requests a served `wasi:http` component answers at once
     /// (each an instance); a request over it gets a 503.
     pub http_max_concurrent_requests: usize,
+    /// How many instances of served components may run at once in the
+    /// whole daemon: the slots of the pooling allocator that serves them
+    /// (each slot reserves address space, about 8 GiB, not memory); a
+    /// request that finds none free gets a 503.
+    pub http_instance_pool_size: usize,
 }
 
 /// How to reach one registry.
@@ -122,6 +127,7 @@ impl Default for Config {
             cni_bin_dirs: vec!["/opt/cni/bin".into()],
             netns_pool_size: 4,
             http_max_concurrent_requests: 1000,
+            http_instance_pool_size: 1000,
         }
     }
 }
@@ -179,6 +185,9 @@ pub struct Flags {
     /// Requests a served wasi:http container answers at once; more get a 503 [default: 1000].
     #[arg(long, value_name = "N")]
     pub http_max_concurrent_requests: Option<usize>,
+    /// Instances of served components the whole daemon runs at once; more get a 503 [default: 1000].
+    #[arg(long, value_name = "N")]
+    pub http_instance_pool_size: Option<usize>,
 }
 
 impl Config {
@@ -237,6 +246,9 @@ impl Config {
         }
         if let Some(max) = flags.http_max_concurrent_requests {
             self.http_max_concurrent_requests = max;
+        }
+        if let Some(slots) = flags.http_instance_pool_size {
+            self.http_instance_pool_size = slots;
         }
         // Plugin directories are a search path, not an allow-list: flags replace it.
         if !flags.cni_bin_dirs.is_empty() {
@@ -311,6 +323,9 @@ impl Config {
             || self.http_max_concurrent_requests > tokio::sync::Semaphore::MAX_PERMITS
         {
             bail!("config: `http_max_concurrent_requests` must be at least 1 (and fit a semaphore)");
+        }
+        if !(1..=100_000).contains(&self.http_instance_pool_size) {
+            bail!("config: `http_instance_pool_size` must be between 1 and 100000");
         }
         if self.max_manifest_bytes == 0 || self.max_blob_bytes == 0 {
             bail!("config: `max_manifest_bytes` and `max_blob_bytes` must be above 0");

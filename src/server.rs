@@ -33,7 +33,7 @@ use crate::front::Front;
 use crate::images::{Images, Limits, PullOptions, RegistryOptions};
 use crate::network::Network;
 use crate::pods::{ImagePrograms, Pods};
-use crate::wasm::Engine;
+use crate::wasm::{Engine, HttpLimits};
 
 /// kubelet allows CRI messages of up to 16 MiB (a ListContainers of a busy node).
 pub const MAX_MESSAGE: usize = 16 * 1024 * 1024;
@@ -93,7 +93,10 @@ impl Daemon {
         let engine = Engine::new(
             &config.root.join("cache"),
             config.default_memory_limit_bytes,
-            config.http_max_concurrent_requests,
+            HttpLimits {
+                max_concurrent_requests: config.http_max_concurrent_requests,
+                instance_pool_size: config.http_instance_pool_size,
+            },
         )?;
         let options = PullOptions {
             registries: registry_options(&config)?,

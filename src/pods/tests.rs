@@ -117,7 +117,7 @@ impl Dirs {
 
     /// A daemon over these directories, as it starts.
     async fn open(&self) -> Arc<Pods> {
-        let engine = Engine::new(&self.0.join("root/cache"), 64 << 20, 1000).unwrap();
+        let engine = Engine::new(&self.0.join("root/cache"), 64 << 20, Default::default()).unwrap();
         let programs = Arc::new(Wat::new(engine.clone()));
         // No CNI configuration: these pods use the host's network (see `pod_config`).
         let network =

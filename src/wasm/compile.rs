@@ -46,6 +46,11 @@ impl WasmKind {
 /// A binary ready to instantiate: compiled, and its imports resolved against WASI.
 pub struct Compiled {
     pub(super) program: Program,
+    /// The binary's digest (`sha256:…`).
+    pub(super) digest: String,
+    /// Its compiled code on disk (absent if it could not be written), which
+    /// the engine of served components loads too (see `serving`).
+    pub(super) cwasm: PathBuf,
 }
 
 pub(super) enum Program {
@@ -68,6 +73,14 @@ impl Compiled {
     /// Whether it is a component exporting `wasi:http/incoming-handler`.
     pub fn serves_http(&self) -> bool {
         matches!(&self.program, Program::Component(ComponentProgram { proxy: Some(_), .. }))
+    }
+
+    /// Its `wasi:http/proxy` form, if it is a component that serves.
+    pub(super) fn proxy(&self) -> Option<wasmtime_wasi_http::p2::bindings::ProxyPre<P2State>> {
+        match &self.program {
+            Program::Component(component) => component.proxy.clone(),
+            Program::Module(_) => None,
+        }
     }
 
     /// Whether it can run as a command (`_start`, or `wasi:cli/run`).
@@ -160,7 +173,7 @@ impl Cache {
                 return Err(e);
             }
         };
-        let compiled = Arc::new(Compiled { program });
+        let compiled = Arc::new(Compiled { program, digest: digest.to_owned(), cwasm: cached });
         let compiled = self.loaded.lock().unwrap().entry(digest.to_owned()).or_insert(compiled).clone();
         Ok((compiled, from))
     }

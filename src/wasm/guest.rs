@@ -337,7 +337,7 @@ mod tests {
         ENGINE
             .get_or_init(|| {
                 let cache = std::env::temp_dir().join(format!("wasmrun-guest-tests-{}", rand::random::<u64>()));
-                Engine::new(&cache, 0, 1000).unwrap()
+                Engine::new(&cache, 0, Default::default()).unwrap()
             })
             .clone()
     }

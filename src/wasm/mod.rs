@@ -37,6 +37,7 @@ mod limits;
 #[cfg_attr(not(test), allow(dead_code))]
 pub mod output;
 mod serve;
+mod serving;
 mod spec;
 
 use std::path::Path;
@@ -64,30 +65,36 @@ pub struct Engine {
     guests: tokio::runtime::Handle,
     default_memory_limit: u64,
     max_concurrent_requests: usize,
+    instance_pool_size: u32,
+    /// The pooling engine of served components, made at the first served
+    /// start; `Err` (with why) when it cannot be, and the daemon's engine serves.
+    serving: tokio::sync::OnceCell<std::result::Result<Arc<serving::Serving>, String>>,
 }
 
 impl Engine {
     /// Creates the engine, its compiled-code cache under `cache_dir`, the epoch
     /// ticker and the guest executor. Guests whose container sets no memory
     /// limit get `default_memory_limit` bytes (0: none). A served component
-    /// runs at most `max_concurrent_requests` instances at once.
-    pub fn new(cache_dir: &Path, default_memory_limit: u64, max_concurrent_requests: usize) -> Result<Arc<Self>> {
+    /// runs at most `http.max_concurrent_requests` instances at once, and all
+    /// of them together `http.instance_pool_size`.
+    pub fn new(cache_dir: &Path, default_memory_limit: u64, http: HttpLimits) -> Result<Arc<Self>> {
         let wasm_error = |what: &str, e: wasmtime::Error| Error::internal(what.to_owned(), anyhow::anyhow!("{e:#}"));
-        let mut config = wasmtime::Config::new();
-        config.epoch_interruption(true);
-        // Each guest's memory costs mappings, and a process may have only
-        // vm.max_map_count of them (65530 by default). The guard region before
-        // a memory is defense in depth against bugs in wasmtime's code
-        // generation; without it a guest takes 6 mappings instead of 7, which
-        // lets a node with default settings hold 10,000 guests rather than 9,000.
-        // The guard after each memory, which bounds checks rely on, stays.
-        config.guard_before_linear_memory(false);
-        let engine = wasmtime::Engine::new(&config).map_err(|e| wasm_error("creating the wasmtime engine", e))?;
+        let engine =
+            wasmtime::Engine::new(&engine_config()).map_err(|e| wasm_error("creating the wasmtime engine", e))?;
         let linkers = host::Linkers::new(&engine)?;
         let cache = compile::Cache::new(&engine, cache_dir)?;
         spawn_epoch_ticker(&engine)?;
         let guests = spawn_guest_executor()?;
-        Ok(Arc::new(Self { engine, linkers, cache, guests, default_memory_limit, max_concurrent_requests }))
+        Ok(Arc::new(Self {
+            engine,
+            linkers,
+            cache,
+            guests,
+            default_memory_limit,
+            max_concurrent_requests: http.max_concurrent_requests,
+            instance_pool_size: u32::try_from(http.instance_pool_size).unwrap_or(u32::MAX),
+            serving: tokio::sync::OnceCell::new(),
+        }))
     }
 
     /// The compiled form of the binary with `digest`, from memory, from the
@@ -105,6 +112,9 @@ impl Engine {
     pub async fn evict(&self, digests: &[String]) {
         for digest in digests {
             self.cache.evict(digest).await;
+            if let Some(Ok(serving)) = self.serving.get() {
+                serving.evict(digest);
+            }
         }
     }
 
@@ -138,11 +148,71 @@ impl Engine {
         match serve::address(&compiled, &spec.env)? {
             Some(address) => {
                 let listen = serve::Listen { address, max_concurrent_requests: self.max_concurrent_requests };
-                serve::start(&self.engine, &self.guests, compiled, spec, usage, output, listen).await
+                let (engine, pre) = self.proxy(&compiled).await?;
+                serve::start(&engine, &self.guests, pre, spec, usage, output, listen).await
             }
             None => guest::start(&self.engine, &self.guests, compiled, spec, usage, output).await,
         }
     }
+
+    /// The engine a served component runs in, and its `wasi:http/proxy` form
+    /// there: the pooling engine's, or else the daemon's own.
+    ///
+    /// Errors: Internal for a program that does not serve `wasi:http`.
+    async fn proxy(
+        &self,
+        compiled: &Compiled,
+    ) -> Result<(wasmtime::Engine, wasmtime_wasi_http::p2::bindings::ProxyPre<host::p2::P2State>)> {
+        let serving = self
+            .serving
+            .get_or_init(|| async {
+                serving::Serving::new(engine_config(), self.instance_pool_size).map(Arc::new).map_err(|e| e.to_string())
+            })
+            .await;
+        let failed = match serving {
+            Ok(serving) => match serving.proxy(compiled).await {
+                Ok(pre) => return Ok((serving.engine().clone(), pre)),
+                Err(e) => e,
+            },
+            Err(e) => e.clone(),
+        };
+        tracing::warn!(digest = %compiled.digest, reason = %failed, "serving a component from the daemon's engine, not the pooling one");
+        let pre = compiled.proxy().ok_or_else(|| {
+            Error::internal("serving a component", anyhow::anyhow!("it does not export `wasi:http/incoming-handler`"))
+        })?;
+        Ok((self.engine.clone(), pre))
+    }
+}
+
+/// How many instances served components may run at once.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpLimits {
+    /// Per container; a request over it gets a 503.
+    pub max_concurrent_requests: usize,
+    /// In the whole daemon (the pooling allocator's slots); a request that
+    /// finds none free gets a 503.
+    pub instance_pool_size: usize,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        Self { max_concurrent_requests: 1000, instance_pool_size: 1000 }
+    }
+}
+
+/// The settings of every engine of the daemon. Compiled code depends on
+/// them: both engines (see `serving`) load the same `.cwasm` files.
+fn engine_config() -> wasmtime::Config {
+    let mut config = wasmtime::Config::new();
+    config.epoch_interruption(true);
+    // Each guest's memory costs mappings, and a process may have only
+    // vm.max_map_count of them (65530 by default). The guard region before
+    // a memory is defense in depth against bugs in wasmtime's code
+    // generation; without it a guest takes 6 mappings instead of 7, which
+    // lets a node with default settings hold 10,000 guests rather than 9,000.
+    // The guard after each memory, which bounds checks rely on, stays.
+    config.guard_before_linear_memory(false);
+    config
 }
 
 /// One thread moves the engine's epoch forward; every guest's deadline is one tick.

@@ -38,7 +38,7 @@ use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
-use super::compile::{Compiled, Program};
+use super::compile::Compiled;
 use super::file_mounts;
 use super::guest::{EXIT_KILLED, Exit, ExitReason, Guest};
 use super::host::p2::{self, P2State};
@@ -88,28 +88,22 @@ pub(super) struct Listen {
     pub max_concurrent_requests: usize,
 }
 
-/// Starts serving `compiled` on `listen.address` for a guest seeing `spec`: binds
+/// Starts serving `pre` (in `engine`) on `listen.address` for a guest seeing `spec`: binds
 /// the listener (in `spec.netns`), opens its mounts, and runs the server on
 /// `executor`. Returns once it listens, so a client may connect at once.
 ///
 /// Errors: FailedPrecondition when the address cannot be bound (taken, or
 /// not an address of the pod); InvalidArgument for a mount that cannot be
-/// opened; Internal for a component that does not serve `wasi:http`.
+/// opened.
 pub(super) async fn start(
     engine: &wasmtime::Engine,
     executor: &tokio::runtime::Handle,
-    compiled: Arc<Compiled>,
+    pre: ProxyPre<P2State>,
     spec: GuestSpec,
     usage: Arc<Usage>,
     output: Output,
     Listen { address, max_concurrent_requests }: Listen,
 ) -> Result<Guest> {
-    let Program::Component(super::compile::ComponentProgram { proxy: Some(pre), .. }) = &compiled.program else {
-        return Err(Error::internal(
-            "serving a component",
-            anyhow::anyhow!("the program does not export `wasi:http/incoming-handler`"),
-        ));
-    };
     let listener = {
         let listener = listen(address, spec.netns.as_deref())?;
         let _runtime = executor.enter();
@@ -139,7 +133,7 @@ pub(super) async fn start(
     drop((stdout, stderr));
     let service = Arc::new(Service {
         engine: engine.clone(),
-        pre: pre.clone(),
+        pre,
         spec,
         preopens,
         usage,
@@ -300,19 +294,21 @@ impl Service {
             // The instance ended without answering: it trapped, or ran out of
             // memory, or was ended by a stop; `run` logged which.
             Err(_) => {
-                let failure = match task.await {
-                    Ok(Some(failure)) => failure,
-                    Ok(None) => "the component returned without answering".to_owned(),
-                    Err(e) => format!("its task failed: {e}"),
+                let (status, failure) = match task.await {
+                    Ok(Some(failed)) => failed,
+                    Ok(None) => (500, "the component returned without answering".to_owned()),
+                    Err(e) => (500, format!("its task failed: {e}")),
                 };
-                Ok(plain(500, format!("wasmrun: {failure}\n")))
+                Ok(plain(status, format!("wasmrun: {failure}\n")))
             }
         }
     }
 
     /// Runs the request's instance to its end, its CPU charged to the
     /// container. Returns what went wrong (also written to the container's
-    /// log), if anything did.
+    /// log), if anything did, with the status it gives a request not yet
+    /// answered: 503 when no instance could be made (the daemon's pool of
+    /// instances is full), 500 for the rest.
     async fn run(
         self: Arc<Self>,
         mut store: wasmtime::Store<P2State>,
@@ -320,30 +316,34 @@ impl Service {
         outparam: wasmtime::component::Resource<wasmtime_wasi_http::p2::types::HostResponseOutparam>,
         _permit: OwnedSemaphorePermit,
         what: String,
-    ) -> Option<String> {
+    ) -> Option<(u16, String)> {
+        let mut instantiated = false;
         let result = {
             let pre = &self.pre;
             let run = async {
                 let proxy = pre.instantiate_async(&mut store).await?;
+                instantiated = true;
                 proxy.wasi_http_incoming_handler().call_handle(&mut store, request, outparam).await
             };
             tokio::select! {
                 biased;
                 _ = self.ended.cancelled() => {
                     self.cut_short.fetch_add(1, Ordering::Relaxed);
-                    return Some("the container was stopped while the request ran".into());
+                    return Some((500, "the container was stopped while the request ran".into()));
                 }
                 result = CpuMeter::new(run, &*self.usage) => result,
             }
         };
         let error = result.err()?;
-        let failure = if store.data().limiter().hit_limit() {
-            format!("memory limit of {} bytes reached: {error}", self.usage.memory_limit())
+        let (status, failure) = if store.data().limiter().hit_limit() {
+            (500, format!("memory limit of {} bytes reached: {error}", self.usage.memory_limit()))
+        } else if !instantiated {
+            (503, format!("cannot make an instance: {error:#}"))
         } else {
-            format!("the component trapped: {error:#}")
+            (500, format!("the component trapped: {error:#}"))
         };
         drop(store);
-        Some(self.log(&what, &failure).await)
+        Some((status, self.log(&what, &failure).await))
     }
 
     /// Logs the failure of a request that got no instance, and its 500.

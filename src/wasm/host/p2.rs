@@ -74,7 +74,7 @@ impl WasiHttpView for P2State {
 /// wasmtime-wasi's WASI 0.2 interfaces (async), with sockets created in the
 /// guest's namespace, and wasmtime-wasi-http's `wasi:http` (its outgoing
 /// requests sent from that namespace too, see `host::http`).
-pub(super) fn linker(engine: &wasmtime::Engine) -> wasmtime::Result<wasmtime::component::Linker<P2State>> {
+pub(in crate::wasm) fn linker(engine: &wasmtime::Engine) -> wasmtime::Result<wasmtime::component::Linker<P2State>> {
     let mut linker = wasmtime::component::Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;

@@ -19,6 +19,7 @@ mod harness;
 mod append;
 mod cpu;
 mod density;
+mod http;
 mod netstart;
 mod pull;
 mod start;
@@ -56,6 +57,9 @@ struct Cli {
     #[command(flatten)]
     append: append::Args,
 
+    #[command(flatten)]
+    http: http::Args,
+
     /// Given by `cargo bench` itself to every bench target; ignored.
     #[arg(long, hide = true)]
     bench: bool,
@@ -77,6 +81,8 @@ enum Section {
     Append,
     /// Pod start with pod networking (CNI bridge) against the plugins alone and containerd + runc.
     NetStart,
+    /// A wasi:http component served by wasmrun against `wasmtime serve`: requests/s, latency, first request, memory.
+    Http,
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -98,6 +104,7 @@ async fn main() {
             Section::Throughput => throughput::run(&cli.throughput).await,
             Section::Append => append::run(&cli.append).await,
             Section::NetStart => netstart::run(&cli.net_start).await,
+            Section::Http => http::run(&cli.http).await,
         }
     }
 }

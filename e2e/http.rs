@@ -19,8 +19,8 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use wasmrun::api::{
-    ContainerConfig, ContainerState, ContainerStatsRequest, ContainerStatus, DnsConfig, PodSandboxStatusRequest,
-    RemovePodSandboxRequest, StartContainerRequest, StopContainerRequest, StopPodSandboxRequest,
+    ContainerConfig, ContainerState, ContainerStatsRequest, ContainerStatus, DnsConfig, RemovePodSandboxRequest,
+    StartContainerRequest, StopContainerRequest, StopPodSandboxRequest,
 };
 
 use crate::harness::*;
@@ -354,19 +354,6 @@ async fn a_component_that_is_also_a_command_is_served_only_when_asked() {
     assert_eq!(status.reason, "StartError", "{status:#?}");
 }
 
-/// The pod's address, from PodSandboxStatus.
-async fn pod_ip(daemon: &Daemon, pod: &Pod) -> String {
-    let status = daemon
-        .runtime()
-        .pod_sandbox_status(PodSandboxStatusRequest { pod_sandbox_id: pod.id.clone(), verbose: false })
-        .await
-        .expect("PodSandboxStatus")
-        .into_inner()
-        .status
-        .expect("no status");
-    status.network.expect("no network status").ip
-}
-
 /// Runs `work` to its end on a thread in `net`'s namespace (so that its
 /// sockets are made there), on a runtime of its own.
 fn in_net<T: Send>(net: &TestNet, work: impl Future<Output = T> + Send) -> T {
@@ -418,7 +405,7 @@ async fn a_pod_serves_on_its_own_address_answers_probes_and_makes_outgoing_reque
     config.dns_config =
         Some(DnsConfig { servers: vec![NODE_ADDRESS.into()], searches: vec!["e2e.test".into()], options: vec![] });
     let pod = Pod::run_config(&daemon, config).await;
-    let ip = pod_ip(&daemon, &pod).await;
+    let ip = pod_ips(&daemon, &pod).await.remove(0);
     let addr: SocketAddr = format!("{ip}:{DEFAULT_PORT}").parse().expect("the pod's address");
     let web = container_config("web", &image.name, &[], &[], &[]);
     pod.create_and_start(&daemon, &web).await;

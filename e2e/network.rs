@@ -13,10 +13,7 @@ use std::net::{TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
 
 use tonic::Code;
-use wasmrun::api::{
-    DnsConfig, PodSandboxStatusRequest, PortMapping, Protocol, RemovePodSandboxRequest, StatusRequest,
-    StopPodSandboxRequest,
-};
+use wasmrun::api::{DnsConfig, PortMapping, Protocol, RemovePodSandboxRequest, StatusRequest, StopPodSandboxRequest};
 
 use crate::harness::*;
 
@@ -26,20 +23,6 @@ async fn network_ready(daemon: &Daemon) -> (bool, String, String) {
     let conditions = status.status.expect("Status without status").conditions;
     let ready = conditions.into_iter().find(|c| c.r#type == "NetworkReady").expect("no NetworkReady condition");
     (ready.status, ready.reason, ready.message)
-}
-
-/// The pod's addresses from PodSandboxStatus: the ip, then the additional ones.
-async fn pod_ips(daemon: &Daemon, pod: &Pod) -> Vec<String> {
-    let status = daemon
-        .runtime()
-        .pod_sandbox_status(PodSandboxStatusRequest { pod_sandbox_id: pod.id.clone(), verbose: false })
-        .await
-        .expect("PodSandboxStatus")
-        .into_inner()
-        .status
-        .expect("no status");
-    let network = status.network.expect("no network status");
-    std::iter::once(network.ip).chain(network.additional_ips.into_iter().map(|ip| ip.ip)).collect()
 }
 
 async fn stop_and_remove(daemon: &Daemon, pod: &Pod) {

@@ -13,8 +13,8 @@ use wasmrun::api::{
     ContainerConfig, ContainerMetadata, ContainerState, ContainerStatus, ContainerStatusRequest,
     ContainerStatusResponse, CreateContainerRequest, ImageSpec, KeyValue, LinuxContainerConfig,
     LinuxContainerResources, LinuxPodSandboxConfig, LinuxSandboxSecurityContext, NamespaceMode, NamespaceOption,
-    PodSandboxConfig, PodSandboxMetadata, PullImageRequest, RunPodSandboxRequest, StartContainerRequest,
-    VersionRequest,
+    PodSandboxConfig, PodSandboxMetadata, PodSandboxStatusRequest, PullImageRequest, RunPodSandboxRequest,
+    StartContainerRequest, VersionRequest,
 };
 
 use super::{Daemon, POLL_INTERVAL, TestImage, WAIT_LIMIT, push_fixture, scratch_root};
@@ -340,4 +340,18 @@ pub fn mount(container_path: &str, host_path: &std::path::Path, readonly: bool) 
         readonly,
         ..Default::default()
     }
+}
+
+/// The pod's addresses from PodSandboxStatus: the ip, then the additional ones.
+pub async fn pod_ips(daemon: &Daemon, pod: &Pod) -> Vec<String> {
+    let status = daemon
+        .runtime()
+        .pod_sandbox_status(PodSandboxStatusRequest { pod_sandbox_id: pod.id.clone(), verbose: false })
+        .await
+        .expect("PodSandboxStatus")
+        .into_inner()
+        .status
+        .expect("no status");
+    let network = status.network.expect("no network status");
+    std::iter::once(network.ip).chain(network.additional_ips.into_iter().map(|ip| ip.ip)).collect()
 }

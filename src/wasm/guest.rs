@@ -13,10 +13,10 @@ use wasmtime_wasi::I32Exit;
 use super::compile::{Compiled, Program};
 use super::host::p1::{self, P1State};
 use super::host::p2::{self, P2State};
+use super::layout;
 use super::limits::{CpuMeter, MemoryLimiter, Usage};
 use super::output::{Output, Writer};
 use super::spec::GuestSpec;
-use super::{file_mounts, layout};
 use crate::error::{Error, Result};
 
 /// Exit code of a guest ended by a stop, as if killed by SIGKILL.
@@ -202,10 +202,9 @@ pub(super) async fn start(
     let prepare = {
         let (engine, usage) = (engine.clone(), usage.clone());
         move || {
-            let prepared = file_mounts::prepare(spec.mounts.clone(), spec.scratch_dir.clone())?;
-            let preopens = layout::preopens(spec.root.as_ref(), spec.working_dir.as_deref(), prepared.preopens);
+            let (preopens, files) = layout::prepare(&spec)?;
             let instance = Instance::new(&engine, &compiled, &spec, &preopens, (stdout, stderr), usage)?;
-            Ok::<_, Error>((instance, prepared.files))
+            Ok::<_, Error>((instance, files))
         }
     };
     // The root and the mounts are opened (and file mounts copied) from the

@@ -198,6 +198,19 @@ fn top_level_dirs(root: &Root) -> Vec<std::ffi::OsString> {
     })
 }
 
+/// What `spec`'s guest preopens, and its file mounts to copy back when it
+/// ends: file mounts copied into `spec.scratch_dir` (see `file_mounts`),
+/// then [`preopens`]. Blocking (copies and directory reads): call it off
+/// the async workers when the spec has mounts or a root.
+///
+/// Errors: InvalidArgument for a file mount that cannot be copied.
+pub(super) fn prepare(
+    spec: &super::spec::GuestSpec,
+) -> crate::error::Result<(Vec<Preopen>, super::file_mounts::FileMounts)> {
+    let prepared = super::file_mounts::prepare(spec.mounts.clone(), spec.scratch_dir.clone())?;
+    Ok((preopens(spec.root.as_ref(), spec.working_dir.as_deref(), prepared.preopens), prepared.files))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -39,7 +39,6 @@ use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
 use super::compile::Compiled;
-use super::file_mounts;
 use super::guest::{EXIT_KILLED, Exit, ExitReason, Guest};
 use super::host::p2::{self, P2State};
 use super::layout::{self, Preopen};
@@ -113,11 +112,7 @@ pub(super) async fn start(
     let has_mounts = !spec.mounts.is_empty() || spec.root.is_some();
     let prepare = {
         let spec = spec.clone();
-        move || {
-            let prepared = file_mounts::prepare(spec.mounts.clone(), spec.scratch_dir.clone())?;
-            let preopens = layout::preopens(spec.root.as_ref(), spec.working_dir.as_deref(), prepared.preopens);
-            Ok::<_, Error>((preopens, prepared.files))
-        }
+        move || layout::prepare(&spec)
     };
     let (preopens, files) = if has_mounts {
         executor.spawn_blocking(prepare).await.map_err(|e| Error::internal("preparing a guest's mounts", e))??

@@ -190,7 +190,10 @@ async fn a_served_component_answers_keep_alive_requests_logs_traps_and_stops_cle
     }
 
     // A trap fails its request only: 500, logged; the next request is answered.
-    assert_eq!(get(addr, "/trap").await.0, 500);
+    let (status, body) = get(addr, "/trap").await;
+    assert_eq!(status, 500, "{body}");
+    assert!(body.contains("the component trapped") && body.contains("unreachable"), "{body}");
+    assert!(!body.contains("backtrace"), "the client gets the trap, not the daemon's details: {body}");
     assert_eq!(get(addr, "/").await, (200, "hello from wasm\n".into()));
     // The guest's panic message, then the trap itself (from the daemon).
     wait_log_containing(&log, Some("stderr"), "trap requested by /trap").await;
@@ -344,14 +347,14 @@ async fn a_component_that_is_also_a_command_is_served_only_when_asked() {
     let lines = full_lines(&read_log(&pod.log_path(&served)));
     assert!(!has_line(&lines, "stdout", "ran as a command"), "the served component ran as a command: {lines:#?}");
 
-    // An address that is not IP:PORT fails the start, naming it.
-    let bad = container_config("bad-address", &image, &[], &[], &[(ADDR_ENV, "localhost")]);
-    let bad_id = pod.create(&daemon, &bad).await;
-    let started = daemon.runtime().start_container(StartContainerRequest { container_id: bad_id.clone() }).await;
-    let refused = expect_code(started, tonic::Code::InvalidArgument, "StartContainer with a bad address to serve on");
-    assert!(refused.message().contains(ADDR_ENV) && refused.message().contains("localhost"), "{refused:?}");
-    let status = wait_exited(&mut daemon.runtime(), &bad_id).await;
-    assert_eq!(status.reason, "StartError", "{status:#?}");
+    // An address that is not IP:PORT, or has no port, fails CreateContainer, naming it.
+    for (name, value) in [("bad-address", "localhost"), ("port-zero", "127.0.0.1:0")] {
+        let bad = container_config(name, &image, &[], &[], &[(ADDR_ENV, value)]);
+        let created = pod.try_create(&daemon, &bad).await;
+        let refused =
+            expect_code(created, tonic::Code::InvalidArgument, "CreateContainer with a bad address to serve on");
+        assert!(refused.message().contains(ADDR_ENV) && refused.message().contains(value), "{refused:?}");
+    }
 }
 
 /// Runs `work` to its end on a thread in `net`'s namespace (so that its

@@ -322,10 +322,13 @@ impl Config {
         if self.http_max_concurrent_requests == 0
             || self.http_max_concurrent_requests > tokio::sync::Semaphore::MAX_PERMITS
         {
-            bail!("config: `http_max_concurrent_requests` must be at least 1 (and fit a semaphore)");
+            bail!(
+                "config: `http_max_concurrent_requests` (--http-max-concurrent-requests) must be between 1 and {}",
+                tokio::sync::Semaphore::MAX_PERMITS
+            );
         }
         if !(1..=100_000).contains(&self.http_instance_pool_size) {
-            bail!("config: `http_instance_pool_size` must be between 1 and 100000");
+            bail!("config: `http_instance_pool_size` (--http-instance-pool-size) must be between 1 and 100000");
         }
         if self.max_manifest_bytes == 0 || self.max_blob_bytes == 0 {
             bail!("config: `max_manifest_bytes` and `max_blob_bytes` must be above 0");

@@ -201,6 +201,7 @@ impl Container {
     /// `network` namespace, its names resolved with the pod's DNS config.
     pub(super) fn guest_spec(&self, network: &crate::network::PodNetwork) -> GuestSpec {
         GuestSpec {
+            container_id: self.id.clone(),
             argv: self.process.argv.clone(),
             env: self.process.env.clone(),
             working_dir: Some(self.process.working_dir.clone()).filter(|dir| !dir.is_empty()),

@@ -586,6 +586,13 @@ impl Pods {
                 return Err(e.about_image(image_name));
             }
         };
+        // A served component's address is checked here too, so that a bad
+        // one fails CreateContainer (kubelet's CreateContainerError) rather
+        // than each start.
+        if let Err(e) = crate::wasm::serve_address(&compiled, &process.env) {
+            release_name();
+            return Err(e);
+        }
         let id = new_id();
         let scratch_dir = self.containers_dir.join(&id);
         // A compat image's filesystem is the guest's `/`; the container's own

@@ -49,6 +49,7 @@ pub use guest::{EXIT_NOT_STARTED, Exit, ExitReason, Guest};
 pub use limits::{Usage, UsageSnapshot};
 #[allow(unused_imports)]
 pub use output::{Captured, Output};
+pub use serve::address as serve_address;
 pub use spec::{CpuBandwidth, GuestSpec, Limits, Mount, Root};
 
 use crate::error::{Error, Result};

@@ -65,16 +65,23 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 /// exports `wasi:cli/run` is served only when its container sets
 /// [`ADDRESS_ENV`].
 ///
-/// Errors: InvalidArgument for an [`ADDRESS_ENV`] that is not `IP:PORT`.
-pub(super) fn address(compiled: &Compiled, env: &[(String, String)]) -> Result<Option<SocketAddr>> {
+/// Errors: InvalidArgument for an [`ADDRESS_ENV`] that is not `IP:PORT`, or
+/// has port 0.
+pub fn address(compiled: &Compiled, env: &[(String, String)]) -> Result<Option<SocketAddr>> {
     if !compiled.serves_http() {
         return Ok(None);
     }
     let asked = env.iter().rev().find(|(key, _)| key == ADDRESS_ENV).map(|(_, value)| value.as_str());
     match asked {
-        Some(value) => value.trim().parse().map(Some).map_err(|_| {
-            Error::InvalidArgument(format!("{ADDRESS_ENV}={value:?} is not an address to listen on, IP:PORT"))
-        }),
+        Some(value) => match value.trim().parse::<SocketAddr>() {
+            Ok(address) if address.port() != 0 => Ok(Some(address)),
+            Ok(_) => Err(Error::InvalidArgument(format!(
+                "{ADDRESS_ENV}={value:?} asks for port 0: name the port to serve on (probes and Services need it)"
+            ))),
+            Err(_) => Err(Error::InvalidArgument(format!(
+                "{ADDRESS_ENV}={value:?} is not an address to listen on, IP:PORT (such as 0.0.0.0:8080)"
+            ))),
+        },
         None if compiled.runs_as_command() => Ok(None),
         None => Ok(Some(DEFAULT_ADDRESS)),
     }
@@ -141,7 +148,7 @@ pub(super) async fn start(
     });
     let (stop_tx, stop_rx) = oneshot::channel::<Duration>();
     let (exit_tx, exit_rx) = watch::channel(None);
-    tracing::debug!(%address, "serving a wasi:http component");
+    tracing::info!(container = %service.spec.container_id, %address, "serving a wasi:http component");
     executor.spawn(async move {
         let exit = serve(listener, service, stop_rx).await;
         tokio::join!(files.copy_back(), output_done);
@@ -220,7 +227,7 @@ async fn serve(
                     });
                 }
                 Err(error) => {
-                    tracing::warn!(%error, "a served container cannot accept a connection");
+                    tracing::warn!(container = %service.spec.container_id, %error, "a served container cannot accept a connection");
                     tokio::time::sleep(ACCEPT_BACKOFF).await;
                 }
             },
@@ -260,9 +267,14 @@ impl Service {
         request: hyper::Request<Incoming>,
     ) -> std::result::Result<hyper::Response<HyperOutgoingBody>, Infallible> {
         let Ok(permit) = self.permits.clone().try_acquire_owned() else {
+            let ceiling = self.max_concurrent_requests;
+            tracing::debug!(container = %self.spec.container_id, ceiling, "a served request over the ceiling got a 503");
             return Ok(plain(
                 503,
-                format!("wasmrun: {} requests are in flight, the container's ceiling\n", self.max_concurrent_requests),
+                format!(
+                    "wasmrun: the container already runs its ceiling of {ceiling} request(s) at once \
+                     (http_max_concurrent_requests)\n"
+                ),
             ));
         };
         let what = format!("{} {}", request.method(), request.uri().path());
@@ -270,7 +282,7 @@ impl Service {
         let limiter = MemoryLimiter::per_instance(self.usage.clone());
         let mut store = match p2::store(&self.engine, &self.spec, &self.preopens, (stdout, stderr), limiter) {
             Ok(store) => store,
-            Err(e) => return Ok(self.failed(&what, &format!("cannot make its instance: {e}")).await),
+            Err(e) => return Ok(self.failed(&what, Failure::new(500, format!("cannot make its instance: {e}"))).await),
         };
         let (sender, receiver) = oneshot::channel();
         let made = (|| {
@@ -280,7 +292,10 @@ impl Service {
         })();
         let (request, outparam) = match made {
             Ok(made) => made,
-            Err(e) => return Ok(self.failed(&what, &format!("cannot pass the request to the component: {e:#}")).await),
+            Err(e) => {
+                let failure = Failure::new(500, format!("cannot pass the request to the component: {e:#}"));
+                return Ok(self.failed(&what, failure).await);
+            }
         };
         let task = self.requests.spawn(self.clone().run(store, request, outparam, permit, what));
         match receiver.await {
@@ -289,12 +304,12 @@ impl Service {
             // The instance ended without answering: it trapped, or ran out of
             // memory, or was ended by a stop; `run` logged which.
             Err(_) => {
-                let (status, failure) = match task.await {
-                    Ok(Some(failed)) => failed,
-                    Ok(None) => (500, "the component returned without answering".to_owned()),
-                    Err(e) => (500, format!("its task failed: {e}")),
+                let failure = match task.await {
+                    Ok(Some(failure)) => failure,
+                    Ok(None) => Failure::new(500, "the component returned without answering".into()),
+                    Err(e) => Failure::new(500, format!("its task failed: {e}")),
                 };
-                Ok(plain(status, format!("wasmrun: {failure}\n")))
+                Ok(plain(failure.status, format!("wasmrun: {}\n", failure.summary)))
             }
         }
     }
@@ -311,7 +326,7 @@ impl Service {
         outparam: wasmtime::component::Resource<wasmtime_wasi_http::p2::types::HostResponseOutparam>,
         _permit: OwnedSemaphorePermit,
         what: String,
-    ) -> Option<(u16, String)> {
+    ) -> Option<Failure> {
         let mut instantiated = false;
         let result = {
             let pre = &self.pre;
@@ -324,36 +339,61 @@ impl Service {
                 biased;
                 _ = self.ended.cancelled() => {
                     self.cut_short.fetch_add(1, Ordering::Relaxed);
-                    return Some((500, "the container was stopped while the request ran".into()));
+                    return Some(Failure::new(500, "the container was stopped while the request ran".into()));
                 }
                 result = CpuMeter::new(run, &*self.usage) => result,
             }
         };
         let error = result.err()?;
-        let (status, failure) = if store.data().limiter().hit_limit() {
-            (500, format!("memory limit of {} bytes reached: {error}", self.usage.memory_limit()))
+        // The root cause is the trap itself ("wasm trap: …"); the error's
+        // chain around it carries the wasm backtrace, for the log only.
+        let cause = error.root_cause().to_string();
+        let mut failure = if store.data().limiter().hit_limit() {
+            Failure::new(500, format!("memory limit of {} bytes reached: {cause}", self.usage.memory_limit()))
         } else if !instantiated {
-            (503, format!("cannot make an instance: {error:#}"))
+            Failure::new(503, format!("cannot make an instance: {cause}"))
         } else {
-            (500, format!("the component trapped: {error:#}"))
+            Failure::new(500, format!("the component trapped: {cause}"))
         };
+        failure.detail = format!("{error:#}");
         drop(store);
-        Some((status, self.log(&what, &failure).await))
+        self.log(&what, &failure).await;
+        Some(failure)
     }
 
-    /// Logs the failure of a request that got no instance, and its 500.
-    async fn failed(&self, what: &str, failure: &str) -> hyper::Response<HyperOutgoingBody> {
-        let failure = self.log(what, failure).await;
-        plain(500, format!("wasmrun: {failure}\n"))
+    /// Logs the failure of a request that got no instance; its answer.
+    async fn failed(&self, what: &str, failure: Failure) -> hyper::Response<HyperOutgoingBody> {
+        self.log(what, &failure).await;
+        plain(failure.status, format!("wasmrun: {}\n", failure.summary))
     }
 
-    /// Writes what became of request `what` to the container's log (stderr)
-    /// and the daemon's; returns the first line, for the client.
-    async fn log(&self, what: &str, failure: &str) -> String {
-        tracing::info!(request = %what, %failure, "a served request failed");
+    /// Writes what became of request `what` to the container's log (stderr:
+    /// the summary, then the details) and the daemon's (the summary).
+    async fn log(&self, what: &str, failure: &Failure) {
+        tracing::info!(container = %self.spec.container_id, request = %what, failure = %failure.summary, "a served request failed");
+        let mut line = format!("wasmrun: request {what}: {}\n", failure.summary);
+        if !failure.detail.is_empty() {
+            line.push_str(&failure.detail);
+            line.push('\n');
+        }
         let (_, mut stderr) = (self.fork)();
-        let _ = stderr.write_all(format!("wasmrun: request {what}: {failure}\n").as_bytes()).await;
-        failure.lines().next().unwrap_or_default().to_owned()
+        let _ = stderr.write_all(line.as_bytes()).await;
+    }
+}
+
+/// What became of a request that failed.
+struct Failure {
+    /// The status of its answer, if it had none yet.
+    status: u16,
+    /// One line, for the client, the daemon's log and the container's.
+    summary: String,
+    /// More for the container's log (a trap's wasm backtrace); may be empty.
+    detail: String,
+}
+
+impl Failure {
+    fn new(status: u16, summary: String) -> Self {
+        Self { status, summary, detail: String::new() }
     }
 }
 

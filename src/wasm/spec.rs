@@ -17,6 +17,8 @@ pub use super::limits::{CpuBandwidth, Limits};
 /// What a guest is given: the process-like view of its container.
 #[derive(Debug, Clone, Default)]
 pub struct GuestSpec {
+    /// The container's id, for the daemon's log lines about its guest.
+    pub container_id: String,
     /// `argv[0]` first, as WASI `args_get` / `wasi:cli/environment.get-arguments` give them.
     pub argv: Vec<String>,
     /// `(name, value)` pairs, handed to the guest in this order.

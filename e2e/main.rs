@@ -30,6 +30,7 @@ mod images;
 mod interop;
 mod limits;
 mod mirrors;
+mod mixed;
 mod network;
 mod pods;
 mod registries;

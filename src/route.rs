@@ -13,9 +13,19 @@
 //! runs as wasm (crictl `runp` names none), and a pod that names another
 //! handler is refused.
 //!
-//! **A pod or container id** ([`Rules::id`]) is the wasm side's if `Pods`
-//! knows it; else the backing runtime's, if one is configured; else the wasm
-//! side answers (NotFound, or nothing to do for an idempotent stop/remove).
+//! **A mixed pod** is one annotated with the "smart" variants, crun's words:
+//! `module.wasm.image/variant: compat-smart` or `run.oci.handler: wasm-smart`.
+//! With a backing runtime it is [`Side::Mixed`]: its sandbox (pause process,
+//! network namespace, CNI) is the backing runtime's, and each container goes
+//! where its image belongs ([`Rules::new_container`]): a wasm image becomes
+//! an in-process guest joined to that sandbox, anything else is forwarded.
+//! Without one, it is a wasm pod whose Linux containers are refused.
+//!
+//! **A pod id** ([`Rules::pod_id`]) is the wasm side's if `Pods` runs the
+//! pod, a mixed pod's if `Pods` joined it, else the backing runtime's if one
+//! is configured, else the wasm side answers (NotFound, or nothing to do for
+//! an idempotent stop/remove). **A container id** ([`Rules::id`]) is the wasm
+//! side's if `Pods` knows it, then the same.
 //!
 //! **An image name** ([`Rules::image`], for ImageStatus and RemoveImage) is
 //! the wasm side's if its store holds it or refuses the name (an empty one);
@@ -42,6 +52,33 @@ pub enum Side {
     Wasm,
     /// The backing runtime (containerd), which exists when this is returned.
     Backing,
+    /// Both, for a mixed pod: the backing runtime's sandbox, with wasm
+    /// containers of wasmrun's in it. Returned only with a backing runtime.
+    Mixed,
+}
+
+/// What the wasm side knows of a pod id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PodLookup {
+    /// A pod it runs.
+    Runs,
+    /// A mixed pod's sandbox of the backing runtime, which it joined.
+    Joined,
+    /// Nothing.
+    Absent,
+}
+
+/// The pod annotation crun's wasm handler and compat images use.
+pub const VARIANT_ANNOTATION: &str = "module.wasm.image/variant";
+/// crun's runtime handler annotation.
+pub const CRUN_HANDLER_ANNOTATION: &str = "run.oci.handler";
+
+/// Whether a pod's annotations make it a mixed pod: `module.wasm.image/variant:
+/// compat-smart` or `run.oci.handler: wasm-smart` (crun's "smart" variants:
+/// only the containers whose image is wasm run as wasm).
+pub fn is_mixed(annotations: &HashMap<String, String>) -> bool {
+    annotations.get(VARIANT_ANNOTATION).is_some_and(|v| v == "compat-smart")
+        || annotations.get(CRUN_HANDLER_ANNOTATION).is_some_and(|v| v == "wasm-smart")
 }
 
 /// What wasmrun's image store says of an image name.
@@ -70,11 +107,14 @@ impl Rules {
     /// FailedPrecondition for a handler that is not wasm when no backing
     /// runtime is configured.
     pub fn pod(&self, runtime_handler: &str, annotations: &HashMap<String, String>) -> Result<Side> {
-        let annotated =
-            |key: &str, values: [&str; 2]| annotations.get(key).is_some_and(|v| values.contains(&v.as_str()));
-        let wasm = self.wasm_handlers.iter().any(|h| h == runtime_handler)
-            || annotated("module.wasm.image/variant", ["compat", "compat-smart"])
-            || annotated("run.oci.handler", ["wasm", "wasm-smart"]);
+        let mixed = is_mixed(annotations);
+        if mixed && self.has_backing {
+            return Ok(Side::Mixed);
+        }
+        let wasm = mixed
+            || self.wasm_handlers.iter().any(|h| h == runtime_handler)
+            || annotations.get(VARIANT_ANNOTATION).is_some_and(|v| v == "compat")
+            || annotations.get(CRUN_HANDLER_ANNOTATION).is_some_and(|v| v == "wasm");
         match (wasm, self.has_backing) {
             (true, _) => Ok(Side::Wasm),
             (false, true) => Ok(Side::Backing),
@@ -87,9 +127,40 @@ impl Rules {
         }
     }
 
-    /// Who owns a pod or container id: `known` is whether `Pods` knows it.
+    /// Who owns a container id: `known` is whether `Pods` knows it.
     pub fn id(&self, known: bool) -> Side {
         if known || !self.has_backing { Side::Wasm } else { Side::Backing }
+    }
+
+    /// Who owns a pod id. A joined pod without a backing runtime (the
+    /// config lost it since) is the wasm side's: it still stops and removes
+    /// its own containers.
+    pub fn pod_id(&self, lookup: PodLookup) -> Side {
+        match lookup {
+            PodLookup::Joined if self.has_backing => Side::Mixed,
+            PodLookup::Runs | PodLookup::Joined => Side::Wasm,
+            PodLookup::Absent => self.id(false),
+        }
+    }
+
+    /// Where CreateContainer goes, in a pod owned by `pod` (see
+    /// [`Rules::pod_id`]) that is `mixed` by its annotations, for an image
+    /// the wasm side's store answers `image` for. In a mixed pod a wasm image
+    /// (or an empty name, which the wasm side refuses) is the wasm side's,
+    /// anything else the backing runtime's. Fails with FailedPrecondition,
+    /// naming `image_name`, for an image that is not wasm in a mixed pod
+    /// without a backing runtime.
+    pub fn new_container(&self, pod: Side, mixed: bool, image: ImageLookup, image_name: &str) -> Result<Side> {
+        match (pod, image) {
+            (Side::Backing, _) => Ok(Side::Backing),
+            (Side::Mixed, ImageLookup::Absent) => Ok(Side::Backing),
+            (Side::Mixed, _) => Ok(Side::Wasm),
+            (Side::Wasm, ImageLookup::Absent) if mixed && !self.has_backing => Err(Error::FailedPrecondition(format!(
+                "CreateContainer: image {image_name:?} is not a wasm image wasmrun holds, and this mixed pod's \
+                 other containers need a backing runtime (backing_endpoint), which is not configured"
+            ))),
+            (Side::Wasm, _) => Ok(Side::Wasm),
+        }
     }
 
     /// Who answers ImageStatus and RemoveImage for an image name.
@@ -130,11 +201,20 @@ mod tests {
         let with = rules(true);
         assert_eq!(with.pod("wasmrun", &none).unwrap(), Side::Wasm);
         assert_eq!(with.pod("", &compat).unwrap(), Side::Wasm);
-        assert_eq!(with.pod("runc", &crun).unwrap(), Side::Wasm);
+        assert_eq!(with.pod("runc", &crun).unwrap(), Side::Mixed);
         assert_eq!(with.pod("", &none).unwrap(), Side::Backing);
         assert_eq!(with.pod("runc", &none).unwrap(), Side::Backing);
 
+        let smart = HashMap::from([("module.wasm.image/variant".to_owned(), "compat-smart".to_owned())]);
+        assert_eq!(with.pod("wasmrun", &smart).unwrap(), Side::Mixed);
+        assert_eq!(with.pod("", &smart).unwrap(), Side::Mixed);
+        assert_eq!(with.pod("", &crun).unwrap(), Side::Mixed);
+        let crun_plain = HashMap::from([("run.oci.handler".to_owned(), "wasm".to_owned())]);
+        assert_eq!(with.pod("", &crun_plain).unwrap(), Side::Wasm);
+
         let without = rules(false);
+        assert_eq!(without.pod("runc", &smart).unwrap(), Side::Wasm);
+        assert_eq!(without.pod("", &crun).unwrap(), Side::Wasm);
         assert_eq!(without.pod("", &none).unwrap(), Side::Wasm);
         assert_eq!(without.pod("wasmrun", &none).unwrap(), Side::Wasm);
         assert_eq!(without.pod("runc", &compat).unwrap(), Side::Wasm);
@@ -157,6 +237,49 @@ mod tests {
         for ((known, has_backing), side) in table {
             assert_eq!(rules(has_backing).id(known), side, "known {known}, backing {has_backing}");
         }
+    }
+
+    #[test]
+    fn who_owns_a_pod_id() {
+        use PodLookup::*;
+        let table = [
+            ((Runs, true), Side::Wasm),
+            ((Runs, false), Side::Wasm),
+            ((Joined, true), Side::Mixed),
+            ((Joined, false), Side::Wasm),
+            ((Absent, true), Side::Backing),
+            ((Absent, false), Side::Wasm),
+        ];
+        for ((lookup, has_backing), side) in table {
+            assert_eq!(rules(has_backing).pod_id(lookup), side, "{lookup:?}, backing {has_backing}");
+        }
+    }
+
+    #[test]
+    fn where_a_new_container_goes() {
+        use ImageLookup::*;
+        // (pod side, mixed by annotation, image lookup, backing configured) → side
+        let table = [
+            ((Side::Mixed, true, Stored, true), Side::Wasm),
+            ((Side::Mixed, true, Refused, true), Side::Wasm),
+            ((Side::Mixed, true, Absent, true), Side::Backing),
+            ((Side::Backing, false, Stored, true), Side::Backing),
+            ((Side::Backing, false, Absent, true), Side::Backing),
+            ((Side::Wasm, false, Absent, true), Side::Wasm),
+            ((Side::Wasm, false, Absent, false), Side::Wasm),
+            ((Side::Wasm, true, Stored, false), Side::Wasm),
+            ((Side::Wasm, true, Refused, false), Side::Wasm),
+        ];
+        for ((pod, mixed, image, has_backing), side) in table {
+            let got = rules(has_backing).new_container(pod, mixed, image, "x").unwrap();
+            assert_eq!(got, side, "{pod:?} mixed {mixed} {image:?} backing {has_backing}");
+        }
+        let refused =
+            rules(false).new_container(Side::Wasm, true, Absent, "docker.io/envoyproxy/envoy:v1").unwrap_err();
+        assert!(
+            matches!(&refused, Error::FailedPrecondition(m) if m.contains("docker.io/envoyproxy/envoy:v1")),
+            "{refused}"
+        );
     }
 
     #[test]

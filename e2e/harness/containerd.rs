@@ -6,9 +6,10 @@
 //!
 //! Everything containerd keeps lives in its directory: `config.toml`,
 //! `root/`, `state/`, `runc/` (runc's state), `certs.d/` (registry hosts:
-//! plain HTTP to the test registry), `cni/` (no network: pods use the host's; see
-//! [`host_network_pod_config`]), `containerd.sock` (+ `.ttrpc`) and
-//! `containerd.log`.
+//! plain HTTP to the test registry), `cni/` (no network, so pods use the
+//! host's, see [`host_network_pod_config`]; or, for a containerd started in
+//! a test's network namespace, that namespace's bridge network),
+//! `containerd.sock` (+ `.ttrpc`) and `containerd.log`.
 //!
 //! Shims (`containerd-shim-runc-v2`) outlive containerd by design, so that a
 //! killed containerd can be restarted and find its containers again
@@ -20,9 +21,11 @@
 //! those left (mounts, cgroups, shim sockets, CNI cache entries).
 //!
 //! Needs (as root): `apt-get install -y containerd runc gcc libc6-dev`.
-//! No CNI network is configured, on purpose: the tests may send traffic only
-//! on loopback, so every pod uses the host network, and a pod asking for a
-//! network of its own fails at RunPodSandbox.
+//! The tests may send traffic only on loopback or inside network namespaces
+//! they make: a containerd on the machine's namespace has no CNI network
+//! (every pod uses the host network; a pod asking for a network of its own
+//! fails at RunPodSandbox), and one started in a test's namespace
+//! ([`Containerd::start_in`]) gets that namespace's.
 
 use std::fs::OpenOptions;
 use std::os::unix::ffi::OsStrExt;
@@ -476,14 +479,14 @@ fn with_namespaces(mut config: PodSandboxConfig, network: NamespaceMode) -> PodS
     config
 }
 
-/// The static Linux program `name` (`pause` or `hello`) built from
+/// The static Linux program `name` (`pause`, `hello` or `sidecar`) built from
 /// e2e/pause/<name>.c, once per test process.
 pub fn linux_program(name: &str) -> Vec<u8> {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     let dir = BUILT.get_or_init(|| {
         let dir = scratch_dir("linux-programs");
         let sources = Path::new(env!("CARGO_MANIFEST_DIR")).join("e2e/pause");
-        for program in ["pause", "hello"] {
+        for program in ["pause", "hello", "sidecar"] {
             let mut cmd = Command::new("gcc");
             cmd.args(["-static", "-Os", "-s", "-Wall", "-o"])
                 .arg(dir.join(program))
@@ -552,6 +555,14 @@ pub async fn pause_image() -> String {
 pub async fn linux_hello_image() -> String {
     static IMAGE: OnceCell<String> = OnceCell::const_new();
     IMAGE.get_or_init(|| push_linux_program("hello", "linux-hello")).await.clone()
+}
+
+/// The Linux image of e2e/pause/sidecar.c (Entrypoint `/sidecar`; args
+/// `SERVE_PORT CALL_PORT PATH`: serves on one port of its pod, calls the
+/// other on 127.0.0.1) in the shared registry, pushed once per process.
+pub async fn linux_sidecar_image() -> String {
+    static IMAGE: OnceCell<String> = OnceCell::const_new();
+    IMAGE.get_or_init(|| push_linux_program("sidecar", "linux-sidecar")).await.clone()
 }
 
 /// Waits (at most 10 s) until none of `pids` is a live process (zombies
@@ -786,6 +797,39 @@ fn remove_cni_results(id: &str) {
         if entry.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.contains(&format!("-{id}-"))) {
             let _ = std::fs::remove_file(entry);
         }
+    }
+}
+
+/// A pod's cgroup (its `cgroup_parent`), made as kubelet makes it before
+/// RunPodSandbox: a directory in every hierarchy (cgroup v1), or in the
+/// unified one (v2). containerd reads a sandbox's stats from it, and fails
+/// PodSandboxStats ("cgroup deleted") without it. Dropping it removes the
+/// directories (empty: runc puts the pod's processes elsewhere, see
+/// [`container_cgroups`]).
+pub struct PodCgroup {
+    dirs: Vec<PathBuf>,
+}
+
+impl PodCgroup {
+    /// Makes the cgroup `config.linux.cgroup_parent` names.
+    pub fn create(config: &PodSandboxConfig) -> PodCgroup {
+        let parent = config.linux.as_ref().map(|linux| linux.cgroup_parent.clone()).unwrap_or_default();
+        assert!(!parent.is_empty() && !parent.contains('/'), "a pod cgroup name like kubelet's: {parent:?}");
+        let root = Path::new("/sys/fs/cgroup");
+        let hierarchies =
+            if root.join("cgroup.controllers").exists() { vec![root.to_owned()] } else { read_dir_paths(root) };
+        let dirs: Vec<PathBuf> = hierarchies.iter().map(|hierarchy| hierarchy.join(&parent)).collect();
+        for dir in &dirs {
+            std::fs::create_dir_all(dir)
+                .unwrap_or_else(|e| panic!("cannot make the pod cgroup {}: {e}", dir.display()));
+        }
+        PodCgroup { dirs }
+    }
+}
+
+impl Drop for PodCgroup {
+    fn drop(&mut self) {
+        remove_cgroups(&self.dirs);
     }
 }
 

@@ -133,14 +133,16 @@ pub async fn list_pod_sandbox_stats(
     request: Request<api::ListPodSandboxStatsRequest>,
 ) -> Reply<api::ListPodSandboxStatsResponse> {
     let forwarded = request.get_ref().clone();
-    both(
+    let mut merged = both(
         "ListPodSandboxStats",
         wasm.list_pod_sandbox_stats(request),
         backing,
         |backing| async move { backing.runtime().list_pod_sandbox_stats(forwarded).await },
         |ours, theirs: api::ListPodSandboxStatsResponse| ours.stats.extend(theirs.stats),
     )
-    .await
+    .await?;
+    super::mixed::add_joined_pod_stats(wasm, &mut merged.get_mut().stats).await;
+    Ok(merged)
 }
 
 pub async fn list_images(

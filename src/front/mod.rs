@@ -8,13 +8,14 @@
 //!
 //! | RPC | goes to | where |
 //! |---|---|---|
-//! | RunPodSandbox | the new-pod rule, `Rules::pod` (a refused handler fails here) | `runtime.rs` |
-//! | StopPodSandbox, RemovePodSandbox, PodSandboxStatus, PodSandboxStats, CreateContainer, PortForward | the owner of `pod_sandbox_id`, `Rules::id` | `runtime.rs` |
+//! | RunPodSandbox | the new-pod rule, `Rules::pod` (a refused handler fails here); a mixed pod's: `mixed.rs` | `runtime.rs` |
+//! | StopPodSandbox, RemovePodSandbox, PodSandboxStatus, PodSandboxStats, PortForward | the owner of `pod_sandbox_id`, `Rules::pod_id`; a mixed pod's: `mixed.rs` | `runtime.rs` |
+//! | CreateContainer | the owner of `pod_sandbox_id`; in a mixed pod, the owner of the image, `Rules::new_container` | `runtime.rs` |
 //! | StartContainer, StopContainer, RemoveContainer, ContainerStatus, UpdateContainerResources, ReopenContainerLog, ContainerStats, ExecSync, Exec, Attach | the owner of `container_id`, `Rules::id` | `runtime.rs` |
 //! | RuntimeConfig, UpdateRuntimeConfig | the backing runtime if configured, `Rules::runtime_settings` | `runtime.rs` |
 //! | Version, CheckpointContainer, ListMetricDescriptors, ListPodSandboxMetrics | the wasm side only | `runtime.rs` |
 //! | Status | both: the backing runtime's conditions merged into ours, its runtime handlers after ours | `merge.rs` |
-//! | ListPodSandbox, ListContainers, ListContainerStats, ListPodSandboxStats | both: ours, then theirs appended | `merge.rs` |
+//! | ListPodSandbox, ListContainers, ListContainerStats, ListPodSandboxStats | both: ours, then theirs appended (a mixed pod's stats: theirs with its wasm containers' added) | `merge.rs` |
 //! | GetContainerEvents | both: the two streams merged | `merge.rs` |
 //! | PullImage | the wasm side; on `NotWasm`/`Unfetchable`, the backing runtime, `Rules::failed_pull` | `images.rs` |
 //! | ImageStatus, RemoveImage | the owner of the image name, `Rules::image` | `images.rs` |
@@ -31,6 +32,7 @@
 
 mod images;
 pub mod merge;
+mod mixed;
 mod runtime;
 
 use tonic::Status;
@@ -38,7 +40,7 @@ use tonic::Status;
 use crate::api;
 use crate::backing::Backing;
 use crate::cri::{Facade, Parts};
-use crate::route::{ImageLookup, Rules, Side};
+use crate::route::{ImageLookup, PodLookup, Rules, Side};
 
 /// The CRI service on the socket: `RuntimeService` and `ImageService`, each
 /// call routed to the wasm side or to the backing runtime.
@@ -53,6 +55,9 @@ pub struct Front {
 enum Owner<'a> {
     Wasm,
     Backing(&'a Backing),
+    /// A mixed pod: calls that are not the sandbox's alone are in `mixed.rs`;
+    /// the rest are forwarded.
+    Mixed(&'a Backing),
 }
 
 impl Front {
@@ -69,7 +74,8 @@ impl Front {
         match (side, &self.backing) {
             (Side::Wasm, _) => Ok(Owner::Wasm),
             (Side::Backing, Some(backing)) => Ok(Owner::Backing(backing)),
-            (Side::Backing, None) => Err(Status::failed_precondition(
+            (Side::Mixed, Some(backing)) => Ok(Owner::Mixed(backing)),
+            (Side::Backing | Side::Mixed, None) => Err(Status::failed_precondition(
                 "this is not a wasm object, and no backing runtime is configured (backing_endpoint)",
             )),
         }
@@ -85,7 +91,33 @@ impl Front {
     }
 
     fn pod_owner(&self, id: &str) -> Result<Owner<'_>, Status> {
-        self.to(self.rules.id(self.wasm.parts().pods.pod(id).is_ok()))
+        self.to(self.pod_side(id))
+    }
+
+    fn pod_side(&self, id: &str) -> Side {
+        let lookup = match self.wasm.parts().pods.pod(id) {
+            Ok(pod) if pod.joined.is_some() => PodLookup::Joined,
+            Ok(_) => PodLookup::Runs,
+            Err(_) => PodLookup::Absent,
+        };
+        self.rules.pod_id(lookup)
+    }
+
+    /// Where CreateContainer goes: the owner of its pod; in a mixed pod, the
+    /// owner of its image (`Rules::new_container`). Whether the pod is mixed
+    /// is read from its annotations, as the wasm side keeps them.
+    fn new_container_owner(&self, request: &api::CreateContainerRequest) -> Result<Owner<'_>, Status> {
+        let pods = &self.wasm.parts().pods;
+        let mixed = pods.pod(&request.pod_sandbox_id).is_ok_and(|pod| crate::route::is_mixed(&pod.config.annotations));
+        let image = request.config.as_ref().and_then(|config| config.image.as_ref());
+        let image_name = image.map_or("", |spec| spec.image.as_str());
+        let side = self.rules.new_container(
+            self.pod_side(&request.pod_sandbox_id),
+            mixed,
+            self.image_lookup(image),
+            image_name,
+        )?;
+        self.to(side)
     }
 
     fn container_owner(&self, id: &str) -> Result<Owner<'_>, Status> {
@@ -94,13 +126,17 @@ impl Front {
 
     /// The owner of the image named in a request's `image` field.
     fn image_owner(&self, image: Option<&api::ImageSpec>) -> Result<Owner<'_>, Status> {
+        self.to(self.rules.image(self.image_lookup(image)))
+    }
+
+    /// What the wasm side's store says of the image a request names.
+    fn image_lookup(&self, image: Option<&api::ImageSpec>) -> ImageLookup {
         let name = image.map_or("", |spec| spec.image.as_str());
-        let lookup = match self.wasm.parts().images.status(name) {
+        match self.wasm.parts().images.status(name) {
             Ok(Some(_)) => ImageLookup::Stored,
             Ok(None) => ImageLookup::Absent,
             Err(_) => ImageLookup::Refused,
-        };
-        self.to(self.rules.image(lookup))
+        }
     }
 
     fn runtime_settings_owner(&self) -> Result<Owner<'_>, Status> {
@@ -112,7 +148,8 @@ impl Front {
 /// `route!(self, runtime.start_container(request), by container_id)`.
 ///
 /// - `by container_id`, `by pod_sandbox_id`: the owner of the id in that
-///   field of the request (`Rules::id`);
+///   field of the request (`Rules::id`, `Rules::pod_id`; a mixed pod's call
+///   is forwarded: calls that need both sides match `Owner::Mixed` first);
 /// - `by image`: the owner of the image named in the `image` field (`Rules::image`);
 /// - `by new_pod`: where a new pod runs (`Rules::pod`);
 /// - `by runtime_settings`: `Rules::runtime_settings`;
@@ -124,7 +161,7 @@ macro_rules! route {
     (@send $self:ident, $owner:expr, $client:ident . $method:ident ($request:ident)) => {
         match $owner {
             $crate::front::Owner::Wasm => $self.wasm.$method($request).await,
-            $crate::front::Owner::Backing(backing) => {
+            $crate::front::Owner::Backing(backing) | $crate::front::Owner::Mixed(backing) => {
                 backing.$client().$method($request.into_inner()).await.map_err(|s| backing.status(s))
             }
         }
@@ -134,6 +171,9 @@ macro_rules! route {
     };
     ($self:ident, $client:ident . $method:ident ($request:ident), by container_id) => {
         route!(@send $self, $self.container_owner(&$request.get_ref().container_id)?, $client.$method($request))
+    };
+    ($self:ident, $client:ident . $method:ident ($request:ident), by new_container) => {
+        route!(@send $self, $self.new_container_owner($request.get_ref())?, $client.$method($request))
     };
     ($self:ident, $client:ident . $method:ident ($request:ident), by pod_sandbox_id) => {
         route!(@send $self, $self.pod_owner(&$request.get_ref().pod_sandbox_id)?, $client.$method($request))

@@ -3,7 +3,7 @@
 
 use tonic::{Request, Response, Status};
 
-use super::{Front, merge, route};
+use super::{Front, Owner, merge, mixed, route};
 use crate::api;
 use crate::api::runtime_service_server::RuntimeService;
 
@@ -31,21 +31,33 @@ impl RuntimeService for Front {
     }
 
     async fn run_pod_sandbox(&self, request: Request<api::RunPodSandboxRequest>) -> Reply<api::RunPodSandboxResponse> {
-        route!(self, runtime.run_pod_sandbox(request), by new_pod)
+        match self.new_pod_owner(request.get_ref())? {
+            Owner::Mixed(backing) => {
+                let pods = self.wasm.parts().pods.clone();
+                mixed::run_pod_sandbox(pods, backing, &self.rules.wasm_handlers, request).await
+            }
+            _ => route!(self, runtime.run_pod_sandbox(request), by new_pod),
+        }
     }
 
     async fn stop_pod_sandbox(
         &self,
         request: Request<api::StopPodSandboxRequest>,
     ) -> Reply<api::StopPodSandboxResponse> {
-        route!(self, runtime.stop_pod_sandbox(request), by pod_sandbox_id)
+        match self.pod_owner(&request.get_ref().pod_sandbox_id)? {
+            Owner::Mixed(backing) => mixed::stop_pod_sandbox(&self.wasm, backing, request).await,
+            _ => route!(self, runtime.stop_pod_sandbox(request), by pod_sandbox_id),
+        }
     }
 
     async fn remove_pod_sandbox(
         &self,
         request: Request<api::RemovePodSandboxRequest>,
     ) -> Reply<api::RemovePodSandboxResponse> {
-        route!(self, runtime.remove_pod_sandbox(request), by pod_sandbox_id)
+        match self.pod_owner(&request.get_ref().pod_sandbox_id)? {
+            Owner::Mixed(backing) => mixed::remove_pod_sandbox(&self.wasm, backing, request).await,
+            _ => route!(self, runtime.remove_pod_sandbox(request), by pod_sandbox_id),
+        }
     }
 
     async fn pod_sandbox_status(
@@ -66,7 +78,7 @@ impl RuntimeService for Front {
         &self,
         request: Request<api::CreateContainerRequest>,
     ) -> Reply<api::CreateContainerResponse> {
-        route!(self, runtime.create_container(request), by pod_sandbox_id)
+        route!(self, runtime.create_container(request), by new_container)
     }
 
     async fn start_container(
@@ -149,7 +161,10 @@ impl RuntimeService for Front {
         &self,
         request: Request<api::PodSandboxStatsRequest>,
     ) -> Reply<api::PodSandboxStatsResponse> {
-        route!(self, runtime.pod_sandbox_stats(request), by pod_sandbox_id)
+        match self.pod_owner(&request.get_ref().pod_sandbox_id)? {
+            Owner::Mixed(backing) => mixed::pod_sandbox_stats(&self.wasm, backing, request).await,
+            _ => route!(self, runtime.pod_sandbox_stats(request), by pod_sandbox_id),
+        }
     }
 
     async fn list_pod_sandbox_stats(

@@ -65,6 +65,17 @@ pub struct Attachment {
     pub result: Option<Value>,
 }
 
+/// The network of a mixed pod's sandbox, which the backing runtime made and
+/// owns (namespace, CNI): wasm guests of the pod join it, nothing of it is
+/// set up or torn down by wasmrun. Written in the pod's record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Joined {
+    /// The sandbox's namespace file (containerd's pinned path, or
+    /// `/proc/<pid>/ns/net` of its pause process); none: the node's network
+    /// (a hostNetwork pod).
+    pub netns: Option<PathBuf>,
+}
+
 /// What a pod has of its network while the daemon runs.
 #[derive(Debug, Default)]
 pub struct PodNetwork {

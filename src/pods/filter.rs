@@ -35,8 +35,11 @@ impl PodFilter {
         self.id.is_none() && self.state.is_none() && self.labels.is_empty()
     }
 
+    /// Whether it selects `sandbox`; never a joined one (a mixed pod's),
+    /// which the backing runtime lists.
     pub fn matches(&self, sandbox: &Sandbox) -> bool {
-        id_matches(&self.id, &sandbox.id)
+        sandbox.joined.is_none()
+            && id_matches(&self.id, &sandbox.id)
             && self.state.is_none_or(|state| state == sandbox.state())
             && labels_match(&self.labels, &sandbox.config.labels)
     }

@@ -125,25 +125,42 @@ impl Pods {
     async fn recover(&self, loaded: records::Loaded) {
         let now = crate::clock::now_nanos();
         for record in loaded.sandboxes {
-            // `run_pod` refuses a pod without metadata: every record has it.
-            let Some(metadata) = record.config.0.metadata.as_ref() else {
+            // `run_pod` and `join_pod` refuse a pod without metadata: every record has it.
+            if record.config.0.metadata.is_none() {
                 continue;
-            };
-            let name = sandbox::reserved_name(metadata);
+            }
             // Its namespace is pinned still, unless the node rebooted (the
-            // state directory is gone): its teardown runs without it then.
-            let netns = record.network.as_ref().and_then(|network| NetNs::open(&network.netns).ok()).map(Arc::new);
+            // state directory is gone) or the backing runtime removed a
+            // joined one: its teardown runs without it then.
+            let path = match (&record.network, &record.joined) {
+                (Some(attachment), _) => Some(attachment.netns.as_path()),
+                (None, Some(joined)) => joined.netns.as_deref(),
+                (None, None) => None,
+            };
+            let netns = path.and_then(|path| match NetNs::open(path) {
+                Ok(netns) => Some(Arc::new(netns)),
+                Err(e) => {
+                    tracing::warn!(pod = %record.id, netns = %path.display(), error = %e, "the pod's network namespace is gone; the pod is not ready");
+                    None
+                }
+            });
+            // A pod whose namespace is gone must not start guests: they would
+            // get the node's network.
+            let ready = record.ready && (path.is_none() || netns.is_some());
             let network = PodNetwork::new(&record.id, &record.config.0, record.network, netns);
             let sandbox = Sandbox::new(
                 record.id,
                 record.config.0,
                 record.runtime_handler,
                 record.created_at,
-                record.ready,
+                ready,
                 network,
+                record.joined,
             );
             let mut registry = self.registry.lock().unwrap();
-            registry.names.insert(name);
+            if let Some(name) = sandbox.reserved_name() {
+                registry.names.insert(name);
+            }
             registry.sandboxes.insert(sandbox.id.clone(), Arc::new(sandbox));
         }
         let (mut created, mut ended) = (0, 0);
@@ -363,7 +380,7 @@ impl Pods {
         };
         let network_setup = setting_up.elapsed();
         let network = PodNetwork::new(&id, &config, attachment, netns);
-        let sandbox = Arc::new(Sandbox::new(id, config, runtime_handler.to_owned(), created_at, true, network));
+        let sandbox = Arc::new(Sandbox::new(id, config, runtime_handler.to_owned(), created_at, true, network, None));
         // Recorded before it is visible: a pod kubelet was told of is never lost.
         if let Err(e) = self.records.save_sandbox(&sandbox.record()) {
             if let Some(attachment) = &sandbox.network.attachment {
@@ -412,6 +429,7 @@ impl Pods {
             created_at,
             false,
             PodNetwork { attachment: Some(attachment.clone()), ..PodNetwork::default() },
+            None,
         );
         self.records.save_sandbox(&pending.record())?;
         match self.network.attach(id, &mut attachment).await {
@@ -434,6 +452,57 @@ impl Pods {
         if let Err(e) = self.network.release(attachment).await {
             tracing::warn!(pod = %id, error = %e, "cannot remove the network namespace of a pod that failed to start");
         }
+    }
+
+    /// Joins a mixed pod's sandbox, which the backing runtime made with id
+    /// `id` from `config`: wasm containers can then be created in it. They
+    /// make their sockets in `joined.netns` (none: the node's network) and
+    /// resolve names by the pod's DNS config. The joined sandbox is recorded
+    /// (so a daemon restart keeps it), is not listed by this side, and has
+    /// no network of wasmrun's to tear down: stop and remove end its wasm
+    /// containers and forget it.
+    ///
+    /// Errors: InvalidArgument for a config without metadata,
+    /// AlreadyExists for an id already known, FailedPrecondition when the
+    /// namespace cannot be opened, Internal when it cannot be recorded;
+    /// after any of them nothing is kept.
+    pub async fn join_pod(
+        &self,
+        id: &str,
+        config: api::PodSandboxConfig,
+        runtime_handler: &str,
+        joined: network::Joined,
+    ) -> Result<Arc<Sandbox>> {
+        if config.metadata.is_none() {
+            return Err(Error::InvalidArgument("RunPodSandbox: config.metadata is required".into()));
+        }
+        if self.registry.lock().unwrap().sandboxes.contains_key(id) {
+            return Err(Error::AlreadyExists(format!("pod sandbox {id} is already known to wasmrun")));
+        }
+        let netns = match &joined.netns {
+            Some(path) => Some(Arc::new(NetNs::open(path).map_err(|e| {
+                Error::FailedPrecondition(format!(
+                    "cannot open the network namespace {} of the backing runtime's pod sandbox {id}: {e}",
+                    path.display()
+                ))
+            })?)),
+            None => None,
+        };
+        let network = PodNetwork::new(id, &config, None, netns);
+        let created_at = crate::clock::now_nanos();
+        let sandbox = Arc::new(Sandbox::new(
+            id.to_owned(),
+            config,
+            runtime_handler.to_owned(),
+            created_at,
+            true,
+            network,
+            Some(joined),
+        ));
+        self.records.save_sandbox(&sandbox.record())?;
+        self.registry.lock().unwrap().sandboxes.insert(sandbox.id.clone(), sandbox.clone());
+        tracing::info!(pod = %sandbox.id, netns = ?sandbox.joined.as_ref().and_then(|j| j.netns.as_ref()), "joined the backing runtime's pod sandbox (a mixed pod)");
+        Ok(sandbox)
     }
 
     pub fn pod(&self, id: &str) -> Result<Arc<Sandbox>> {
@@ -518,8 +587,8 @@ impl Pods {
         let removed = {
             let mut registry = self.registry.lock().unwrap();
             let removed = registry.sandboxes.remove(&sandbox.id).is_some();
-            if removed {
-                registry.names.remove(&sandbox::reserved_name(sandbox.metadata()));
+            if removed && let Some(name) = sandbox.reserved_name() {
+                registry.names.remove(&name);
             }
             removed
         };

@@ -40,7 +40,7 @@ use super::lifecycle::Phase;
 use crate::api;
 use crate::error::{Error, Result};
 use crate::images::Image;
-use crate::network::Attachment;
+use crate::network::{Attachment, Joined};
 use crate::wasm::{Exit, ExitReason, ModuleSource, Root};
 
 /// The version of the record format; a record of another version is set aside.
@@ -60,6 +60,9 @@ pub(super) struct SandboxRecord {
     /// for a hostNetwork pod. Absent from records written before pods had one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<Attachment>,
+    /// For a mixed pod, the backing runtime's sandbox network it joined.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub joined: Option<Joined>,
 }
 
 /// A container as recorded.
@@ -426,6 +429,7 @@ mod tests {
             created_at: 7,
             ready: true,
             network: None,
+            joined: (id == "ccc").then(|| Joined { netns: Some("/run/netns/cni-1".into()) }),
         }
     }
 

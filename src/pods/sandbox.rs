@@ -1,6 +1,10 @@
 //! A pod sandbox. A wasm pod needs no pause process: the sandbox is the
 //! record of its config, its readiness and its network (a namespace of its
 //! own set up by CNI, or none for a hostNetwork pod).
+//!
+//! A mixed pod's sandbox is the backing runtime's; wasmrun keeps a joined
+//! sandbox under the same id, for the pod's wasm containers: its config, its
+//! readiness, and the namespace they join ([`Joined`]).
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -8,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use super::listing::KeptEntry;
 use super::records::{Proto, SandboxRecord};
 use crate::api;
-use crate::network::PodNetwork;
+use crate::network::{Joined, PodNetwork};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SandboxState {
@@ -26,6 +30,10 @@ pub struct Sandbox {
     ready: AtomicBool,
     /// Its namespace and CNI attachment, its name resolution.
     pub network: PodNetwork,
+    /// Some for a mixed pod: the backing runtime's sandbox, whose network
+    /// its wasm containers join. Such a pod is listed by the backing
+    /// runtime, not here, and reserves no name here.
+    pub joined: Option<Joined>,
     /// Held while the pod's record is written (see `Container::record_lock`);
     /// true once the record is deleted.
     pub(super) record_lock: Mutex<bool>,
@@ -42,6 +50,7 @@ impl Sandbox {
         created_at: i64,
         ready: bool,
         network: PodNetwork,
+        joined: Option<Joined>,
     ) -> Self {
         Self {
             id,
@@ -50,6 +59,7 @@ impl Sandbox {
             created_at,
             ready: AtomicBool::new(ready),
             network,
+            joined,
             record_lock: Mutex::new(false),
             list_entry: KeptEntry::default(),
         }
@@ -65,7 +75,14 @@ impl Sandbox {
             created_at: self.created_at,
             ready: self.state() == SandboxState::Ready,
             network: self.network.attachment.clone(),
+            joined: self.joined.clone(),
         }
+    }
+
+    /// The name it reserves among live pods; none for a joined sandbox (the
+    /// backing runtime reserves it).
+    pub(super) fn reserved_name(&self) -> Option<String> {
+        self.joined.is_none().then(|| reserved_name(self.metadata()))
     }
 
     pub fn state(&self) -> SandboxState {

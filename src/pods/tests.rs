@@ -369,3 +369,52 @@ async fn events_come_in_order_each_with_the_pods_states_at_that_moment() {
     assert_eq!(seen[2], (EventKind::Stopped, only(ContainerState::Exited)));
     assert_eq!(seen[3], (EventKind::Deleted, Vec::new()));
 }
+
+#[tokio::test]
+async fn a_joined_pod_runs_wasm_containers_is_listed_by_the_backing_runtime_and_survives_a_restart() {
+    let dirs = Dirs::new();
+    let pods = dirs.open().await;
+    let joined = |netns: Option<PathBuf>| network::Joined { netns };
+    // Ids as the backing runtime gives them.
+    let (host_id, gone_id) = ("a".repeat(64), "b".repeat(64));
+    let host = pods.join_pod(&host_id, pod_config("mixed-host", &dirs.logs()), "", joined(None)).await.unwrap();
+    // A namespace file that will be gone when the daemon comes back.
+    let pin = dirs.0.join("backing-netns");
+    std::fs::write(&pin, "").unwrap();
+    pods.join_pod(&gone_id, pod_config("mixed-gone", &dirs.logs()), "", joined(Some(pin.clone()))).await.unwrap();
+
+    let again = pods.join_pod(&host_id, pod_config("mixed-host", &dirs.logs()), "", joined(None)).await.err();
+    assert!(matches!(again, Some(Error::AlreadyExists(_))), "{again:?}");
+    let missing = dirs.0.join("no-such-netns");
+    let refused = pods.join_pod(&"c".repeat(64), pod_config("c", &dirs.logs()), "", joined(Some(missing))).await.err();
+    assert!(matches!(&refused, Some(Error::FailedPrecondition(m)) if m.contains("no-such-netns")), "{refused:?}");
+    assert!(pods.pod(&"c".repeat(64)).is_err(), "a pod that could not be joined is kept");
+
+    // Not listed here; its containers are, under its id.
+    assert!(pods.pods(&PodFilter::default()).is_empty());
+    let container = pods.create_container(&host.id, container_config("web", "hello")).await.unwrap();
+    let mut events = Box::pin(pods.subscribe());
+    pods.start_container(&container.id).await.unwrap();
+    stopped(&mut events, &container.id).await;
+    assert_eq!(exit_of(&pods, &container.id).code, 0);
+    let filter = ContainerFilter { pod_id: Some(host_id.clone()), ..Default::default() };
+    assert_eq!(pods.containers(&filter).len(), 1);
+
+    // A restart keeps both; the one whose namespace is gone is not ready,
+    // so no guest of it can start on the node's network.
+    std::fs::remove_file(&pin).unwrap();
+    let after = dirs.as_if_killed().open().await;
+    assert!(after.pods(&PodFilter::default()).is_empty());
+    let host_after = after.pod(&host_id).unwrap();
+    assert_eq!((host_after.state(), host_after.joined.clone()), (SandboxState::Ready, Some(joined(None))));
+    let gone_after = after.pod(&gone_id).unwrap();
+    assert_eq!((gone_after.state(), gone_after.joined.clone()), (SandboxState::NotReady, Some(joined(Some(pin)))));
+    assert_eq!(exit_of(&after, &container.id).code, 0);
+
+    // Stop and remove forget it and its containers; again is fine.
+    for _ in 0..2 {
+        after.stop_pod(&host_id).await.unwrap();
+        after.remove_pod(&host_id).await.unwrap();
+    }
+    assert!(after.pod(&host_id).is_err() && after.container(&container.id).is_err());
+}

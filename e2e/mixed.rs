@@ -10,9 +10,9 @@ use std::net::SocketAddr;
 
 use tonic::Code;
 use wasmrun::api::{
-    ContainerFilter, ContainerState, ContainerStatsRequest, ContainerStatusRequest, ListContainersRequest,
-    ListPodSandboxRequest, ListPodSandboxStatsRequest, PodSandboxStatsRequest, RemovePodSandboxRequest,
-    RunPodSandboxRequest, StopContainerRequest, StopPodSandboxRequest,
+    ContainerEventType, ContainerFilter, ContainerState, ContainerStatsRequest, ContainerStatusRequest,
+    GetEventsRequest, ListContainersRequest, ListPodSandboxRequest, ListPodSandboxStatsRequest, PodSandboxStatsRequest,
+    RemovePodSandboxRequest, RunPodSandboxRequest, StopContainerRequest, StopPodSandboxRequest,
 };
 
 use crate::harness::*;
@@ -93,8 +93,24 @@ async fn a_mixed_pod_runs_a_wasm_service_and_a_linux_sidecar_in_one_network_name
     assert!(ip.starts_with("10.88.7."), "the pod's address {ip:?} is not of the bridge network");
     let web_addr: SocketAddr = format!("{ip}:{WEB_PORT}").parse().unwrap();
 
+    let mut events =
+        daemon.runtime().get_container_events(GetEventsRequest {}).await.expect("GetContainerEvents").into_inner();
     let web = container_config("web", &web_image.name, &[], &[], &[]);
     let web_id = pod.create_and_start(&daemon, &web).await;
+    // The wasm container's events carry the mixed pod's status: its id and
+    // the address containerd gave it.
+    let started = loop {
+        let event = tokio::time::timeout(WAIT_LIMIT, events.message())
+            .await
+            .expect("no event in time")
+            .expect("the event stream failed")
+            .expect("the event stream ended");
+        if event.container_id == web_id && event.container_event_type() == ContainerEventType::ContainerStartedEvent {
+            break event;
+        }
+    };
+    let event_pod = started.pod_sandbox_status.expect("the event carries its pod's status");
+    assert_eq!((event_pod.id.as_str(), event_pod.network.map(|n| n.ip)), (pod_id.as_str(), Some(ip.clone())));
     let sidecar_args = [SIDECAR_PORT.to_string(), WEB_PORT.to_string(), "/log?msg=from-the-sidecar".into()];
     let sidecar_args: Vec<&str> = sidecar_args.iter().map(String::as_str).collect();
     let sidecar = container_config("sidecar", &sidecar_image, &[], &sidecar_args, &[]);

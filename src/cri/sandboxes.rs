@@ -127,9 +127,15 @@ pub(super) fn status(sandbox: &Sandbox) -> api::PodSandboxStatus {
 }
 
 /// The pod's IPs from its CNI result, IPv4 first (as containerd selects
-/// them); an empty ip tells kubelet the pod uses the host's network.
+/// them), or for a joined sandbox those the backing runtime reported; an
+/// empty ip tells kubelet the pod uses the host's network.
 fn network_status(sandbox: &Sandbox) -> api::PodSandboxNetworkStatus {
-    let mut ips = sandbox.network.attachment.as_ref().map(|network| network.ips()).unwrap_or_default().into_iter();
+    let ips = match (&sandbox.network.attachment, &sandbox.joined) {
+        (Some(attachment), _) => attachment.ips(),
+        (None, Some(joined)) => joined.ips.clone(),
+        (None, None) => Vec::new(),
+    };
+    let mut ips = ips.into_iter();
     api::PodSandboxNetworkStatus {
         ip: ips.next().map(|ip| ip.to_string()).unwrap_or_default(),
         additional_ips: ips.map(|ip| api::PodIp { ip: ip.to_string() }).collect(),

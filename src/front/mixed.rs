@@ -92,7 +92,13 @@ async fn join(
             "the pod asks for a network of its own, and the sandbox's spec has no network namespace",
         ));
     }
-    pods.join_pod(id, config, handler, Joined { netns }).await?;
+    let network = status.status.as_ref().and_then(|status| status.network.clone()).unwrap_or_default();
+    let ips = std::iter::once(network.ip)
+        .chain(network.additional_ips.into_iter().map(|ip| ip.ip))
+        .filter_map(|ip| ip.parse().ok())
+        .collect();
+    let created_at = status.status.map_or_else(crate::clock::now_nanos, |status| status.created_at);
+    pods.join_pod(id, config, handler, Joined { netns, ips }, created_at).await?;
     Ok(())
 }
 

@@ -74,6 +74,11 @@ pub struct Joined {
     /// `/proc/<pid>/ns/net` of its pause process); none: the node's network
     /// (a hostNetwork pod).
     pub netns: Option<PathBuf>,
+    /// The sandbox's addresses as the backing runtime reported them when it
+    /// was joined (`PodSandboxStatus.network`), first the primary one; what
+    /// the wasm side's events say of the pod.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ips: Vec<IpAddr>,
 }
 
 /// What a pod has of its network while the daemon runs.

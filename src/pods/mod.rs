@@ -460,7 +460,8 @@ impl Pods {
     /// resolve names by the pod's DNS config. The joined sandbox is recorded
     /// (so a daemon restart keeps it), is not listed by this side, and has
     /// no network of wasmrun's to tear down: stop and remove end its wasm
-    /// containers and forget it.
+    /// containers and forget it. `created_at` (Unix nanoseconds) is the
+    /// backing runtime's.
     ///
     /// Errors: InvalidArgument for a config without metadata,
     /// AlreadyExists for an id already known, FailedPrecondition when the
@@ -472,6 +473,7 @@ impl Pods {
         config: api::PodSandboxConfig,
         runtime_handler: &str,
         joined: network::Joined,
+        created_at: i64,
     ) -> Result<Arc<Sandbox>> {
         if config.metadata.is_none() {
             return Err(Error::InvalidArgument("RunPodSandbox: config.metadata is required".into()));
@@ -489,7 +491,6 @@ impl Pods {
             None => None,
         };
         let network = PodNetwork::new(id, &config, None, netns);
-        let created_at = crate::clock::now_nanos();
         let sandbox = Arc::new(Sandbox::new(
             id.to_owned(),
             config,

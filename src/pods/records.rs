@@ -429,7 +429,8 @@ mod tests {
             created_at: 7,
             ready: true,
             network: None,
-            joined: (id == "ccc").then(|| Joined { netns: Some("/run/netns/cni-1".into()) }),
+            joined: (id == "ccc")
+                .then(|| Joined { netns: Some("/run/netns/cni-1".into()), ips: vec!["10.1.0.7".parse().unwrap()] }),
         }
     }
 

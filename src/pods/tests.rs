@@ -374,19 +374,20 @@ async fn events_come_in_order_each_with_the_pods_states_at_that_moment() {
 async fn a_joined_pod_runs_wasm_containers_is_listed_by_the_backing_runtime_and_survives_a_restart() {
     let dirs = Dirs::new();
     let pods = dirs.open().await;
-    let joined = |netns: Option<PathBuf>| network::Joined { netns };
+    let joined = |netns: Option<PathBuf>| network::Joined { netns, ips: vec!["10.1.0.7".parse().unwrap()] };
     // Ids as the backing runtime gives them.
     let (host_id, gone_id) = ("a".repeat(64), "b".repeat(64));
-    let host = pods.join_pod(&host_id, pod_config("mixed-host", &dirs.logs()), "", joined(None)).await.unwrap();
+    let host = pods.join_pod(&host_id, pod_config("mixed-host", &dirs.logs()), "", joined(None), 7).await.unwrap();
     // A namespace file that will be gone when the daemon comes back.
     let pin = dirs.0.join("backing-netns");
     std::fs::write(&pin, "").unwrap();
-    pods.join_pod(&gone_id, pod_config("mixed-gone", &dirs.logs()), "", joined(Some(pin.clone()))).await.unwrap();
+    pods.join_pod(&gone_id, pod_config("mixed-gone", &dirs.logs()), "", joined(Some(pin.clone())), 7).await.unwrap();
 
-    let again = pods.join_pod(&host_id, pod_config("mixed-host", &dirs.logs()), "", joined(None)).await.err();
+    let again = pods.join_pod(&host_id, pod_config("mixed-host", &dirs.logs()), "", joined(None), 7).await.err();
     assert!(matches!(again, Some(Error::AlreadyExists(_))), "{again:?}");
     let missing = dirs.0.join("no-such-netns");
-    let refused = pods.join_pod(&"c".repeat(64), pod_config("c", &dirs.logs()), "", joined(Some(missing))).await.err();
+    let refused =
+        pods.join_pod(&"c".repeat(64), pod_config("c", &dirs.logs()), "", joined(Some(missing)), 7).await.err();
     assert!(matches!(&refused, Some(Error::FailedPrecondition(m)) if m.contains("no-such-netns")), "{refused:?}");
     assert!(pods.pod(&"c".repeat(64)).is_err(), "a pod that could not be joined is kept");
 
@@ -407,6 +408,7 @@ async fn a_joined_pod_runs_wasm_containers_is_listed_by_the_backing_runtime_and_
     assert!(after.pods(&PodFilter::default()).is_empty());
     let host_after = after.pod(&host_id).unwrap();
     assert_eq!((host_after.state(), host_after.joined.clone()), (SandboxState::Ready, Some(joined(None))));
+    assert_eq!(host_after.created_at, 7);
     let gone_after = after.pod(&gone_id).unwrap();
     assert_eq!((gone_after.state(), gone_after.joined.clone()), (SandboxState::NotReady, Some(joined(Some(pin)))));
     assert_eq!(exit_of(&after, &container.id).code, 0);

@@ -187,6 +187,26 @@ async fn a_mixed_pod_runs_a_wasm_service_and_a_linux_sidecar_in_one_network_name
     assert_eq!(containers_of(&daemon, &pod_id).await, sorted(&[&web_id, &sidecar_id]));
     assert_eq!(times_listed(&daemon, &pod_id).await, 1);
 
+    // A mixed pod whose sandbox wasmrun never joined (made while wasmrun was
+    // not in front of containerd, here by containerd directly) is joined at
+    // its first wasm container's CreateContainer.
+    let mut late_config = pod_network_config("mixed-late", &new_uid());
+    late_config.annotations.insert(VARIANT.into(), "compat-smart".into());
+    let _late_cgroup = PodCgroup::create(&late_config);
+    let request = RunPodSandboxRequest { config: Some(late_config.clone()), runtime_handler: String::new() };
+    let late_id = containerd.runtime().run_pod_sandbox(request).await.expect("containerd's RunPodSandbox");
+    let late = Pod { id: late_id.into_inner().pod_sandbox_id, config: late_config };
+    let late_web = container_config("web", &web_image.name, &[], &[], &[]);
+    let late_web_id = late.create_and_start(&daemon, &late_web).await;
+    let late_ip = pod_ips(&daemon, &late).await.remove(0);
+    let late_addr: SocketAddr = format!("{late_ip}:{WEB_PORT}").parse().unwrap();
+    assert_eq!(get_in(&net, late_addr, "/"), (200, "hello from wasm\n".into()));
+    assert_eq!(containers_of(&daemon, &late.id).await, vec![late_web_id]);
+    let request = StopPodSandboxRequest { pod_sandbox_id: late.id.clone() };
+    daemon.runtime().stop_pod_sandbox(request).await.expect("StopPodSandbox of the late-joined pod");
+    let request = RemovePodSandboxRequest { pod_sandbox_id: late.id.clone() };
+    daemon.runtime().remove_pod_sandbox(request).await.expect("RemovePodSandbox of the late-joined pod");
+
     // kubelet stops each container with its grace period, then the pod.
     let stop = StopContainerRequest { container_id: sidecar_id.clone(), timeout: 10 };
     daemon.runtime().stop_container(stop).await.expect("StopContainer of the sidecar");

@@ -163,6 +163,15 @@ impl Rules {
         }
     }
 
+    /// Whether CreateContainer joins its pod's sandbox first: a wasm image
+    /// (`image` Stored) for a pod of the backing runtime's (`pod`, see
+    /// [`Rules::pod_id`]) whose `sandbox_config` is `mixed` by its
+    /// annotations is a mixed pod the wasm side has not joined (see
+    /// `front/mixed.rs`, `join_late`).
+    pub fn joins_late(&self, pod: Side, mixed: bool, image: ImageLookup) -> bool {
+        pod == Side::Backing && mixed && image == ImageLookup::Stored
+    }
+
     /// Who answers ImageStatus and RemoveImage for an image name.
     pub fn image(&self, lookup: ImageLookup) -> Side {
         match lookup {
@@ -274,6 +283,11 @@ mod tests {
             let got = rules(has_backing).new_container(pod, mixed, image, "x").unwrap();
             assert_eq!(got, side, "{pod:?} mixed {mixed} {image:?} backing {has_backing}");
         }
+        let with = rules(true);
+        assert!(with.joins_late(Side::Backing, true, Stored));
+        assert!(!with.joins_late(Side::Backing, true, Absent));
+        assert!(!with.joins_late(Side::Backing, false, Stored));
+        assert!(!with.joins_late(Side::Mixed, true, Stored));
         let refused =
             rules(false).new_container(Side::Wasm, true, Absent, "docker.io/envoyproxy/envoy:v1").unwrap_err();
         assert!(

@@ -18,6 +18,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -97,6 +98,17 @@ int main(int argc, char **argv) {
     }
 
     while (!got) {
+        /* Waits at most 200 ms at a time, so a signal that comes just before
+         * the wait is seen at the next turn. */
+        struct pollfd ready = {.fd = listener, .events = POLLIN};
+        int n_ready = poll(&ready, 1, 200);
+        if (n_ready <= 0) {
+            if (n_ready < 0 && errno != EINTR) {
+                perror("sidecar: poll");
+                return 1;
+            }
+            continue;
+        }
         int conn = accept(listener, NULL, NULL);
         if (conn < 0) {
             if (errno == EINTR) continue;

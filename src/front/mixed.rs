@@ -9,6 +9,7 @@
 //! | RPC | what happens |
 //! |---|---|
 //! | RunPodSandbox | forwarded (a wasm handler named becomes the backing runtime's default); its namespace read from the backing runtime's verbose status; the wasm side joins it. A failed join stops and removes the backing sandbox |
+//! | CreateContainer of a wasm image in a backing sandbox the wasm side does not know, whose `sandbox_config` is mixed | the sandbox joined first ([`join_late`]) |
 //! | StopPodSandbox, RemovePodSandbox | the wasm side's containers stopped (removed, and the joined sandbox forgotten) first, then forwarded |
 //! | PodSandboxStats (and each mixed pod's entry of ListPodSandboxStats) | the backing runtime's, with the wasm containers' CPU and memory added and their stats appended |
 //! | PodSandboxStatus, PortForward | forwarded: the sandbox and its namespace are the backing runtime's |
@@ -83,7 +84,7 @@ async fn join(
     let status = backing.runtime().pod_sandbox_status(request).await.map_err(|s| backing.status(s))?.into_inner();
     let not_found = |why: &str| {
         Status::failed_precondition(format!(
-            "RunPodSandbox: cannot find the network namespace of the backing runtime's pod sandbox {id}: {why}"
+            "cannot find the network namespace of the backing runtime's pod sandbox {id}: {why}"
         ))
     };
     let netns = backing::sandbox_netns(&status.info).map_err(|why| not_found(&why))?;
@@ -97,26 +98,47 @@ async fn join(
         .chain(network.additional_ips.into_iter().map(|ip| ip.ip))
         .filter_map(|ip| ip.parse().ok())
         .collect();
-    let created_at = status.status.map_or_else(crate::clock::now_nanos, |status| status.created_at);
-    pods.join_pod(id, config, handler, Joined { netns, ips }, created_at).await?;
+    let (id, created_at) = match status.status {
+        // The full id, also when `id` is a prefix of it (a late join).
+        Some(status) if !status.id.is_empty() => (status.id, status.created_at),
+        _ => (id.to_owned(), crate::clock::now_nanos()),
+    };
+    pods.join_pod(&id, config, handler, Joined { netns, ips }, created_at).await?;
     Ok(())
+}
+
+/// Joins, at its first wasm container's CreateContainer, a mixed pod's
+/// sandbox the wasm side does not know: one made while wasmrun was not in
+/// front of containerd, or whose join was lost (wasmrun stopped between
+/// containerd's RunPodSandbox and the record, or a failed join whose sandbox
+/// could not be removed). The pod's config is the `sandbox_config` kubelet
+/// sends with every CreateContainer. Errors: as at RunPodSandbox, and
+/// InvalidArgument without a `sandbox_config`.
+pub async fn join_late(pods: &Pods, backing: &Backing, request: &api::CreateContainerRequest) -> Result<(), Status> {
+    let config = request.sandbox_config.clone().ok_or_else(|| {
+        Status::invalid_argument("CreateContainer: sandbox_config is required to join a mixed pod's sandbox")
+    })?;
+    tracing::info!(pod = %request.pod_sandbox_id, "joining a mixed pod's sandbox at its first wasm container");
+    match join(pods, backing, &request.pod_sandbox_id, config, "").await {
+        // Another CreateContainer of the pod joined it meanwhile.
+        Err(status) if status.code() == tonic::Code::AlreadyExists => Ok(()),
+        joined => joined,
+    }
 }
 
 /// Stops and removes the backing runtime's sandbox `id` that the wasm side
 /// could not join; failures are logged (kubelet removes what it lists).
 async fn undo(backing: &Backing, id: &str) {
+    // Removed even when the stop failed: containerd's RemovePodSandbox stops it too.
     let stopped =
         backing.runtime().stop_pod_sandbox(api::StopPodSandboxRequest { pod_sandbox_id: id.to_owned() }).await;
-    let removed = match stopped {
-        Ok(_) => backing
-            .runtime()
-            .remove_pod_sandbox(api::RemovePodSandboxRequest { pod_sandbox_id: id.to_owned() })
-            .await
-            .map(drop),
-        Err(status) => Err(status),
-    };
+    let removed =
+        backing.runtime().remove_pod_sandbox(api::RemovePodSandboxRequest { pod_sandbox_id: id.to_owned() }).await;
+    if let Err(status) = &stopped {
+        tracing::debug!(pod = %id, error = %status.message(), "stopping a sandbox that could not be joined failed; removing it");
+    }
     if let Err(status) = removed {
-        tracing::warn!(pod = %id, endpoint = %backing.endpoint, error = %status.message(), "cannot remove the backing runtime's sandbox of a mixed pod that could not be joined");
+        tracing::warn!(pod = %id, endpoint = %backing.endpoint, error = %status.message(), "cannot remove the backing runtime's sandbox of a mixed pod that could not be joined; its first wasm container will join it");
     }
 }
 

@@ -10,7 +10,7 @@
 //! |---|---|---|
 //! | RunPodSandbox | the new-pod rule, `Rules::pod` (a refused handler fails here); a mixed pod's: `mixed.rs` | `runtime.rs` |
 //! | StopPodSandbox, RemovePodSandbox, PodSandboxStatus, PodSandboxStats, PortForward | the owner of `pod_sandbox_id`, `Rules::pod_id`; a mixed pod's: `mixed.rs` | `runtime.rs` |
-//! | CreateContainer | the owner of `pod_sandbox_id`; in a mixed pod, the owner of the image, `Rules::new_container` | `runtime.rs` |
+//! | CreateContainer | the owner of `pod_sandbox_id`; in a mixed pod, the owner of the image, `Rules::new_container` (a mixed pod not joined yet is joined first, `Rules::joins_late`) | `runtime.rs` |
 //! | StartContainer, StopContainer, RemoveContainer, ContainerStatus, UpdateContainerResources, ReopenContainerLog, ContainerStats, ExecSync, Exec, Attach | the owner of `container_id`, `Rules::id` | `runtime.rs` |
 //! | RuntimeConfig, UpdateRuntimeConfig | the backing runtime if configured, `Rules::runtime_settings` | `runtime.rs` |
 //! | Version, CheckpointContainer, ListMetricDescriptors, ListPodSandboxMetrics | the wasm side only | `runtime.rs` |
@@ -137,6 +137,15 @@ impl Front {
             Ok(None) => ImageLookup::Absent,
             Err(_) => ImageLookup::Refused,
         }
+    }
+
+    /// The backing runtime, when CreateContainer must first join its pod's
+    /// sandbox (`Rules::joins_late`).
+    fn joins_late(&self, request: &api::CreateContainerRequest) -> Option<&Backing> {
+        let mixed = request.sandbox_config.as_ref().is_some_and(|config| crate::route::is_mixed(&config.annotations));
+        let image = request.config.as_ref().and_then(|config| config.image.as_ref());
+        let pod = self.pod_side(&request.pod_sandbox_id);
+        self.rules.joins_late(pod, mixed, self.image_lookup(image)).then_some(self.backing.as_ref()).flatten()
     }
 
     fn runtime_settings_owner(&self) -> Result<Owner<'_>, Status> {

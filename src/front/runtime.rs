@@ -78,6 +78,9 @@ impl RuntimeService for Front {
         &self,
         request: Request<api::CreateContainerRequest>,
     ) -> Reply<api::CreateContainerResponse> {
+        if let Some(backing) = self.joins_late(request.get_ref()) {
+            mixed::join_late(&self.wasm.parts().pods, backing, request.get_ref()).await?;
+        }
         route!(self, runtime.create_container(request), by new_container)
     }
 

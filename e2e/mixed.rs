@@ -10,9 +10,10 @@ use std::net::SocketAddr;
 
 use tonic::Code;
 use wasmrun::api::{
-    ContainerEventType, ContainerFilter, ContainerState, ContainerStatsRequest, ContainerStatusRequest,
-    GetEventsRequest, ListContainersRequest, ListPodSandboxRequest, ListPodSandboxStatsRequest, PodSandboxStatsRequest,
-    RemovePodSandboxRequest, RunPodSandboxRequest, StopContainerRequest, StopPodSandboxRequest,
+    ContainerEventType, ContainerFilter, ContainerState, ContainerStatsFilter, ContainerStatsRequest,
+    ContainerStatusRequest, GetEventsRequest, ListContainerStatsRequest, ListContainersRequest, ListPodSandboxRequest,
+    ListPodSandboxStatsRequest, PodSandboxStatsRequest, RemovePodSandboxRequest, RunPodSandboxRequest,
+    StopContainerRequest, StopPodSandboxRequest,
 };
 
 use crate::harness::*;
@@ -162,6 +163,13 @@ async fn a_mixed_pod_runs_a_wasm_service_and_a_linux_sidecar_in_one_network_name
         "pod CPU {pod_cpu}, wasm container's {}",
         cpu_of(web_in_pod)
     );
+    let filter = ContainerStatsFilter { pod_sandbox_id: pod_id.clone(), ..Default::default() };
+    let request = ListContainerStatsRequest { filter: Some(filter) };
+    let listed = daemon.runtime().list_container_stats(request).await.expect("ListContainerStats").into_inner();
+    let mut listed: Vec<String> =
+        listed.stats.iter().filter_map(|s| s.attributes.as_ref().map(|a| a.id.clone())).collect();
+    listed.sort();
+    assert_eq!(listed, sorted(&[&web_id, &sidecar_id]), "ListContainerStats of the mixed pod");
     let listed = daemon.runtime().list_pod_sandbox_stats(ListPodSandboxStatsRequest::default()).await;
     let listed = listed.expect("ListPodSandboxStats").into_inner().stats;
     let entries: Vec<_> = listed.iter().filter(|s| s.attributes.as_ref().is_some_and(|a| a.id == pod_id)).collect();
@@ -191,7 +199,7 @@ async fn a_mixed_pod_runs_a_wasm_service_and_a_linux_sidecar_in_one_network_name
     // not in front of containerd, here by containerd directly) is joined at
     // its first wasm container's CreateContainer.
     let mut late_config = pod_network_config("mixed-late", &new_uid());
-    late_config.annotations.insert(VARIANT.into(), "compat-smart".into());
+    late_config.annotations.insert("run.oci.handler".into(), "wasm-smart".into());
     let _late_cgroup = PodCgroup::create(&late_config);
     let request = RunPodSandboxRequest { config: Some(late_config.clone()), runtime_handler: String::new() };
     let late_id = containerd.runtime().run_pod_sandbox(request).await.expect("containerd's RunPodSandbox");
@@ -202,10 +210,12 @@ async fn a_mixed_pod_runs_a_wasm_service_and_a_linux_sidecar_in_one_network_name
     let late_addr: SocketAddr = format!("{late_ip}:{WEB_PORT}").parse().unwrap();
     assert_eq!(get_in(&net, late_addr, "/"), (200, "hello from wasm\n".into()));
     assert_eq!(containers_of(&daemon, &late.id).await, vec![late_web_id]);
-    let request = StopPodSandboxRequest { pod_sandbox_id: late.id.clone() };
-    daemon.runtime().stop_pod_sandbox(request).await.expect("StopPodSandbox of the late-joined pod");
+    // RemovePodSandbox without a stop first, its guest serving: both sides go.
     let request = RemovePodSandboxRequest { pod_sandbox_id: late.id.clone() };
     daemon.runtime().remove_pod_sandbox(request).await.expect("RemovePodSandbox of the late-joined pod");
+    assert_eq!(containers_of(&daemon, &late.id).await, Vec::<String>::new());
+    let theirs = containerd.runtime().list_pod_sandbox(ListPodSandboxRequest::default()).await.unwrap().into_inner();
+    assert!(theirs.items.iter().all(|p| p.id != late.id), "containerd still has the late-joined pod: {theirs:#?}");
 
     // kubelet stops each container with its grace period, then the pod.
     let stop = StopContainerRequest { container_id: sidecar_id.clone(), timeout: 10 };

@@ -95,29 +95,33 @@ impl Front {
     }
 
     fn pod_side(&self, id: &str) -> Side {
-        let lookup = match self.wasm.parts().pods.pod(id) {
-            Ok(pod) if pod.joined.is_some() => PodLookup::Joined,
-            Ok(_) => PodLookup::Runs,
-            Err(_) => PodLookup::Absent,
-        };
-        self.rules.pod_id(lookup)
+        self.rules.pod_id(pod_lookup(self.wasm.parts().pods.pod(id).ok().as_deref()))
     }
 
-    /// Where CreateContainer goes: the owner of its pod; in a mixed pod, the
-    /// owner of its image (`Rules::new_container`). Whether the pod is mixed
-    /// is read from its annotations, as the wasm side keeps them.
-    fn new_container_owner(&self, request: &api::CreateContainerRequest) -> Result<Owner<'_>, Status> {
-        let pods = &self.wasm.parts().pods;
-        let mixed = pods.pod(&request.pod_sandbox_id).is_ok_and(|pod| crate::route::is_mixed(&pod.config.annotations));
+    /// Where CreateContainer goes, and the backing runtime when its pod's
+    /// sandbox must be joined first (`Rules::joins_late`): the owner of its
+    /// pod; in a mixed pod, the owner of its image (`Rules::new_container`).
+    /// Whether the pod is mixed is read from its annotations as the wasm
+    /// side keeps them, or, for a pod it does not know, as kubelet sends
+    /// them in `sandbox_config`. One lookup of the pod and one of the image.
+    fn new_container_owner(
+        &self,
+        request: &api::CreateContainerRequest,
+    ) -> Result<(Owner<'_>, Option<&Backing>), Status> {
+        let pod = self.wasm.parts().pods.pod(&request.pod_sandbox_id).ok();
+        let pod_side = self.rules.pod_id(pod_lookup(pod.as_deref()));
+        let annotations = match (&pod, &request.sandbox_config) {
+            (Some(pod), _) => Some(&pod.config.annotations),
+            (None, config) => config.as_ref().map(|config| &config.annotations),
+        };
+        let mixed = annotations.is_some_and(crate::route::is_mixed);
         let image = request.config.as_ref().and_then(|config| config.image.as_ref());
+        let lookup = self.image_lookup(image);
+        if self.rules.joins_late(pod_side, mixed, lookup) {
+            return Ok((Owner::Wasm, self.backing.as_ref()));
+        }
         let image_name = image.map_or("", |spec| spec.image.as_str());
-        let side = self.rules.new_container(
-            self.pod_side(&request.pod_sandbox_id),
-            mixed,
-            self.image_lookup(image),
-            image_name,
-        )?;
-        self.to(side)
+        Ok((self.to(self.rules.new_container(pod_side, mixed, lookup, image_name)?)?, None))
     }
 
     fn container_owner(&self, id: &str) -> Result<Owner<'_>, Status> {
@@ -139,17 +143,17 @@ impl Front {
         }
     }
 
-    /// The backing runtime, when CreateContainer must first join its pod's
-    /// sandbox (`Rules::joins_late`).
-    fn joins_late(&self, request: &api::CreateContainerRequest) -> Option<&Backing> {
-        let mixed = request.sandbox_config.as_ref().is_some_and(|config| crate::route::is_mixed(&config.annotations));
-        let image = request.config.as_ref().and_then(|config| config.image.as_ref());
-        let pod = self.pod_side(&request.pod_sandbox_id);
-        self.rules.joins_late(pod, mixed, self.image_lookup(image)).then_some(self.backing.as_ref()).flatten()
-    }
-
     fn runtime_settings_owner(&self) -> Result<Owner<'_>, Status> {
         self.to(self.rules.runtime_settings())
+    }
+}
+
+/// What the wasm side knows of a pod it found (`Some`) or did not.
+fn pod_lookup(pod: Option<&crate::pods::Sandbox>) -> PodLookup {
+    match pod {
+        Some(pod) if pod.joined.is_some() => PodLookup::Joined,
+        Some(_) => PodLookup::Runs,
+        None => PodLookup::Absent,
     }
 }
 
@@ -160,9 +164,11 @@ impl Front {
 ///   field of the request (`Rules::id`, `Rules::pod_id`; a mixed pod's call
 ///   is forwarded: calls that need both sides match `Owner::Mixed` first);
 /// - `by image`: the owner of the image named in the `image` field (`Rules::image`);
-/// - `by new_pod`: where a new pod runs (`Rules::pod`);
 /// - `by runtime_settings`: `Rules::runtime_settings`;
-/// - `to wasm`: the wasm side, never forwarded.
+/// - `to wasm`: the wasm side, never forwarded;
+/// - `@send self, owner, runtime.method(request)`: an owner the caller has
+///   decided already (RunPodSandbox, CreateContainer, and the pod calls that
+///   treat a mixed pod apart: `runtime.rs`).
 ///
 /// `runtime` or `images` names the backing runtime's client; the method has
 /// the same name on both sides, both generated from the CRI proto.
@@ -181,17 +187,11 @@ macro_rules! route {
     ($self:ident, $client:ident . $method:ident ($request:ident), by container_id) => {
         route!(@send $self, $self.container_owner(&$request.get_ref().container_id)?, $client.$method($request))
     };
-    ($self:ident, $client:ident . $method:ident ($request:ident), by new_container) => {
-        route!(@send $self, $self.new_container_owner($request.get_ref())?, $client.$method($request))
-    };
     ($self:ident, $client:ident . $method:ident ($request:ident), by pod_sandbox_id) => {
         route!(@send $self, $self.pod_owner(&$request.get_ref().pod_sandbox_id)?, $client.$method($request))
     };
     ($self:ident, $client:ident . $method:ident ($request:ident), by image) => {
         route!(@send $self, $self.image_owner($request.get_ref().image.as_ref())?, $client.$method($request))
-    };
-    ($self:ident, $client:ident . $method:ident ($request:ident), by new_pod) => {
-        route!(@send $self, $self.new_pod_owner($request.get_ref())?, $client.$method($request))
     };
     ($self:ident, $client:ident . $method:ident ($request:ident), by runtime_settings) => {
         route!(@send $self, $self.runtime_settings_owner()?, $client.$method($request))

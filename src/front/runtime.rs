@@ -36,7 +36,7 @@ impl RuntimeService for Front {
                 let pods = self.wasm.parts().pods.clone();
                 mixed::run_pod_sandbox(pods, backing, &self.rules.wasm_handlers, request).await
             }
-            _ => route!(self, runtime.run_pod_sandbox(request), by new_pod),
+            owner => route!(@send self, owner, runtime.run_pod_sandbox(request)),
         }
     }
 
@@ -46,7 +46,7 @@ impl RuntimeService for Front {
     ) -> Reply<api::StopPodSandboxResponse> {
         match self.pod_owner(&request.get_ref().pod_sandbox_id)? {
             Owner::Mixed(backing) => mixed::stop_pod_sandbox(&self.wasm, backing, request).await,
-            _ => route!(self, runtime.stop_pod_sandbox(request), by pod_sandbox_id),
+            owner => route!(@send self, owner, runtime.stop_pod_sandbox(request)),
         }
     }
 
@@ -56,7 +56,7 @@ impl RuntimeService for Front {
     ) -> Reply<api::RemovePodSandboxResponse> {
         match self.pod_owner(&request.get_ref().pod_sandbox_id)? {
             Owner::Mixed(backing) => mixed::remove_pod_sandbox(&self.wasm, backing, request).await,
-            _ => route!(self, runtime.remove_pod_sandbox(request), by pod_sandbox_id),
+            owner => route!(@send self, owner, runtime.remove_pod_sandbox(request)),
         }
     }
 
@@ -78,10 +78,11 @@ impl RuntimeService for Front {
         &self,
         request: Request<api::CreateContainerRequest>,
     ) -> Reply<api::CreateContainerResponse> {
-        if let Some(backing) = self.joins_late(request.get_ref()) {
+        let (owner, join_first) = self.new_container_owner(request.get_ref())?;
+        if let Some(backing) = join_first {
             mixed::join_late(&self.wasm.parts().pods, backing, request.get_ref()).await?;
         }
-        route!(self, runtime.create_container(request), by new_container)
+        route!(@send self, owner, runtime.create_container(request))
     }
 
     async fn start_container(
@@ -166,7 +167,7 @@ impl RuntimeService for Front {
     ) -> Reply<api::PodSandboxStatsResponse> {
         match self.pod_owner(&request.get_ref().pod_sandbox_id)? {
             Owner::Mixed(backing) => mixed::pod_sandbox_stats(&self.wasm, backing, request).await,
-            _ => route!(self, runtime.pod_sandbox_stats(request), by pod_sandbox_id),
+            owner => route!(@send self, owner, runtime.pod_sandbox_stats(request)),
         }
     }
 

@@ -501,7 +501,13 @@ impl Pods {
             Some(joined),
         ));
         self.records.save_sandbox(&sandbox.record())?;
-        self.registry.lock().unwrap().sandboxes.insert(sandbox.id.clone(), sandbox.clone());
+        // Checked again: a join racing this one recorded the same pod, and won.
+        match self.registry.lock().unwrap().sandboxes.entry(sandbox.id.clone()) {
+            std::collections::hash_map::Entry::Occupied(_) => {
+                return Err(Error::AlreadyExists(format!("pod sandbox {id} is already known to wasmrun")));
+            }
+            std::collections::hash_map::Entry::Vacant(slot) => slot.insert(sandbox.clone()),
+        };
         tracing::info!(pod = %sandbox.id, netns = ?sandbox.joined.as_ref().and_then(|j| j.netns.as_ref()), "joined the backing runtime's pod sandbox (a mixed pod)");
         Ok(sandbox)
     }

@@ -22,6 +22,7 @@ mod containers;
 mod crash;
 mod daemon;
 mod events;
+mod exec;
 mod formats;
 mod forwarding;
 mod harness_checks;

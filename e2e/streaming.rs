@@ -1,20 +1,14 @@
-//! Exec, ExecSync, Attach and PortForward, which a WebAssembly guest cannot
+//! Exec, Attach and PortForward, which a WebAssembly guest cannot
 //! support: they fail cleanly instead of pretending.
 
 use tonic::{Code, Status};
-use wasmrun::api::{AttachRequest, ExecRequest, ExecSyncRequest, PortForwardRequest};
+use wasmrun::api::{AttachRequest, ExecRequest, PortForwardRequest};
 
 use crate::harness::*;
 
-/// Calls the four streaming RPCs on the container / pod and returns their results.
+/// Calls the three streaming RPCs on the container / pod and returns their results.
 async fn call_all(rt: &mut Runtime, container_id: &str, pod_id: &str) -> Vec<(&'static str, Result<(), Status>)> {
     vec![
-        (
-            "ExecSync",
-            rt.exec_sync(ExecSyncRequest { container_id: container_id.into(), cmd: vec!["ls".into()], timeout: 5 })
-                .await
-                .map(drop),
-        ),
         (
             "Exec",
             rt.exec(ExecRequest {

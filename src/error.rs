@@ -36,6 +36,10 @@ pub enum Error {
     /// A limit was reached.
     #[error("{0}")]
     ResourceExhausted(String),
+    /// The call's own deadline passed (ExecSync's `timeout`), as containerd
+    /// reports it: kubelet takes this code as a probe's timeout.
+    #[error("{0}")]
+    DeadlineExceeded(String),
     /// Content did not match its digest.
     #[error("{0}")]
     DataLoss(String),

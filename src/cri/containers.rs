@@ -186,5 +186,7 @@ fn verbose_info(container: &Container, view: &ContainerView) -> serde_json::Valu
             "host_path": m.host_path, "guest_path": m.guest_path, "readonly": m.readonly,
         })).collect::<Vec<_>>(),
         "usage": view.usage,
+        // Execs under way (ExecSync, Exec): each an instance of its own.
+        "running_execs": container.running_execs(),
     })
 }

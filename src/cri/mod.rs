@@ -14,13 +14,15 @@
 //! | CreateContainer … ReopenContainerLog, UpdateContainerResources | `containers.rs` |
 //! | ContainerStats … ListPodSandboxStats | `stats.rs` |
 //! | GetContainerEvents | `events.rs` |
-//! | Exec, ExecSync, Attach, PortForward, Checkpoint, metrics | `unsupported.rs` |
+//! | ExecSync | `exec.rs` |
+//! | Exec, Attach, PortForward, Checkpoint, metrics | `unsupported.rs` |
 //! | PullImage, ListImages, ImageStatus, RemoveImage, ImageFsInfo | `images.rs` (the `ImageService` impl) |
 //!
 //! Errors become gRPC statuses in one place, `status.rs`.
 
 mod containers;
 mod events;
+mod exec;
 mod images;
 mod runtime;
 mod sandboxes;

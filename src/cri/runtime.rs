@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use tonic::{Request, Response, Status};
 
-use super::{Facade, containers, events, sandboxes, stats, unsupported, verbose_json};
+use super::{Facade, containers, events, exec, sandboxes, stats, unsupported, verbose_json};
 use crate::api;
 use crate::api::runtime_service_server::RuntimeService;
 use crate::config::CgroupDriver;
@@ -169,7 +169,7 @@ impl RuntimeService for Facade {
     }
 
     async fn exec_sync(&self, request: Request<api::ExecSyncRequest>) -> Reply<api::ExecSyncResponse> {
-        delegate!(self, unsupported::exec_sync, request)
+        delegate!(self, exec::exec_sync, request)
     }
 
     async fn exec(&self, request: Request<api::ExecRequest>) -> Reply<api::ExecResponse> {

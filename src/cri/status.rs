@@ -19,6 +19,7 @@ impl From<Error> for tonic::Status {
             Error::Unauthenticated(_) => tonic::Status::unauthenticated(message),
             Error::Unavailable(_) => tonic::Status::unavailable(message),
             Error::ResourceExhausted(_) => tonic::Status::resource_exhausted(message),
+            Error::DeadlineExceeded(_) => tonic::Status::deadline_exceeded(message),
             Error::DataLoss(_) => tonic::Status::data_loss(message),
             // Unwrapped above; one level is all `Puller::fetch` makes.
             Error::Unfetchable(_) => tonic::Status::unavailable(message),

@@ -18,10 +18,6 @@ fn no_processes(parts: &Parts, container_id: &str, what: &str) -> Status {
     }
 }
 
-pub(super) async fn exec_sync(parts: &Parts, request: api::ExecSyncRequest) -> Result<api::ExecSyncResponse, Status> {
-    Err(no_processes(parts, &request.container_id, "exec"))
-}
-
 pub(super) async fn exec(parts: &Parts, request: api::ExecRequest) -> Result<api::ExecResponse, Status> {
     Err(no_processes(parts, &request.container_id, "exec"))
 }

@@ -186,7 +186,14 @@ impl Images {
                 image.cmd = process.cmd;
                 self.unpack_rootfs(&name, &image.id, &layers).await?;
                 let program = match image.entrypoint.iter().chain(&image.cmd).next().cloned() {
-                    Some(argv0) => self.read_program(&image, &argv0, &image.working_dir).await,
+                    Some(argv0) => self.read_program(&image, &argv0, &image.working_dir).await.and_then(|found| {
+                        found.ok_or_else(|| {
+                            let path = program_path(&argv0, &image.working_dir);
+                            Error::InvalidArgument(format!(
+                                "image {name}: cannot read its program {path:?}: no such file"
+                            ))
+                        })
+                    }),
                     None => Err(Error::InvalidArgument(format!(
                         "image {name}: a compat image needs an Entrypoint or Cmd naming its .wasm program"
                     ))),
@@ -262,8 +269,14 @@ impl Images {
     }
 
     /// Reads the program `argv0` names inside a compat image's filesystem,
-    /// through cap-std so that no path or link in the image can reach outside it.
-    async fn read_program(&self, image: &Image, argv0: &str, working_dir: &str) -> Result<(String, Vec<u8>, WasmKind)> {
+    /// through cap-std so that no path or link in the image can reach outside
+    /// it. `None` when nothing is at that path.
+    async fn read_program(
+        &self,
+        image: &Image,
+        argv0: &str,
+        working_dir: &str,
+    ) -> Result<Option<(String, Vec<u8>, WasmKind)>> {
         let rootfs = self.store.rootfs_path(&image.id.parse()?);
         let path = program_path(argv0, working_dir);
         let limit = self.limits.max_blob_bytes;
@@ -276,9 +289,15 @@ impl Images {
                 dir.open(path.trim_start_matches('/'))?.take(limit + 1).read_to_end(&mut bytes)?;
                 Ok(bytes)
             };
-            let bytes = read().map_err(|e| {
-                Error::InvalidArgument(format!("image {image_name}: cannot read its program {path:?}: {e}"))
-            })?;
+            let bytes = match read() {
+                Ok(bytes) => bytes,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => {
+                    return Err(Error::InvalidArgument(format!(
+                        "image {image_name}: cannot read its program {path:?}: {e}"
+                    )));
+                }
+            };
             if bytes.len() as u64 > limit {
                 return Err(Error::ResourceExhausted(format!(
                     "image {image_name}: program {path:?} is over the limit of {limit} bytes (max_blob_bytes)"
@@ -287,7 +306,7 @@ impl Images {
             let kind = WasmKind::detect(&bytes).ok_or_else(|| {
                 Error::InvalidArgument(format!("image {image_name}: {path:?} is not a WebAssembly module or component"))
             })?;
-            Ok((path, bytes, kind))
+            Ok(Some((path, bytes, kind)))
         })
         .await
         .map_err(|e| Error::internal("reading a program from an image", e))?
@@ -306,8 +325,28 @@ impl Images {
         if !image.has_rootfs() || program_path(argv0, working_dir) == image.module_path {
             return default();
         }
-        let (_, bytes, kind) = self.read_program(image, argv0, working_dir).await?;
-        Ok(Program { digest: Digest::sha256(&bytes).to_string(), kind, source: WasmSource::Bytes(bytes) })
+        self.find_program(image, argv0, working_dir).await?.ok_or_else(|| {
+            let image_name = image.repo_tags.first().cloned().unwrap_or_else(|| image.id.clone());
+            let path = program_path(argv0, working_dir);
+            Error::InvalidArgument(format!("image {image_name}: cannot read its program {path:?}: no such file"))
+        })
+    }
+
+    /// The program at `argv0` (absolute, or relative to `working_dir`) in a
+    /// compat image's filesystem, as an exec finds it: `None` when the image
+    /// has no filesystem or nothing is at that path. Errors: InvalidArgument
+    /// for a file that is not a WebAssembly binary or cannot be read;
+    /// ResourceExhausted over `max_blob_bytes`.
+    pub async fn find_program(&self, image: &Image, argv0: &str, working_dir: &str) -> Result<Option<Program>> {
+        if !image.has_rootfs() {
+            return Ok(None);
+        }
+        let found = self.read_program(image, argv0, working_dir).await?;
+        Ok(found.map(|(_, bytes, kind)| Program {
+            digest: Digest::sha256(&bytes).to_string(),
+            kind,
+            source: WasmSource::Bytes(bytes),
+        }))
     }
 
     /// The unpacked filesystem of a compat image, which its guests see as `/`.

@@ -2,6 +2,7 @@
 //! lifecycle (`lifecycle.rs`). `Pods` drives it; the container keeps its
 //! state consistent under one lock and knows nothing of events or records.
 
+use std::collections::HashMap;
 use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -68,6 +69,10 @@ struct Inner {
     life: Lifecycle,
     guest: Option<Guest>,
     log: Option<Arc<ContainerLog>>,
+    /// The instances of execs under way (see `pods::exec`), by number:
+    /// ended with the container.
+    execs: HashMap<u64, Guest>,
+    next_exec: u64,
 }
 
 /// What a container is made of; the same for a new container and one
@@ -121,7 +126,7 @@ impl Container {
             compiled: OnceCell::new_with(compiled),
             resources: Mutex::new(parts.resources),
             usage: parts.usage,
-            inner: Mutex::new(Inner { life: parts.life, guest: None, log: None }),
+            inner: Mutex::new(Inner { life: parts.life, guest: None, log: None, execs: HashMap::new(), next_exec: 0 }),
             ended: watch::Sender::new(ended),
             record_lock: Mutex::new(false),
             list_entry: KeptEntry::default(),
@@ -188,7 +193,43 @@ impl Container {
             .map_err(|refused| Error::internal(format!("container {}", self.id), anyhow::anyhow!("{refused}")))?;
         inner.guest = None;
         inner.log = None;
+        // An exec cannot outlive its container.
+        for (_, mut exec) in inner.execs.drain() {
+            exec.stop(Duration::ZERO);
+        }
         Ok(())
+    }
+
+    /// Keeps the instance of an exec, so that the container's end ends it
+    /// too, and returns its number for [`Container::end_exec`].
+    /// Errors: FailedPrecondition, with the instance ended, when the
+    /// container no longer runs (it ended while the exec was started).
+    pub(super) fn add_exec(&self, mut exec: Guest) -> Result<u64> {
+        let mut inner = self.inner.lock().unwrap();
+        if inner.life.state() != ContainerState::Running {
+            exec.stop(Duration::ZERO);
+            return Err(Error::FailedPrecondition(format!(
+                "container {} is {}: exec needs a running container",
+                self.id,
+                inner.life.describe()
+            )));
+        }
+        let id = inner.next_exec;
+        inner.next_exec += 1;
+        inner.execs.insert(id, exec);
+        Ok(id)
+    }
+
+    /// Ends exec `id` if it still runs, and forgets it.
+    pub(super) fn end_exec(&self, id: u64) {
+        if let Some(mut exec) = self.inner.lock().unwrap().execs.remove(&id) {
+            exec.stop(Duration::ZERO);
+        }
+    }
+
+    /// How many execs are under way.
+    pub fn running_execs(&self) -> usize {
+        self.inner.lock().unwrap().execs.len()
     }
 
     /// Wakes the stops waiting for the recorded end (see `end`).

@@ -13,6 +13,7 @@
 mod checks;
 mod container;
 mod events;
+mod exec;
 mod filter;
 mod lifecycle;
 mod listing;

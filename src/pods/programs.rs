@@ -35,6 +35,17 @@ pub trait Programs: Send + Sync {
         argv0: &'a str,
         working_dir: &'a str,
     ) -> Pending<'a, Result<(Arc<Compiled>, ModuleSource)>>;
+
+    /// The compiled program at `argv0` (absolute, or relative to
+    /// `working_dir`) in a compat image's filesystem, as an exec looks it up;
+    /// `None` when the image has no filesystem or nothing is at that path.
+    /// Errors: as [`Programs::program`] (InvalidArgument for a file that is not WebAssembly).
+    fn find_program<'a>(
+        &'a self,
+        image: &'a Image,
+        argv0: &'a str,
+        working_dir: &'a str,
+    ) -> Pending<'a, Result<Option<Arc<Compiled>>>>;
 }
 
 /// The daemon's programs: images from the store, code from the engine's cache.
@@ -61,6 +72,21 @@ impl Programs for ImagePrograms {
         Box::pin(async move {
             let program = self.images.program(image, argv0, working_dir).await?;
             self.engine.prepare(&program.digest, program.kind, program.source).await
+        })
+    }
+
+    fn find_program<'a>(
+        &'a self,
+        image: &'a Image,
+        argv0: &'a str,
+        working_dir: &'a str,
+    ) -> Pending<'a, Result<Option<Arc<Compiled>>>> {
+        Box::pin(async move {
+            let Some(program) = self.images.find_program(image, argv0, working_dir).await? else {
+                return Ok(None);
+            };
+            let (compiled, _) = self.engine.prepare(&program.digest, program.kind, program.source).await?;
+            Ok(Some(compiled))
         })
     }
 }

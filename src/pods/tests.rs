@@ -12,7 +12,7 @@ use tokio_stream::StreamExt;
 use super::lifecycle::EXIT_LOST;
 use super::*;
 use crate::images::{Image, ImageFormat};
-use crate::wasm::{Compiled, ModuleSource, WasmKind, WasmSource};
+use crate::wasm::{Captured, Compiled, ModuleSource, Output, WasmKind, WasmSource};
 
 /// Ends with `proc_exit(3)`.
 const EXIT_3: &str = r#"(module
@@ -101,6 +101,23 @@ impl Programs for Wat {
             let name = &image.entrypoint[0];
             let bytes = self.modules[name].clone();
             self.engine.prepare(&image.module_digest, WasmKind::Module, WasmSource::Bytes(bytes)).await
+        })
+    }
+
+    /// Any module of the set, by its name.
+    fn find_program<'a>(
+        &'a self,
+        _image: &'a Image,
+        argv0: &'a str,
+        _working_dir: &'a str,
+    ) -> programs::Pending<'a, Result<Option<Arc<Compiled>>>> {
+        Box::pin(async move {
+            let Some(bytes) = self.modules.get(argv0).cloned() else {
+                return Ok(None);
+            };
+            let (compiled, _) =
+                self.engine.prepare(&digest(&bytes), WasmKind::Module, WasmSource::Bytes(bytes)).await?;
+            Ok(Some(compiled))
         })
     }
 }
@@ -419,4 +436,41 @@ async fn a_joined_pod_runs_wasm_containers_is_listed_by_the_backing_runtime_and_
         after.remove_pod(&host_id).await.unwrap();
     }
     assert!(after.pod(&host_id).is_err() && after.container(&container.id).is_err());
+}
+
+#[tokio::test]
+async fn execs_run_in_a_running_container_and_end_with_it() {
+    let dirs = Dirs::new();
+    let pods = dirs.open().await;
+    let pod = pods.run_pod(pod_config("exec", &dirs.logs()), "wasmrun").await.unwrap();
+    let container = pods.create_container(&pod.id, container_config("c", "spin")).await.unwrap();
+    let refused = pods.exec(&container.id, vec!["hello".into()], Output::discard()).await.err().unwrap();
+    assert!(matches!(&refused, Error::FailedPrecondition(m) if m.contains("created")), "{refused}");
+    pods.start_container(&container.id).await.unwrap();
+
+    // Another program by name: its output, its exit.
+    let (captured, output) = Captured::new(1024);
+    let exit = pods.exec(&container.id, vec!["hello".into()], output).await.unwrap().wait().await;
+    assert_eq!((exit.code, captured.stdout()), (0, b"hello\n".to_vec()));
+    // No program of that name: 127, as a shell says.
+    let (captured, output) = Captured::new(1024);
+    let exit = pods.exec(&container.id, vec!["sh".into(), "-c".into()], output).await.unwrap().wait().await;
+    assert_eq!((exit.code, captured.stderr()), (exec::EXIT_NOT_FOUND, b"sh: program not found\n".to_vec()));
+    let empty = pods.exec(&container.id, vec![], Output::discard()).await.err().unwrap();
+    assert!(matches!(empty, Error::InvalidArgument(_)), "{empty}");
+
+    // Dropping an exec ends its instance (a client that went away).
+    let exec = pods.exec(&container.id, vec!["spin".into()], Output::discard()).await.unwrap();
+    assert_eq!(container.running_execs(), 1);
+    drop(exec);
+    assert_eq!(container.running_execs(), 0);
+
+    // The container's own program, by name; stopping the container ends it.
+    let exec = pods.exec(&container.id, vec!["spin".into(), "--again".into()], Output::discard()).await.unwrap();
+    pods.stop_container(&container.id, Duration::ZERO).await.unwrap();
+    let exit = exec.wait().await;
+    assert_eq!((exit.code, exit.message.as_str()), (128 + 9, "stopped"));
+    assert_eq!(container.running_execs(), 0);
+    let refused = pods.exec(&container.id, vec!["spin".into()], Output::discard()).await.err().unwrap();
+    assert!(matches!(&refused, Error::FailedPrecondition(m) if m.contains("exited")), "{refused}");
 }

@@ -104,6 +104,7 @@ impl Guest {
     }
 }
 
+#[derive(Clone)]
 pub struct ExitWaiter(watch::Receiver<Option<Exit>>);
 
 impl ExitWaiter {

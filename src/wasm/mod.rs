@@ -32,9 +32,6 @@ mod guest;
 mod host;
 mod layout;
 mod limits;
-// `Captured` and `Output::discard` are used by the unit tests only until
-// ExecSync captures a guest's output in memory (the next issue's caller).
-#[cfg_attr(not(test), allow(dead_code))]
 pub mod output;
 mod serve;
 mod serving;
@@ -45,9 +42,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use compile::{Compiled, ModuleSource, WasmKind, WasmSource};
-pub use guest::{EXIT_NOT_STARTED, Exit, ExitReason, Guest};
+pub use guest::{EXIT_NOT_STARTED, Exit, ExitReason, ExitWaiter, Guest};
 pub use limits::{Usage, UsageSnapshot};
-#[allow(unused_imports)]
 pub use output::{Captured, Output};
 pub use serve::address as serve_address;
 pub use spec::{CpuBandwidth, GuestSpec, Limits, Mount, Root};
@@ -154,6 +150,27 @@ impl Engine {
             }
             None => guest::start(&self.engine, &self.guests, compiled, spec, usage, output).await,
         }
+    }
+
+    /// Starts `compiled` as a command, whatever its container serves: an
+    /// exec's instance (see `pods::exec`). As [`Engine::start`] otherwise.
+    ///
+    /// Errors: FailedPrecondition for a program that cannot run as a command
+    /// (a component exporting no `wasi:cli/run`); as [`Engine::start`].
+    pub async fn run_command(
+        &self,
+        compiled: Arc<Compiled>,
+        spec: GuestSpec,
+        usage: Arc<Usage>,
+        output: Output,
+    ) -> Result<Guest> {
+        if !compiled.runs_as_command() {
+            return Err(Error::FailedPrecondition(format!(
+                "program {} is a component that exports no `wasi:cli/run`: it cannot run as a command",
+                compiled.digest
+            )));
+        }
+        guest::start(&self.engine, &self.guests, compiled, spec, usage, output).await
     }
 
     /// The engine a served component runs in, and its `wasi:http/proxy` form

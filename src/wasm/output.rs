@@ -64,7 +64,23 @@ impl Output {
         Self { fork: Some(fork), ..Self::new(stdout, stderr, done) }
     }
 
+    /// Writes `message` to stderr, closes both streams and waits until all is
+    /// written: the whole output of a program that never ran (an exec's
+    /// `program not found`). A writer that fails is given up on.
+    pub async fn finish_with_error(self, message: &[u8]) {
+        use tokio::io::AsyncWriteExt;
+        let Output { stdout, mut stderr, done, fork } = self;
+        drop((stdout, fork));
+        if let Err(error) = stderr.write_all(message).await {
+            tracing::debug!(%error, "writing an error to a guest's stderr");
+        }
+        let _ = stderr.flush().await;
+        drop(stderr);
+        done.await;
+    }
+
     /// Output nobody reads: both streams are discarded.
+    #[cfg(test)]
     pub fn discard() -> Self {
         Self::new(tokio::io::sink(), tokio::io::sink(), std::future::ready(()))
     }

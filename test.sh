@@ -52,10 +52,12 @@ for target in wasm32-wasip1 wasm32-wasip2; do
   grep -qx "$target" <<<"$installed_targets" || rustup target add "$target"
 done
 
-# Python clients: the ORAS client (pushes wasm artifacts), and grpcio with
-# its code generator (a real CRI client the tests drive the daemon with).
-python3 -c 'import oras.client, grpc, grpc_tools.protoc' 2>/dev/null \
-  || python3 -m pip install -q oras grpcio grpcio-tools
+# Python clients: the ORAS client (pushes wasm artifacts), grpcio with its
+# code generator (a real CRI client the tests drive the daemon with), and the
+# official Kubernetes client (its websocket exec and port-forward code drives
+# the streaming server).
+python3 -c 'import oras.client, grpc, grpc_tools.protoc, kubernetes.stream' 2>/dev/null \
+  || python3 -m pip install -q oras grpcio grpcio-tools kubernetes
 
 # wkg, the publishing tool for components.
 command -v wkg >/dev/null || [ -x "${CARGO_HOME:-$HOME/.cargo}/bin/wkg" ] \

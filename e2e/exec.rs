@@ -19,7 +19,7 @@ const MAX_OUTPUT: usize = (16 << 20) - 1024;
 /// A compat image with the `exectool` program as its entrypoint
 /// (`/bin/exectool.wasm`), `hello` beside it, a file that is not WebAssembly,
 /// and WorkingDir `/srv`.
-fn exec_image(repo: &str) -> String {
+pub fn exec_image(repo: &str) -> String {
     let (tool, hello) = (fixture("exectool"), fixture("hello"));
     let files: &[(&str, &[u8])] =
         &[("/bin/exectool.wasm", &tool), ("/bin/hello.wasm", &hello), ("/etc/app.conf", b"not a program")];
@@ -40,14 +40,14 @@ async fn run(rt: &mut Runtime, id: &str, cmd: &[&str]) -> (i32, String, String) 
     (answer.exit_code, text(answer.stdout), text(answer.stderr))
 }
 
-async fn running_execs(rt: &mut Runtime, id: &str) -> u64 {
+pub async fn running_execs(rt: &mut Runtime, id: &str) -> u64 {
     let info = container_status(rt, id, true).await.info;
     let info: serde_json::Value = serde_json::from_str(&info["info"]).expect("verbose info is JSON");
     info["running_execs"].as_u64().expect("running_execs in the verbose info")
 }
 
 /// Polls the verbose status until `count` execs run; panics after [`WAIT_LIMIT`].
-async fn wait_for_execs(rt: &mut Runtime, id: &str, count: u64) {
+pub async fn wait_for_execs(rt: &mut Runtime, id: &str, count: u64) {
     let deadline = std::time::Instant::now() + WAIT_LIMIT;
     while running_execs(rt, id).await != count {
         assert!(std::time::Instant::now() < deadline, "container {id}: not {count} execs after {WAIT_LIMIT:?}");

@@ -1,68 +1,173 @@
-//! Exec, Attach and PortForward, which a WebAssembly guest cannot
-//! support: they fail cleanly instead of pretending.
+//! Exec and PortForward through the streaming server, driven by a client
+//! nobody here wrote: the official Kubernetes Python client's websocket
+//! code (`kubernetes` on PyPI, e2e/clients/k8s_stream.py), speaking
+//! `v5.channel.k8s.io` for exec and `v4.channel.k8s.io` port-forward
+//! framing. URLs are single-use; a client that goes away leaves no instance
+//! running; a port-forward reaches a guest's TCP listener and a served
+//! component inside their pods' own network namespaces.
 
-use tonic::{Code, Status};
+use std::path::Path;
+use std::process::Command;
+
+use serde_json::Value;
+use tonic::Code;
 use wasmrun::api::{AttachRequest, ExecRequest, PortForwardRequest};
 
+use crate::exec::{exec_image, wait_for_execs};
 use crate::harness::*;
 
-/// Calls the three streaming RPCs on the container / pod and returns their results.
-async fn call_all(rt: &mut Runtime, container_id: &str, pod_id: &str) -> Vec<(&'static str, Result<(), Status>)> {
-    vec![
-        (
-            "Exec",
-            rt.exec(ExecRequest {
-                container_id: container_id.into(),
-                cmd: vec!["sh".into()],
-                stdout: true,
-                ..Default::default()
-            })
-            .await
-            .map(drop),
-        ),
-        (
-            "Attach",
-            rt.attach(AttachRequest { container_id: container_id.into(), stdout: true, ..Default::default() })
-                .await
-                .map(drop),
-        ),
-        (
-            "PortForward",
-            rt.port_forward(PortForwardRequest { pod_sandbox_id: pod_id.into(), port: vec![8080] }).await.map(drop),
-        ),
-    ]
+/// How to install the client.
+const KUBERNETES_INSTALL: &str = "pip install kubernetes";
+
+/// Runs e2e/clients/k8s_stream.py with `args` (inside `net` when given);
+/// returns the JSON it printed.
+fn k8s_stream(net: Option<&TestNet>, args: &[&str]) -> Value {
+    let python = require_program("python3", &[], "apt-get install -y python3");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("e2e/clients/k8s_stream.py");
+    let mut cmd = net.map_or_else(|| Command::new(&python), |net| net.command(&python));
+    cmd.arg(script).args(args);
+    let output = run_tool(&format!("the Kubernetes Python client ({KUBERNETES_INSTALL})"), &mut cmd);
+    serde_json::from_str(output.stdout.trim())
+        .unwrap_or_else(|e| panic!("the client printed no JSON ({e}): {}\n{}", output.stdout, output.stderr))
+}
+
+async fn exec_url(rt: &mut Runtime, id: &str, cmd: &[&str], stdin: bool) -> String {
+    let request = ExecRequest {
+        container_id: id.into(),
+        cmd: cmd.iter().map(|s| s.to_string()).collect(),
+        stdin,
+        stdout: true,
+        stderr: true,
+        ..Default::default()
+    };
+    let url = rt.exec(request).await.unwrap_or_else(|s| panic!("Exec {cmd:?}: {s:?}")).into_inner().url;
+    assert!(url.starts_with("http://127.0.0.1:"), "{url}");
+    url
+}
+
+/// Runs `cmd` through an Exec URL; returns the client's view.
+async fn exec(rt: &mut Runtime, id: &str, cmd: &[&str], stdin: Option<&str>) -> Value {
+    let url = exec_url(rt, id, cmd, stdin.is_some()).await;
+    let mut args = vec!["exec", url.as_str()];
+    args.extend(stdin);
+    let seen = tokio::task::block_in_place(|| k8s_stream(None, &args));
+    assert!(seen.get("exception").is_none(), "{cmd:?}: {seen}");
+    assert_eq!(seen["protocol"], "v5.channel.k8s.io", "{seen}");
+    seen
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn streaming_rpcs_on_a_wasm_container_fail_precondition() {
+async fn exec_streams_with_the_kubernetes_python_client() {
     let daemon = Daemon::start().await;
     let mut rt = daemon.runtime();
-    let image = pulled_fixture(&daemon, "sleeper", "streaming-unsupported").await;
-    let pod = Pod::run(&daemon, "streaming").await;
-    let config = container_config("sleeper", &image.name, &[], &[], &[]);
+    let image = exec_image("streaming-exec");
+    pull(&daemon, &image).await;
+    let pod = Pod::run(&daemon, "streaming-exec").await;
+    let state = scratch_dir("streaming-state");
+    let mut config = container_config("app", &image, &[], &["serve", "/state"], &[]);
+    config.mounts = vec![mount("/state", &state, false)];
     let id = pod.create_and_start(&daemon, &config).await;
-    wait_log_line(&pod.log_path(&config), "stdout", "sleeping").await;
+    wait_log_line(&pod.log_path(&config), "stdout", "serving").await;
 
-    for (rpc, result) in call_all(&mut rt, &id, &pod.id).await {
-        match result {
-            Err(status) if status.code() == Code::FailedPrecondition => {
-                assert!(status.message().contains("WebAssembly"), "{rpc}: message {:?}", status.message())
-            }
-            other => panic!("{rpc}: expected FailedPrecondition, got {other:?}"),
-        }
+    let seen = exec(&mut rt, &id, &["exectool", "check", "/state"], None).await;
+    assert_eq!((seen["stdout"].as_str(), seen["returncode"].as_i64()), (Some("healthy\n"), Some(0)), "{seen}");
+    let seen = exec(&mut rt, &id, &["exectool", "exit", "3"], None).await;
+    assert_eq!(seen["returncode"], 3, "{seen}");
+    assert!(seen["error"].as_str().unwrap().contains("NonZeroExitCode"), "{seen}");
+    // stdin, closed by the client (v5), reaches the guest and ends its input.
+    let seen = exec(&mut rt, &id, &["exectool", "echo"], Some("hello\nworld\n")).await;
+    assert_eq!((seen["stdout"].as_str(), seen["stderr"].as_str()), (Some("hello\nworld\n"), Some("eof\n")), "{seen}");
+    assert_eq!(seen["returncode"], 0, "{seen}");
+    let seen = exec(&mut rt, &id, &["sh", "-c", "ls"], None).await;
+    assert_eq!((seen["stderr"].as_str(), seen["returncode"].as_i64()), (Some("sh: program not found\n"), Some(127)));
+
+    // A URL is good once.
+    let url = exec_url(&mut rt, &id, &["exectool", "pwd"], false).await;
+    let first = tokio::task::block_in_place(|| k8s_stream(None, &["exec", &url]));
+    assert_eq!(first["returncode"], 0, "{first}");
+    let again = tokio::task::block_in_place(|| k8s_stream(None, &["exec", &url]));
+    assert!(again["exception"].as_str().is_some_and(|e| e.contains("404")), "a used URL answered: {again}");
+    let made_up =
+        url.rsplit_once('/').map(|(base, _)| format!("{base}/AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA")).unwrap();
+    let refused = tokio::task::block_in_place(|| k8s_stream(None, &["exec", &made_up]));
+    assert!(refused["exception"].as_str().is_some_and(|e| e.contains("404")), "{refused}");
+
+    // A client that goes away mid-stream leaves no instance running.
+    let url = exec_url(&mut rt, &id, &["exectool", "flood", "1000000000"], false).await;
+    let left = tokio::task::block_in_place(|| k8s_stream(None, &["leave", &url]));
+    assert!(left["first"].as_str().is_some_and(|out| out.starts_with('x')), "{left}");
+    wait_for_execs(&mut rt, &id, 0).await;
+
+    // Requests kubelet's streaming server refuses, and unknown or stopped objects.
+    let request = |tty, stdin, stdout, stderr| ExecRequest {
+        container_id: id.clone(),
+        cmd: vec!["exectool".into()],
+        tty,
+        stdin,
+        stdout,
+        stderr,
+    };
+    for (bad, code) in [
+        (request(true, false, true, true), Code::InvalidArgument),
+        (request(false, false, false, false), Code::InvalidArgument),
+        (ExecRequest { container_id: random_id(), ..request(false, false, true, false) }, Code::NotFound),
+        (ExecRequest { cmd: vec![], ..request(false, false, true, false) }, Code::InvalidArgument),
+    ] {
+        let status = rt.exec(bad.clone()).await.unwrap_err();
+        assert_eq!(status.code(), code, "{bad:?}: {status:?}");
     }
+    let unknown = rt.port_forward(PortForwardRequest { pod_sandbox_id: random_id(), port: vec![80] }).await;
+    assert_eq!(unknown.unwrap_err().code(), Code::NotFound);
+    let attach = rt.attach(AttachRequest { container_id: id.clone(), stdout: true, ..Default::default() }).await;
+    assert_eq!(attach.unwrap_err().code(), Code::Unimplemented);
     assert_serving(&daemon).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn streaming_rpcs_on_unknown_ids_are_not_found() {
-    let daemon = Daemon::start().await;
+async fn port_forward_reaches_a_guests_listener_and_a_served_component_in_their_pods_namespaces() {
+    let (echo, service) = (
+        push_bytes("streaming-net-p2", &fixture_p2("net-p2")).await,
+        push_bytes("streaming-http", &fixture_http("http-service")).await,
+    );
+    let mut net = TestNet::new("stream-pf");
+    net.write_bridge_config(&[]);
+    net.serve_registry();
+    let conf_dir = net.conf_dir();
+    let daemon = Daemon::start_in(Some(&net), None, &["--cni-conf-dir", conf_dir.to_str().unwrap()]).await;
     let mut rt = daemon.runtime();
-    for (rpc, result) in call_all(&mut rt, &random_id(), &random_id()).await {
-        match result {
-            Err(status) if status.code() == Code::NotFound => {}
-            other => panic!("{rpc}: expected NotFound, got {other:?}"),
-        }
-    }
+    pull(&daemon, &echo.name).await;
+    pull(&daemon, &service.name).await;
+
+    // Two pods, each listening on 8080 in its own namespace.
+    let pod_a = Pod::run_config(&daemon, pod_network_config("pf-a", &new_uid())).await;
+    let echo_config = container_config("echo", &echo.name, &[], &["tcp-echo", "8080"], &[]);
+    pod_a.create_and_start(&daemon, &echo_config).await;
+    wait_log_line(&pod_a.log_path(&echo_config), "stdout", "listening tcp 8080").await;
+    let pod_b = Pod::run_config(&daemon, pod_network_config("pf-b", &new_uid())).await;
+    let web_config = container_config("web", &service.name, &[], &[], &[]);
+    pod_b.create_and_start(&daemon, &web_config).await;
+
+    let forward = |rt: &mut Runtime, pod: &Pod| {
+        let request = PortForwardRequest { pod_sandbox_id: pod.id.clone(), port: vec![8080] };
+        let mut rt = rt.clone();
+        async move { rt.port_forward(request).await.expect("PortForward").into_inner().url }
+    };
+    let url = forward(&mut rt, &pod_a).await;
+    let seen = tokio::task::block_in_place(|| k8s_stream(Some(&net), &["portforward", &url, "8080", "hi\n"]));
+    assert_eq!(seen["received"], "echo:hi\n", "{seen}");
+    let url = forward(&mut rt, &pod_b).await;
+    let request = "GET / HTTP/1.0\r\nHost: pod\r\n\r\n";
+    let seen = tokio::task::block_in_place(|| k8s_stream(Some(&net), &["portforward", &url, "8080", request]));
+    assert!(
+        seen["received"].as_str().is_some_and(|r| r.starts_with("HTTP/1.0 200") || r.starts_with("HTTP/1.1 200")),
+        "{seen}"
+    );
+    // Nothing listens on 9090 in pod A: the error channel says so.
+    let request = PortForwardRequest { pod_sandbox_id: pod_a.id.clone(), port: vec![9090] };
+    let url = rt.port_forward(request).await.expect("PortForward").into_inner().url;
+    let seen = tokio::task::block_in_place(|| k8s_stream(Some(&net), &["portforward", &url, "9090", "x"]));
+    assert!(seen["error"].as_str().is_some_and(|e| e.contains("error forwarding port 9090")), "{seen}");
+    let bad = rt.port_forward(PortForwardRequest { pod_sandbox_id: pod_a.id.clone(), port: vec![70000] }).await;
+    assert_eq!(bad.unwrap_err().code(), Code::InvalidArgument);
     assert_serving(&daemon).await;
 }

@@ -89,6 +89,12 @@ pub struct Config {
     /// (each slot reserves address space, about 8 GiB, not memory); a
     /// request that finds none free gets a 503.
     pub http_instance_pool_size: usize,
+    /// The address the streaming server (Exec, Attach, PortForward URLs)
+    /// listens on: an IP address (containerd's `stream_server_address`).
+    /// Only kubelet (or crictl) on this node needs to reach it, hence loopback.
+    pub stream_server_address: String,
+    /// Its port; 0: a free one, chosen at start (containerd's `stream_server_port`).
+    pub stream_server_port: u16,
 }
 
 /// How to reach one registry.
@@ -128,6 +134,8 @@ impl Default for Config {
             netns_pool_size: 4,
             http_max_concurrent_requests: 1000,
             http_instance_pool_size: 1000,
+            stream_server_address: "127.0.0.1".into(),
+            stream_server_port: 0,
         }
     }
 }
@@ -188,6 +196,12 @@ pub struct Flags {
     /// Instances of served components the whole daemon runs at once; more get a 503 [default: 1000].
     #[arg(long, value_name = "N")]
     pub http_instance_pool_size: Option<usize>,
+    /// The IP address the streaming server (exec, attach, port-forward) listens on [default: 127.0.0.1].
+    #[arg(long, value_name = "IP")]
+    pub stream_server_address: Option<String>,
+    /// The streaming server's port; 0 picks a free one [default: 0].
+    #[arg(long, value_name = "PORT")]
+    pub stream_server_port: Option<u16>,
 }
 
 impl Config {
@@ -249,6 +263,12 @@ impl Config {
         }
         if let Some(slots) = flags.http_instance_pool_size {
             self.http_instance_pool_size = slots;
+        }
+        if let Some(address) = flags.stream_server_address {
+            self.stream_server_address = address;
+        }
+        if let Some(port) = flags.stream_server_port {
+            self.stream_server_port = port;
         }
         // Plugin directories are a search path, not an allow-list: flags replace it.
         if !flags.cni_bin_dirs.is_empty() {
@@ -329,6 +349,12 @@ impl Config {
         }
         if !(1..=100_000).contains(&self.http_instance_pool_size) {
             bail!("config: `http_instance_pool_size` (--http-instance-pool-size) must be between 1 and 100000");
+        }
+        if self.stream_server_address.parse::<std::net::IpAddr>().is_err() {
+            bail!(
+                "config: `stream_server_address` (--stream-server-address) {:?} must be an IP address",
+                self.stream_server_address
+            );
         }
         if self.max_manifest_bytes == 0 || self.max_blob_bytes == 0 {
             bail!("config: `max_manifest_bytes` and `max_blob_bytes` must be above 0");

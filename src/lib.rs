@@ -31,6 +31,7 @@ mod network;
 mod pods;
 mod route;
 pub mod server;
+mod streaming;
 mod sys;
 mod wasm;
 

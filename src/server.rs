@@ -33,6 +33,7 @@ use crate::front::Front;
 use crate::images::{Images, Limits, PullOptions, RegistryOptions};
 use crate::network::Network;
 use crate::pods::{ImagePrograms, Pods};
+use crate::streaming::Streaming;
 use crate::wasm::{Engine, HttpLimits};
 
 /// kubelet allows CRI messages of up to 16 MiB (a ListContainers of a busy node).
@@ -67,6 +68,8 @@ pub struct Daemon {
     grace: Duration,
     cri: Routes,
     cri_listener: UnixListener,
+    /// The streaming server (Exec, PortForward URLs) and its bound listener.
+    streaming: (Arc<Streaming>, tokio::net::TcpListener),
     /// Pods' networks: its pool of namespaces made ahead is emptied at the end.
     network: Arc<Network>,
     /// Held for the daemon's life: one daemon per root.
@@ -119,7 +122,9 @@ impl Daemon {
             .as_deref()
             .map(|endpoint| Backing::new(endpoint, Duration::from_secs(config.backing_connect_timeout_secs)))
             .transpose()?;
-        let cri = cri_services(&config, pods.clone(), images, network.clone(), backing);
+        let (streaming, streaming_listener) =
+            Streaming::bind(&config.stream_server_address, config.stream_server_port, pods.clone()).await?;
+        let cri = cri_services(&config, pods.clone(), images, network.clone(), streaming.clone(), backing);
 
         let cri_listener = bind(&config.socket)?;
         Ok(Self {
@@ -128,6 +133,7 @@ impl Daemon {
             grace: Duration::from_secs(config.shutdown_grace_secs),
             cri,
             cri_listener,
+            streaming: (streaming, streaming_listener),
             network,
             _root_lock: root_lock,
         })
@@ -141,13 +147,14 @@ impl Daemon {
     /// A second listener (metrics, streaming) is one more `listeners.spawn`
     /// of a future that serves until `stop` is cancelled.
     pub async fn serve(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let Daemon { socket, root, grace, cri, cri_listener, network, _root_lock } = self;
+        let Daemon { socket, root, grace, cri, cri_listener, streaming, network, _root_lock } = self;
         // Cancelled by the caller's signal or by a failing listener; cancelling
         // it never cancels the caller's token.
         let stop = shutdown.child_token();
         let mut listeners = tokio::task::JoinSet::new();
         tracing::info!(socket = %socket.display(), root = %root.display(), version = env!("CARGO_PKG_VERSION"), "wasmrun serving the CRI");
         listeners.spawn(serve_cri(cri, cri_listener, stop.clone()));
+        listeners.spawn(streaming.0.serve(streaming.1, stop.clone()));
 
         let joined = async {
             let mut first_error = None;
@@ -190,9 +197,10 @@ fn cri_services(
     pods: Arc<Pods>,
     images: Arc<Images>,
     network: Arc<Network>,
+    streaming: Arc<Streaming>,
     backing: Option<Backing>,
 ) -> Routes {
-    let parts = Parts { config: Arc::new(config.clone()), pods, images, network };
+    let parts = Parts { config: Arc::new(config.clone()), pods, images, network, streaming };
     let front = Arc::new(Front::new(parts, backing));
     Routes::new(
         RuntimeServiceServer::from_arc(front.clone())

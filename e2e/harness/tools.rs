@@ -46,7 +46,7 @@ fn find_program(program: &str, extra: &[PathBuf]) -> Option<PathBuf> {
 }
 
 /// `program`'s path, or a panic that names the command installing it.
-fn require_program(program: &str, extra: &[PathBuf], install: &str) -> PathBuf {
+pub fn require_program(program: &str, extra: &[PathBuf], install: &str) -> PathBuf {
     find_program(program, extra)
         .unwrap_or_else(|| panic!("`{program}` is not installed (not found in PATH); install it with `{install}`"))
 }

@@ -1,6 +1,8 @@
-//! ExecSync of a wasm container: the program `cmd` names run as a new
-//! instance in the container's context (see `pods::exec` for what it sees
-//! and which program runs), its output kept in memory.
+//! Exec in a wasm container, and port-forward to a wasm pod. ExecSync runs
+//! the program `cmd` names as a new instance in the container's context (see
+//! `pods::exec` for what it sees and which program runs), its output kept in
+//! memory; Exec and PortForward check the request and answer a URL of the
+//! streaming server (`crate::streaming`), which runs them when the client connects.
 
 use std::time::Duration;
 
@@ -9,7 +11,9 @@ use tonic::Status;
 use super::Parts;
 use crate::api;
 use crate::error::Error;
-use crate::wasm::Captured;
+use crate::pods::{ContainerState, SandboxState};
+use crate::streaming::Pending;
+use crate::wasm::{Captured, Stdin};
 
 /// Most bytes of each stream an ExecSync instance's output keeps; the rest
 /// is dropped. containerd's `maxStreamSize` (`internal/cri/server/container_execsync.go`).
@@ -30,7 +34,7 @@ pub const MAX_EXEC_SYNC_ANSWER: usize = crate::server::MAX_MESSAGE - 1024;
 /// is dropped, and with it the exec).
 pub(super) async fn exec_sync(parts: &Parts, request: api::ExecSyncRequest) -> Result<api::ExecSyncResponse, Status> {
     let (captured, output) = Captured::new(MAX_EXEC_SYNC_OUTPUT);
-    let exec = parts.pods.exec(&request.container_id, request.cmd, output).await?;
+    let exec = parts.pods.exec(&request.container_id, request.cmd, Stdin::default(), output).await?;
     let exit = if request.timeout > 0 {
         let timeout = Duration::from_secs(request.timeout as u64);
         match tokio::time::timeout(timeout, exec.wait()).await {
@@ -53,6 +57,58 @@ pub(super) async fn exec_sync(parts: &Parts, request: api::ExecSyncRequest) -> R
         tracing::debug!(container = %request.container_id, "ExecSync output cut to {MAX_EXEC_SYNC_ANSWER} bytes");
     }
     Ok(api::ExecSyncResponse { stdout, stderr, exit_code: exit.code })
+}
+
+/// Checks the request as kubelet's streaming server and containerd do
+/// (InvalidArgument: no container id, `tty` with `stderr`, none of stdin,
+/// stdout and stderr, an empty `cmd`; NotFound; FailedPrecondition: not
+/// running) and answers a single-use URL for it.
+pub(super) async fn exec(parts: &Parts, request: api::ExecRequest) -> Result<api::ExecResponse, Status> {
+    if request.tty && request.stderr {
+        return Err(Status::invalid_argument("Exec: tty and stderr cannot both be true"));
+    }
+    if !request.stdin && !request.stdout && !request.stderr {
+        return Err(Status::invalid_argument("Exec: one of stdin, stdout, or stderr must be set"));
+    }
+    let container = parts.pods.container(&request.container_id)?;
+    if request.cmd.first().is_none_or(String::is_empty) {
+        return Err(Status::invalid_argument(format!(
+            "Exec in container {}: cmd is empty; its first element names the program",
+            container.id
+        )));
+    }
+    if container.state() != ContainerState::Running {
+        return Err(Error::FailedPrecondition(format!(
+            "container {} is not running: exec needs a running container",
+            container.id
+        ))
+        .into());
+    }
+    let url = parts.streaming.url(Pending::Exec(api::ExecRequest { container_id: container.id.clone(), ..request }))?;
+    Ok(api::ExecResponse { url })
+}
+
+/// Checks that the pod exists and is ready (FailedPrecondition otherwise,
+/// as containerd) and answers a single-use URL forwarding `port` (each
+/// 1–65535; none: the client's `ports` query) inside the pod's network namespace.
+pub(super) async fn port_forward(
+    parts: &Parts,
+    request: api::PortForwardRequest,
+) -> Result<api::PortForwardResponse, Status> {
+    let sandbox = parts.pods.pod(&request.pod_sandbox_id)?;
+    if let Some(bad) = request.port.iter().find(|port| !(1..=65535).contains(*port)) {
+        return Err(Status::invalid_argument(format!("PortForward to pod {}: port {bad} is not 1–65535", sandbox.id)));
+    }
+    if sandbox.state() != SandboxState::Ready {
+        return Err(Error::FailedPrecondition(format!(
+            "pod sandbox {} is not ready: cannot forward a port to it",
+            sandbox.id
+        ))
+        .into());
+    }
+    let request = api::PortForwardRequest { pod_sandbox_id: sandbox.id.clone(), ..request };
+    let url = parts.streaming.url(Pending::PortForward(request))?;
+    Ok(api::PortForwardResponse { url })
 }
 
 /// `stdout` and `stderr` cut to `max` bytes together: stderr keeps up to

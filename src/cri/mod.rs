@@ -14,8 +14,8 @@
 //! | CreateContainer … ReopenContainerLog, UpdateContainerResources | `containers.rs` |
 //! | ContainerStats … ListPodSandboxStats | `stats.rs` |
 //! | GetContainerEvents | `events.rs` |
-//! | ExecSync | `exec.rs` |
-//! | Exec, Attach, PortForward, Checkpoint, metrics | `unsupported.rs` |
+//! | ExecSync, Exec, PortForward | `exec.rs` (the streaming server: `crate::streaming`) |
+//! | Attach, Checkpoint, metrics | `unsupported.rs` |
 //! | PullImage, ListImages, ImageStatus, RemoveImage, ImageFsInfo | `images.rs` (the `ImageService` impl) |
 //!
 //! Errors become gRPC statuses in one place, `status.rs`.
@@ -47,6 +47,8 @@ pub struct Parts {
     pub images: Arc<Images>,
     /// Whether pods can get a network (Status's `NetworkReady`).
     pub network: Arc<crate::network::Network>,
+    /// The URLs of Exec and PortForward.
+    pub streaming: Arc<crate::streaming::Streaming>,
 }
 
 /// The wasm side's `RuntimeService` and `ImageService`: wasmrun's own pods,

@@ -173,7 +173,7 @@ impl RuntimeService for Facade {
     }
 
     async fn exec(&self, request: Request<api::ExecRequest>) -> Reply<api::ExecResponse> {
-        delegate!(self, unsupported::exec, request)
+        delegate!(self, exec::exec, request)
     }
 
     async fn attach(&self, request: Request<api::AttachRequest>) -> Reply<api::AttachResponse> {
@@ -181,7 +181,7 @@ impl RuntimeService for Facade {
     }
 
     async fn port_forward(&self, request: Request<api::PortForwardRequest>) -> Reply<api::PortForwardResponse> {
-        delegate!(self, unsupported::port_forward, request)
+        delegate!(self, exec::port_forward, request)
     }
 
     async fn container_stats(

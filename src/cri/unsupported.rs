@@ -1,40 +1,17 @@
-//! Calls a wasm guest cannot answer: there is no shell to exec, no terminal
-//! to attach, no network namespace to forward into. Each says so clearly
-//! (after checking the object exists), and never hangs.
+//! Calls wasmrun does not answer for its containers: attach (not yet),
+//! checkpoints and CRI metrics. Each says so clearly (after checking the
+//! object exists), and never hangs.
 
 use tonic::Status;
 
 use super::Parts;
 use crate::api;
 
-fn no_processes(parts: &Parts, container_id: &str, what: &str) -> Status {
-    match parts.pods.container(container_id) {
-        Ok(container) => Status::failed_precondition(format!(
-            "{what} is not possible: container {} runs a WebAssembly guest inside wasmrun; \
-             it has no shell, processes or terminal",
-            container.id
-        )),
-        Err(e) => e.into(),
-    }
-}
-
-pub(super) async fn exec(parts: &Parts, request: api::ExecRequest) -> Result<api::ExecResponse, Status> {
-    Err(no_processes(parts, &request.container_id, "exec"))
-}
-
 pub(super) async fn attach(parts: &Parts, request: api::AttachRequest) -> Result<api::AttachResponse, Status> {
-    Err(no_processes(parts, &request.container_id, "attach"))
-}
-
-pub(super) async fn port_forward(
-    parts: &Parts,
-    request: api::PortForwardRequest,
-) -> Result<api::PortForwardResponse, Status> {
-    let sandbox = parts.pods.pod(&request.pod_sandbox_id)?;
-    Err(Status::failed_precondition(format!(
-        "port-forward is not possible: pod sandbox {} runs WebAssembly guests inside wasmrun, \
-         which have no network namespace of their own",
-        sandbox.id
+    let container = parts.pods.container(&request.container_id)?;
+    Err(Status::unimplemented(format!(
+        "attach to WebAssembly containers is not supported yet (container {}); exec works",
+        container.id
     )))
 }
 

@@ -251,6 +251,7 @@ impl Container {
             scratch_dir: Some(self.scratch_dir.clone()),
             netns: network.netns.clone(),
             resolver: network.resolver.clone(),
+            stdin: Default::default(),
         }
     }
 

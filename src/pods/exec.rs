@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use super::{Container, Pods};
 use crate::error::{Error, Result};
-use crate::wasm::{Compiled, Exit, ExitReason, ExitWaiter, Output};
+use crate::wasm::{Compiled, Exit, ExitReason, ExitWaiter, Output, Stdin};
 
 /// Exit code of an exec whose `cmd[0]` names no program, as a shell reports
 /// a command not found.
@@ -81,7 +81,7 @@ impl Drop for Exec {
 
 impl Pods {
     /// Runs `cmd` in running container `container_id` (see the module's
-    /// docs), its stdout and stderr written to `output`. Returns once the
+    /// docs), its stdin read from `stdin`, its stdout and stderr written to `output`. Returns once the
     /// instance runs (or has ended without running); wait for its end with
     /// [`Exec::wait`].
     ///
@@ -89,7 +89,7 @@ impl Pods {
     /// empty `cmd` or a mount that cannot be opened; FailedPrecondition when
     /// the container is not running (as containerd's "container is in
     /// CONTAINER_EXITED state").
-    pub async fn exec(&self, container_id: &str, cmd: Vec<String>, output: Output) -> Result<Exec> {
+    pub async fn exec(&self, container_id: &str, cmd: Vec<String>, stdin: Stdin, output: Output) -> Result<Exec> {
         let container = self.container(container_id)?;
         let Some(argv0) = cmd.first().filter(|argv0| !argv0.is_empty()) else {
             return Err(Error::InvalidArgument(format!(
@@ -121,6 +121,7 @@ impl Pods {
         };
         let mut spec = container.guest_spec(&sandbox.network);
         spec.argv = cmd;
+        spec.stdin = stdin;
         // Its own copies of file mounts: the guest's are the guest's, and
         // only what the exec changes is copied back to the host file.
         let scratch = spec.scratch_dir.as_ref().map(|dir| dir.join("execs").join(super::new_id()));

@@ -12,7 +12,7 @@ use tokio_stream::StreamExt;
 use super::lifecycle::EXIT_LOST;
 use super::*;
 use crate::images::{Image, ImageFormat};
-use crate::wasm::{Captured, Compiled, ModuleSource, Output, WasmKind, WasmSource};
+use crate::wasm::{Captured, Compiled, ModuleSource, Output, Stdin, WasmKind, WasmSource};
 
 /// Ends with `proc_exit(3)`.
 const EXIT_3: &str = r#"(module
@@ -444,33 +444,39 @@ async fn execs_run_in_a_running_container_and_end_with_it() {
     let pods = dirs.open().await;
     let pod = pods.run_pod(pod_config("exec", &dirs.logs()), "wasmrun").await.unwrap();
     let container = pods.create_container(&pod.id, container_config("c", "spin")).await.unwrap();
-    let refused = pods.exec(&container.id, vec!["hello".into()], Output::discard()).await.err().unwrap();
+    let refused =
+        pods.exec(&container.id, vec!["hello".into()], Stdin::default(), Output::discard()).await.err().unwrap();
     assert!(matches!(&refused, Error::FailedPrecondition(m) if m.contains("created")), "{refused}");
     pods.start_container(&container.id).await.unwrap();
 
     // Another program by name: its output, its exit.
     let (captured, output) = Captured::new(1024);
-    let exit = pods.exec(&container.id, vec!["hello".into()], output).await.unwrap().wait().await;
+    let exit = pods.exec(&container.id, vec!["hello".into()], Stdin::default(), output).await.unwrap().wait().await;
     assert_eq!((exit.code, captured.stdout()), (0, b"hello\n".to_vec()));
     // No program of that name: 127, as a shell says.
     let (captured, output) = Captured::new(1024);
-    let exit = pods.exec(&container.id, vec!["sh".into(), "-c".into()], output).await.unwrap().wait().await;
+    let exit =
+        pods.exec(&container.id, vec!["sh".into(), "-c".into()], Stdin::default(), output).await.unwrap().wait().await;
     assert_eq!((exit.code, captured.stderr()), (exec::EXIT_NOT_FOUND, b"sh: program not found\n".to_vec()));
-    let empty = pods.exec(&container.id, vec![], Output::discard()).await.err().unwrap();
+    let empty = pods.exec(&container.id, vec![], Stdin::default(), Output::discard()).await.err().unwrap();
     assert!(matches!(empty, Error::InvalidArgument(_)), "{empty}");
 
     // Dropping an exec ends its instance (a client that went away).
-    let exec = pods.exec(&container.id, vec!["spin".into()], Output::discard()).await.unwrap();
+    let exec = pods.exec(&container.id, vec!["spin".into()], Stdin::default(), Output::discard()).await.unwrap();
     assert_eq!(container.running_execs(), 1);
     drop(exec);
     assert_eq!(container.running_execs(), 0);
 
     // The container's own program, by name; stopping the container ends it.
-    let exec = pods.exec(&container.id, vec!["spin".into(), "--again".into()], Output::discard()).await.unwrap();
+    let exec = pods
+        .exec(&container.id, vec!["spin".into(), "--again".into()], Stdin::default(), Output::discard())
+        .await
+        .unwrap();
     pods.stop_container(&container.id, Duration::ZERO).await.unwrap();
     let exit = exec.wait().await;
     assert_eq!((exit.code, exit.message.as_str()), (128 + 9, "stopped"));
     assert_eq!(container.running_execs(), 0);
-    let refused = pods.exec(&container.id, vec!["spin".into()], Output::discard()).await.err().unwrap();
+    let refused =
+        pods.exec(&container.id, vec!["spin".into()], Stdin::default(), Output::discard()).await.err().unwrap();
     assert!(matches!(&refused, Error::FailedPrecondition(m) if m.contains("exited")), "{refused}");
 }

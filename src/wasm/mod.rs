@@ -46,7 +46,7 @@ pub use guest::{EXIT_NOT_STARTED, Exit, ExitReason, ExitWaiter, Guest};
 pub use limits::{Usage, UsageSnapshot};
 pub use output::{Captured, Output};
 pub use serve::address as serve_address;
-pub use spec::{CpuBandwidth, GuestSpec, Limits, Mount, Root};
+pub use spec::{CpuBandwidth, GuestSpec, Limits, Mount, Root, Stdin};
 
 use crate::error::{Error, Result};
 

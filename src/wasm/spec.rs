@@ -41,6 +41,35 @@ pub struct GuestSpec {
     /// The pod's name resolution (its DNS config, queried from its
     /// namespace); none: the node's (`getaddrinfo`).
     pub resolver: Option<Arc<PodResolver>>,
+    /// Where the guest's stdin comes from (an exec's client, an attached
+    /// container's pipe); none: an empty stdin, at its end at once.
+    pub stdin: Stdin,
+}
+
+/// The reader a guest's stdin comes from, taken by the first instance made
+/// from the spec (a spec's clones share it).
+#[derive(Clone, Default)]
+pub struct Stdin(Arc<std::sync::Mutex<Option<StdinReader>>>);
+
+/// What [`Stdin`] holds.
+pub type StdinReader = Box<dyn tokio::io::AsyncRead + Send + Sync + Unpin>;
+
+impl Stdin {
+    pub fn new(reader: impl tokio::io::AsyncRead + Send + Sync + Unpin + 'static) -> Self {
+        Self(Arc::new(std::sync::Mutex::new(Some(Box::new(reader)))))
+    }
+
+    /// The reader, once; `None` after, or when there was none.
+    pub(super) fn take(&self) -> Option<StdinReader> {
+        self.0.lock().unwrap().take()
+    }
+}
+
+impl std::fmt::Debug for Stdin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let given = self.0.lock().map(|reader| reader.is_some()).unwrap_or(false);
+        f.write_str(if given { "Stdin(given)" } else { "Stdin(none)" })
+    }
 }
 
 /// A container's root filesystem on the host.

@@ -53,6 +53,9 @@ fn wasi_builder(spec: &GuestSpec, preopens: &[Preopen], stdout: Writer, stderr: 
     let mut wasi = WasiCtxBuilder::new();
     wasi.args(&spec.argv).envs(&spec.env);
     wasi.stdout(OutputStream::new(stdout)).stderr(OutputStream::new(stderr));
+    if let Some(stdin) = spec.stdin.take() {
+        wasi.stdin(wasmtime_wasi::cli::AsyncStdinStream::new(stdin));
+    }
     for Preopen { mount, .. } in preopens {
         let perms = if mount.readonly { FsPerms::ReadOnly } else { FsPerms::ReadWrite };
         wasi.preopened_dir(&mount.host_path, &mount.guest_path, perms).map_err(|e| {

@@ -19,6 +19,7 @@ mod harness;
 mod append;
 mod cpu;
 mod density;
+mod exec;
 mod http;
 mod netstart;
 mod pull;
@@ -60,6 +61,9 @@ struct Cli {
     #[command(flatten)]
     http: http::Args,
 
+    #[command(flatten)]
+    exec: exec::Args,
+
     /// Given by `cargo bench` itself to every bench target; ignored.
     #[arg(long, hide = true)]
     bench: bool,
@@ -83,6 +87,8 @@ enum Section {
     NetStart,
     /// A wasi:http component served by wasmrun against `wasmtime serve`: requests/s, latency, first request, memory.
     Http,
+    /// ExecSync as exec probes call it: latency and CPU per probe, against the floors and containerd + runc.
+    Exec,
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -105,6 +111,7 @@ async fn main() {
             Section::Append => append::run(&cli.append).await,
             Section::NetStart => netstart::run(&cli.net_start).await,
             Section::Http => http::run(&cli.http).await,
+            Section::Exec => exec::run(&cli.exec).await,
         }
     }
 }

@@ -1,4 +1,4 @@
-//! Exec and PortForward through the streaming server, driven by a client
+//! Exec, Attach and PortForward through the streaming server, driven by a client
 //! nobody here wrote: the official Kubernetes Python client's websocket
 //! code (`kubernetes` on PyPI, e2e/clients/k8s_stream.py), speaking
 //! `v5.channel.k8s.io` for exec and `v4.channel.k8s.io` port-forward
@@ -11,7 +11,7 @@ use std::process::Command;
 
 use serde_json::Value;
 use tonic::Code;
-use wasmrun::api::{AttachRequest, ExecRequest, PortForwardRequest};
+use wasmrun::api::{AttachRequest, ContainerState, ExecRequest, PortForwardRequest};
 
 use crate::exec::{exec_image, wait_for_execs};
 use crate::harness::*;
@@ -118,8 +118,28 @@ async fn exec_streams_with_the_kubernetes_python_client() {
     }
     let unknown = rt.port_forward(PortForwardRequest { pod_sandbox_id: random_id(), port: vec![80] }).await;
     assert_eq!(unknown.unwrap_err().code(), Code::NotFound);
-    let attach = rt.attach(AttachRequest { container_id: id.clone(), stdout: true, ..Default::default() }).await;
-    assert_eq!(attach.unwrap_err().code(), Code::Unimplemented);
+    let attach = rt.attach(AttachRequest { container_id: random_id(), stdout: true, ..Default::default() }).await;
+    assert_eq!(attach.unwrap_err().code(), Code::NotFound);
+    let attach = rt.attach(AttachRequest { container_id: id.clone(), tty: true, stderr: true, ..Default::default() });
+    assert_eq!(attach.await.unwrap_err().code(), Code::InvalidArgument);
+
+    // Attach to a guest that echoes its stdin (`stdin` and `stdin_once`):
+    // the client's stdin reaches it, its output comes back, and the
+    // client's closing stdin is the guest's end of input.
+    let mut config = container_config("echo", &image, &[], &["echo"], &[]);
+    (config.stdin, config.stdin_once) = (true, true);
+    let echo_id = pod.create_and_start(&daemon, &config).await;
+    let request = AttachRequest { container_id: echo_id.clone(), stdin: true, stdout: true, stderr: true, tty: false };
+    let url = rt.attach(request).await.expect("Attach").into_inner().url;
+    let seen = tokio::task::block_in_place(|| k8s_stream(None, &["exec", &url, "ping\n"]));
+    assert_eq!((seen["stdout"].as_str(), seen["stderr"].as_str()), (Some("ping\n"), Some("eof\n")), "{seen}");
+    assert_eq!(seen["returncode"], 0, "{seen}");
+    let status = wait_state(&mut rt, &echo_id, ContainerState::ContainerExited).await;
+    assert_eq!(status.exit_code, 0, "{status:?}");
+    let lines = full_lines(&read_log(&pod.log_path(&config)));
+    assert!(has_line(&lines, "stdout", "ping"), "what an attached client sent is in the log too: {lines:?}");
+    let late = rt.attach(AttachRequest { container_id: echo_id, stdout: true, ..Default::default() }).await;
+    assert_eq!(late.unwrap_err().code(), Code::FailedPrecondition);
     assert_serving(&daemon).await;
 }
 

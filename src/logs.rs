@@ -13,7 +13,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncWrite, AsyncWriteExt};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_util::sync::PollSender;
 
 /// The longest content of one record; longer lines are split (containerd's default).
@@ -40,10 +40,17 @@ impl Stream {
 /// Reopen requests, answered once the file at the log path is open again.
 type Reopen = oneshot::Sender<io::Result<()>>;
 
-/// The control side of a container's log, kept by the container for reopens.
+/// The control side of a container's log, kept by the container for
+/// reopens and attaches.
 pub struct ContainerLog {
     reopen: mpsc::Sender<Reopen>,
+    /// Every chunk of output, as the guest wrote it, to attached clients.
+    attached: broadcast::Sender<(Stream, bytes::Bytes)>,
 }
+
+/// Chunks of output kept for an attached client that has not taken them
+/// yet; one that falls further behind loses the oldest (see [`ContainerLog::attach`]).
+const ATTACH_BACKLOG: usize = 256;
 
 /// Waits for the writer to write out everything and close the file.
 pub struct LogDone(tokio::task::JoinHandle<()>);
@@ -88,12 +95,22 @@ impl ContainerLog {
         };
         let (output_tx, output_rx) = mpsc::channel(QUEUE);
         let (reopen_tx, reopen_rx) = mpsc::channel(1);
-        let task = tokio::spawn(write_records(path, file, output_rx, reopen_rx));
+        let (attached, _) = broadcast::channel(ATTACH_BACKLOG);
+        let task = tokio::spawn(write_records(path, file, output_rx, reopen_rx, attached.clone()));
         let writer = |stream| LogWriter { stream, tx: PollSender::new(output_tx.clone()) };
         Ok(OpenedLog {
-            log: ContainerLog { reopen: reopen_tx },
+            log: ContainerLog { reopen: reopen_tx, attached },
             output: GuestOutput { stdout: writer(Stream::Stdout), stderr: writer(Stream::Stderr), done: LogDone(task) },
         })
+    }
+
+    /// The guest's output from now on, chunk by chunk, for an attached
+    /// client (CRI Attach). The stream ends once the container's log is let
+    /// go (its guest ended) and the writer has finished; a receiver more
+    /// than [`ATTACH_BACKLOG`] chunks behind is told how many it lost
+    /// (`RecvError::Lagged`), and the guest never waits for it.
+    pub fn attach(&self) -> broadcast::Receiver<(Stream, bytes::Bytes)> {
+        self.attached.subscribe()
     }
 
     /// Reopens the file at the same path, after kubelet renamed the old one.
@@ -128,6 +145,7 @@ async fn write_records(
     mut file: Option<tokio::fs::File>,
     mut output: mpsc::Receiver<(Stream, Vec<u8>)>,
     mut reopens: mpsc::Receiver<Reopen>,
+    attached: broadcast::Sender<(Stream, bytes::Bytes)>,
 ) {
     let mut stdout = LineFramer::default();
     let mut stderr = LineFramer::default();
@@ -140,6 +158,9 @@ async fn write_records(
                 let Some(mut chunk) = chunk else { break };
                 loop {
                     let (stream, bytes) = chunk;
+                    if attached.receiver_count() > 0 {
+                        let _ = attached.send((stream, bytes::Bytes::copy_from_slice(&bytes)));
+                    }
                     let framer = if stream == Stream::Stdout { &mut stdout } else { &mut stderr };
                     let now = timestamp();
                     framer.push(&bytes, |tag, line| format_record(&mut batch, &now, stream, tag, line));

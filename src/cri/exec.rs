@@ -88,6 +88,30 @@ pub(super) async fn exec(parts: &Parts, request: api::ExecRequest) -> Result<api
     Ok(api::ExecResponse { url })
 }
 
+/// Checks the request as kubelet's streaming server and containerd do
+/// (InvalidArgument: `tty` with `stderr`, none of stdin, stdout and stderr;
+/// NotFound; FailedPrecondition: not running) and answers a single-use URL
+/// attaching to the running guest.
+pub(super) async fn attach(parts: &Parts, request: api::AttachRequest) -> Result<api::AttachResponse, Status> {
+    if request.tty && request.stderr {
+        return Err(Status::invalid_argument("Attach: tty and stderr cannot both be true"));
+    }
+    if !request.stdin && !request.stdout && !request.stderr {
+        return Err(Status::invalid_argument("Attach: one of stdin, stdout, and stderr must be set"));
+    }
+    let container = parts.pods.container(&request.container_id)?;
+    if container.state() != ContainerState::Running {
+        return Err(Error::FailedPrecondition(format!(
+            "container {} is not running: attach needs a running container",
+            container.id
+        ))
+        .into());
+    }
+    let url =
+        parts.streaming.url(Pending::Attach(api::AttachRequest { container_id: container.id.clone(), ..request }))?;
+    Ok(api::AttachResponse { url })
+}
+
 /// Checks that the pod exists and is ready (FailedPrecondition otherwise,
 /// as containerd) and answers a single-use URL forwarding `port` (each
 /// 1–65535; none: the client's `ports` query) inside the pod's network namespace.

@@ -14,8 +14,8 @@
 //! | CreateContainer … ReopenContainerLog, UpdateContainerResources | `containers.rs` |
 //! | ContainerStats … ListPodSandboxStats | `stats.rs` |
 //! | GetContainerEvents | `events.rs` |
-//! | ExecSync, Exec, PortForward | `exec.rs` (the streaming server: `crate::streaming`) |
-//! | Attach, Checkpoint, metrics | `unsupported.rs` |
+//! | ExecSync, Exec, Attach, PortForward | `exec.rs` (the streaming server: `crate::streaming`) |
+//! | Checkpoint, metrics | `unsupported.rs` |
 //! | PullImage, ListImages, ImageStatus, RemoveImage, ImageFsInfo | `images.rs` (the `ImageService` impl) |
 //!
 //! Errors become gRPC statuses in one place, `status.rs`.

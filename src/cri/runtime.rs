@@ -177,7 +177,7 @@ impl RuntimeService for Facade {
     }
 
     async fn attach(&self, request: Request<api::AttachRequest>) -> Reply<api::AttachResponse> {
-        delegate!(self, unsupported::attach, request)
+        delegate!(self, exec::attach, request)
     }
 
     async fn port_forward(&self, request: Request<api::PortForwardRequest>) -> Reply<api::PortForwardResponse> {

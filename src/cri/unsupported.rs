@@ -1,19 +1,11 @@
-//! Calls wasmrun does not answer for its containers: attach (not yet),
-//! checkpoints and CRI metrics. Each says so clearly (after checking the
+//! Calls wasmrun does not answer for its containers: checkpoints and CRI
+//! metrics. Each says so clearly (after checking the
 //! object exists), and never hangs.
 
 use tonic::Status;
 
 use super::Parts;
 use crate::api;
-
-pub(super) async fn attach(parts: &Parts, request: api::AttachRequest) -> Result<api::AttachResponse, Status> {
-    let container = parts.pods.container(&request.container_id)?;
-    Err(Status::unimplemented(format!(
-        "attach to WebAssembly containers is not supported yet (container {}); exec works",
-        container.id
-    )))
-}
 
 pub(super) async fn checkpoint_container(
     parts: &Parts,

@@ -73,6 +73,20 @@ struct Inner {
     /// ended with the container.
     execs: HashMap<u64, Guest>,
     next_exec: u64,
+    /// The writing end of the guest's stdin while it runs, for a container
+    /// created with `stdin: true` (what attached clients write to).
+    stdin: Option<Arc<tokio::sync::Mutex<StdinWriter>>>,
+}
+
+/// The writing end of a guest's stdin pipe.
+pub type StdinWriter = tokio::io::WriteHalf<tokio::io::SimplexStream>;
+
+/// What an attached client gets of a running container (CRI Attach).
+pub struct Attached {
+    /// The guest's output from now on; ends once the container has ended.
+    pub output: tokio::sync::broadcast::Receiver<(crate::logs::Stream, bytes::Bytes)>,
+    /// Its stdin, when the container was created with `stdin: true`.
+    pub stdin: Option<Arc<tokio::sync::Mutex<StdinWriter>>>,
 }
 
 /// What a container is made of; the same for a new container and one
@@ -126,7 +140,14 @@ impl Container {
             compiled: OnceCell::new_with(compiled),
             resources: Mutex::new(parts.resources),
             usage: parts.usage,
-            inner: Mutex::new(Inner { life: parts.life, guest: None, log: None, execs: HashMap::new(), next_exec: 0 }),
+            inner: Mutex::new(Inner {
+                life: parts.life,
+                guest: None,
+                log: None,
+                execs: HashMap::new(),
+                next_exec: 0,
+                stdin: None,
+            }),
             ended: watch::Sender::new(ended),
             record_lock: Mutex::new(false),
             list_entry: KeptEntry::default(),
@@ -193,6 +214,7 @@ impl Container {
             .map_err(|refused| Error::internal(format!("container {}", self.id), anyhow::anyhow!("{refused}")))?;
         inner.guest = None;
         inner.log = None;
+        inner.stdin = None;
         // An exec cannot outlive its container.
         for (_, mut exec) in inner.execs.drain() {
             exec.stop(Duration::ZERO);
@@ -224,6 +246,42 @@ impl Container {
     pub(super) fn end_exec(&self, id: u64) {
         if let Some(mut exec) = self.inner.lock().unwrap().execs.remove(&id) {
             exec.stop(Duration::ZERO);
+        }
+    }
+
+    /// The guest's stdin for a start: a pipe whose writing end the container
+    /// keeps for attached clients when it was created with `stdin: true`
+    /// (CRI `ContainerConfig.stdin`); else an empty stdin, as containerd gives.
+    pub(super) fn open_stdin(&self) -> crate::wasm::Stdin {
+        if !self.config.stdin {
+            return crate::wasm::Stdin::default();
+        }
+        let (read_end, write_end) = tokio::io::simplex(64 * 1024);
+        self.inner.lock().unwrap().stdin = Some(Arc::new(tokio::sync::Mutex::new(write_end)));
+        crate::wasm::Stdin::new(read_end)
+    }
+
+    /// The running guest's output and stdin, for an attached client.
+    /// Errors: FailedPrecondition when it is not running.
+    pub fn attach(&self) -> Result<Attached> {
+        let inner = self.inner.lock().unwrap();
+        match (&inner.log, inner.life.state()) {
+            (Some(log), ContainerState::Running) => Ok(Attached { output: log.attach(), stdin: inner.stdin.clone() }),
+            _ => Err(Error::FailedPrecondition(format!(
+                "container {} is {}: attach needs a running container",
+                self.id,
+                inner.life.describe()
+            ))),
+        }
+    }
+
+    /// Ends the guest's input (`stdin_once`: the first attached client's
+    /// stdin closing is its end); later attaches get no stdin.
+    pub async fn close_stdin(&self) {
+        let stdin = self.inner.lock().unwrap().stdin.take();
+        if let Some(stdin) = stdin {
+            use tokio::io::AsyncWriteExt;
+            let _ = stdin.lock().await.shutdown().await;
         }
     }
 

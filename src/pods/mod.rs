@@ -32,7 +32,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio_stream::Stream;
 
-pub use container::{Container, ContainerView};
+pub use container::{Attached, Container, ContainerView};
 pub use events::{ContainerEvent, EventKind};
 pub use filter::{ContainerFilter, PodFilter};
 pub use lifecycle::ContainerState;
@@ -789,10 +789,9 @@ impl Pods {
             let OpenedLog { log, output } = ContainerLog::open(container.log_path.clone())
                 .await
                 .map_err(|e| Error::internal(format!("opening the log of container {}", container.id), e))?;
-            let guest = self
-                .engine
-                .start(compiled, container.guest_spec(&sandbox.network), container.usage.clone(), output.into())
-                .await?;
+            let mut spec = container.guest_spec(&sandbox.network);
+            spec.stdin = container.open_stdin();
+            let guest = self.engine.start(compiled, spec, container.usage.clone(), output.into()).await?;
             Ok::<_, Error>((guest, log))
         }
         .await;

@@ -6,8 +6,8 @@
 //! - An RPC's request is kept under a single-use token that expires
 //!   ([`requests`]); its URL is `http://<stream_server_address>:<port>/<exec|attach|portforward>/<token>`.
 //! - A connection upgrades to a websocket speaking the Kubernetes channel
-//!   protocols ([`channel`]); [`session`] runs the exec or port-forward
-//!   over it. SPDY/3.1 upgrades are refused (501) for now.
+//!   protocols ([`channel`]); [`session`] runs the exec, attach or
+//!   port-forward over it. SPDY/3.1 upgrades are refused (501) for now.
 //!
 //! Only wasmrun's own containers and pods get URLs here; the backing
 //! runtime's answer its RPCs with URLs of their own server, which the front
@@ -39,6 +39,7 @@ use requests::Requests;
 #[derive(Debug, Clone)]
 pub enum Pending {
     Exec(api::ExecRequest),
+    Attach(api::AttachRequest),
     PortForward(api::PortForwardRequest),
 }
 
@@ -47,6 +48,7 @@ impl Pending {
     fn kind(&self) -> &'static str {
         match self {
             Pending::Exec(_) => "exec",
+            Pending::Attach(_) => "attach",
             Pending::PortForward(_) => "portforward",
         }
     }
@@ -127,7 +129,7 @@ impl Streaming {
         };
         if is_upgrade_to(&request, "websocket") {
             let purpose = match pending {
-                Pending::Exec(_) => Purpose::RemoteCommand,
+                Pending::Exec(_) | Pending::Attach(_) => Purpose::RemoteCommand,
                 Pending::PortForward(_) => Purpose::PortForward,
             };
             let offered = request.headers().get(header::SEC_WEBSOCKET_PROTOCOL).and_then(|v| v.to_str().ok());

@@ -1,6 +1,6 @@
 //! One connection's session over a websocket: an exec (its stdin from the
 //! client, its stdout and stderr to it, its exit status on the error
-//! channel) or a port-forward (a TCP connection per port, made inside the
+//! channel), an attach to a running guest, or a port-forward (a TCP connection per port, made inside the
 //! pod's network namespace). See [`super::channel`] for the framing.
 //!
 //! One task writes every message to the client, in the order given (so the
@@ -53,6 +53,7 @@ pub(super) async fn run<S>(
     let to_client = ToClient { protocol, queue };
     match pending {
         Pending::Exec(request) => exec(&pods, request, to_client, incoming).await,
+        Pending::Attach(request) => attach(&pods, request, to_client, incoming).await,
         Pending::PortForward(request) => port_forward(&pods, request, query, to_client, incoming).await,
     }
     // Every sender is dropped by now: the writer sends what is queued, then closes.
@@ -119,15 +120,7 @@ async fn exec<R>(pods: &Pods, request: api::ExecRequest, to_client: ToClient, mu
 where
     R: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
 {
-    // An empty message on the first stream the client reads says the streams are ready.
-    let first = if request.stdout {
-        STDOUT
-    } else if request.stderr {
-        STDERR
-    } else {
-        ERROR
-    };
-    if !to_client.send(first, b"").await {
+    if !to_client.send(first_stream(request.stdout, request.stderr), b"").await {
         return;
     }
     let (stdin, mut stdin_pipe) = if request.stdin {
@@ -174,6 +167,87 @@ where
         }
         // The client went away: dropping the exec ends its instance.
         () = reading => tracing::debug!(container = %request.container_id, "exec client went away"),
+    }
+}
+
+/// The first stream a client reads: an empty message on it says the streams are ready.
+fn first_stream(stdout: bool, stderr: bool) -> u8 {
+    if stdout {
+        STDOUT
+    } else if stderr {
+        STDERR
+    } else {
+        ERROR
+    }
+}
+
+/// An attach: as kubelet's `ServeAttach`. The running guest's output from
+/// now on goes to the client (the streams it asked for), the client's stdin
+/// to the guest's when the container has one (`stdin: true`; else it is
+/// dropped); the session ends with the container (status Success) or when
+/// the client goes. A client's stdin ending, or the client going, ends the
+/// guest's input when the container says `stdin_once`.
+async fn attach<R>(pods: &Pods, request: api::AttachRequest, to_client: ToClient, mut incoming: R)
+where
+    R: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
+{
+    use tokio::sync::broadcast::error::RecvError;
+    if !to_client.send(first_stream(request.stdout, request.stderr), b"").await {
+        return;
+    }
+    let attached = pods.container(&request.container_id).and_then(|container| Ok((container.attach()?, container)));
+    let (crate::pods::Attached { mut output, stdin }, container) = match attached {
+        Ok(attached) => attached,
+        Err(error) => {
+            to_client.send(ERROR, &channel::status(to_client.protocol, &Ending::Failed(error.to_string()))).await;
+            return;
+        }
+    };
+    let mut stdin = stdin.filter(|_| request.stdin);
+    let mut client_stdin_ended = false;
+    let ended = loop {
+        tokio::select! {
+            chunk = output.recv() => match chunk {
+                Ok((stream, bytes)) => {
+                    let channel = match stream {
+                        crate::logs::Stream::Stdout if request.stdout => STDOUT,
+                        crate::logs::Stream::Stderr if request.stderr => STDERR,
+                        _ => continue,
+                    };
+                    if !to_client.send(channel, &bytes).await {
+                        break false;
+                    }
+                }
+                Err(RecvError::Lagged(lost)) => {
+                    tracing::debug!(container = %request.container_id, lost, "attached client fell behind; output lost");
+                }
+                Err(RecvError::Closed) => break true,
+            },
+            message = next_incoming(&mut incoming, to_client.protocol) => match message {
+                Some(Incoming::Data(STDIN, bytes)) => {
+                    if let Some(pipe) = &stdin
+                        && pipe.lock().await.write_all(&bytes).await.is_err()
+                    {
+                        stdin = None;
+                    }
+                }
+                Some(Incoming::Close(STDIN)) => {
+                    stdin = None;
+                    client_stdin_ended = true;
+                    if container.config.stdin_once {
+                        container.close_stdin().await;
+                    }
+                }
+                Some(_) => {}
+                None => break false,
+            },
+        }
+    };
+    if request.stdin && container.config.stdin_once && !client_stdin_ended {
+        container.close_stdin().await;
+    }
+    if ended {
+        to_client.send(ERROR, &channel::status(to_client.protocol, &Ending::Success)).await;
     }
 }
 

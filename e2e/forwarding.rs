@@ -118,6 +118,19 @@ async fn a_linux_pod_and_a_wasm_pod_share_one_node() {
         .into_inner();
     assert_eq!(exec.exit_code, 0, "{exec:?}");
     assert!(String::from_utf8_lossy(&exec.stdout).contains(LINUX_HELLO_LINE), "{exec:?}");
+    // Exec URLs: containerd's streaming server for its container, wasmrun's for ours.
+    let exec_url = |container_id: &String| wasmrun::api::ExecRequest {
+        container_id: container_id.clone(),
+        cmd: vec!["/hello".into()],
+        stdout: true,
+        ..Default::default()
+    };
+    let origin = |url: &str| url.splitn(4, '/').take(3).collect::<Vec<_>>().join("/");
+    let linux_url = rt.exec(exec_url(&linux_id)).await.expect("Exec in the Linux container").into_inner().url;
+    let theirs = containerd.runtime().exec(exec_url(&linux_id)).await.expect("containerd's Exec").into_inner().url;
+    let wasm_url = rt.exec(exec_url(&wasm_id)).await.expect("Exec in the wasm container").into_inner().url;
+    assert_eq!(origin(&linux_url), origin(&theirs), "{linux_url} is not containerd's streaming server ({theirs})");
+    assert_ne!(origin(&linux_url), origin(&wasm_url), "{linux_url} {wasm_url}");
     assert!(runtime_ready(&mut rt).await.status, "RuntimeReady with containerd up");
     // The runtime handlers: ours, then containerd's (its default, named empty,
     // is its own; Debian's containerd 1.6 predates the field and lists none).

@@ -12,9 +12,7 @@
 use std::time::{Duration, Instant};
 
 use tokio::task::JoinSet;
-use wasmrun::api::{
-    CreateContainerRequest, ExecSyncRequest, ImageSpec, PullImageRequest, RunPodSandboxRequest, StartContainerRequest,
-};
+use wasmrun::api::{CreateContainerRequest, ExecSyncRequest, RunPodSandboxRequest, StartContainerRequest};
 
 use crate::harness::{self, Containerd, Daemon, Runtime};
 use crate::support::{Latencies, Process, Table};
@@ -277,16 +275,8 @@ async fn peer(samples: usize, table: &mut Table, notes: &mut Vec<String>) {
         notes.push("containerd + runc row SKIPPED: containerd did not start".into());
         return;
     };
-    let mut images = containerd.images();
-    for name in [harness::pause_image().await, image.clone()] {
-        let pull = images.pull_image(PullImageRequest {
-            image: Some(ImageSpec { image: name.clone(), ..Default::default() }),
-            ..Default::default()
-        });
-        if let Err(e) = pull.await {
-            notes.push(format!("containerd + runc row SKIPPED: PullImage {name}: {e:?}"));
-            return;
-        }
+    if let Err(e) = crate::support::pull_into(&containerd, &[harness::pause_image().await, image.clone()]).await {
+        return notes.push(format!("containerd + runc row SKIPPED: {e}"));
     }
     let mut rt = containerd.runtime();
     let config = harness::container_config("sidecar", &image, &[], &["18480", "18481", "/"], &[]);

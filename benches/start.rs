@@ -39,8 +39,8 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{Barrier, oneshot};
 use tokio::task::JoinSet;
 use wasmrun::api::{
-    ContainerConfig, ContainerStatusRequest, CreateContainerRequest, ImageSpec, PodSandboxConfig, PullImageRequest,
-    RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest, StopPodSandboxRequest,
+    ContainerConfig, ContainerStatusRequest, CreateContainerRequest, PodSandboxConfig, RemovePodSandboxRequest,
+    RunPodSandboxRequest, StartContainerRequest, StopPodSandboxRequest,
 };
 
 use crate::harness::{self, Containerd, Daemon, Runtime};
@@ -494,16 +494,9 @@ impl Peer<'_> {
             }
         };
         let (containerd, image) = containerd;
-        let mut images = containerd.images();
-        for name in [harness::pause_image().await, image.clone()] {
-            let pull = images.pull_image(PullImageRequest {
-                image: Some(ImageSpec { image: name.clone(), ..Default::default() }),
-                ..Default::default()
-            });
-            if let Err(e) = pull.await {
-                notes.push(format!("containerd + runc rows SKIPPED: PullImage {name}: {e:?}"));
-                return;
-            }
+        if let Err(e) = crate::support::pull_into(&containerd, &[harness::pause_image().await, image.clone()]).await {
+            notes.push(format!("containerd + runc rows SKIPPED: {e}"));
+            return;
         }
         let target = Target {
             name: "containerd",

@@ -272,3 +272,18 @@ pub async fn stop(mut daemon: crate::harness::Daemon) -> (crate::harness::Daemon
     .await
     .expect("waiting for the daemon's exit")
 }
+
+/// Pulls `names` into containerd (through its CRI image service); `Err`
+/// names the image that failed and why.
+pub async fn pull_into(containerd: &crate::harness::Containerd, names: &[String]) -> Result<(), String> {
+    use wasmrun::api::{ImageSpec, PullImageRequest};
+    let mut images = containerd.images();
+    for name in names {
+        let pull = images.pull_image(PullImageRequest {
+            image: Some(ImageSpec { image: name.clone(), ..Default::default() }),
+            ..Default::default()
+        });
+        pull.await.map_err(|e| format!("PullImage {name}: {e:?}"))?;
+    }
+    Ok(())
+}

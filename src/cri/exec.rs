@@ -59,57 +59,76 @@ pub(super) async fn exec_sync(parts: &Parts, request: api::ExecSyncRequest) -> R
     Ok(api::ExecSyncResponse { stdout, stderr, exit_code: exit.code })
 }
 
-/// Checks the request as kubelet's streaming server and containerd do
-/// (InvalidArgument: no container id, `tty` with `stderr`, none of stdin,
-/// stdout and stderr, an empty `cmd`; NotFound; FailedPrecondition: not
-/// running) and answers a single-use URL for it.
+/// Checks an Exec request as kubelet's streaming server and containerd do
+/// (InvalidArgument: `tty` with `stderr`, none of stdin, stdout and stderr,
+/// an empty `cmd`; NotFound; FailedPrecondition: not running) and answers a
+/// single-use URL for it.
 pub(super) async fn exec(parts: &Parts, request: api::ExecRequest) -> Result<api::ExecResponse, Status> {
-    if request.tty && request.stderr {
-        return Err(Status::invalid_argument("Exec: tty and stderr cannot both be true"));
-    }
-    if !request.stdin && !request.stdout && !request.stderr {
-        return Err(Status::invalid_argument("Exec: one of stdin, stdout, or stderr must be set"));
-    }
-    let container = parts.pods.container(&request.container_id)?;
+    let container = streamed_container(parts, "Exec", &request.container_id, &request)?;
     if request.cmd.first().is_none_or(String::is_empty) {
         return Err(Status::invalid_argument(format!(
             "Exec in container {}: cmd is empty; its first element names the program",
             container.id
         )));
     }
-    if container.state() != ContainerState::Running {
-        return Err(Error::FailedPrecondition(format!(
-            "container {} is not running: exec needs a running container",
-            container.id
-        ))
-        .into());
-    }
     let url = parts.streaming.url(Pending::Exec(api::ExecRequest { container_id: container.id.clone(), ..request }))?;
     Ok(api::ExecResponse { url })
 }
 
-/// Checks the request as kubelet's streaming server and containerd do
-/// (InvalidArgument: `tty` with `stderr`, none of stdin, stdout and stderr;
-/// NotFound; FailedPrecondition: not running) and answers a single-use URL
-/// attaching to the running guest.
+/// Checks an Attach request as [`exec`] does (but for `cmd`) and answers a
+/// single-use URL attaching to the running guest.
 pub(super) async fn attach(parts: &Parts, request: api::AttachRequest) -> Result<api::AttachResponse, Status> {
-    if request.tty && request.stderr {
-        return Err(Status::invalid_argument("Attach: tty and stderr cannot both be true"));
+    let container = streamed_container(parts, "Attach", &request.container_id, &request)?;
+    let url =
+        parts.streaming.url(Pending::Attach(api::AttachRequest { container_id: container.id.clone(), ..request }))?;
+    Ok(api::AttachResponse { url })
+}
+
+/// The streams an Exec or Attach asks for.
+trait Streams {
+    /// (tty, stdin, stdout, stderr)
+    fn streams(&self) -> (bool, bool, bool, bool);
+}
+
+impl Streams for api::ExecRequest {
+    fn streams(&self) -> (bool, bool, bool, bool) {
+        (self.tty, self.stdin, self.stdout, self.stderr)
     }
-    if !request.stdin && !request.stdout && !request.stderr {
-        return Err(Status::invalid_argument("Attach: one of stdin, stdout, and stderr must be set"));
+}
+
+impl Streams for api::AttachRequest {
+    fn streams(&self) -> (bool, bool, bool, bool) {
+        (self.tty, self.stdin, self.stdout, self.stderr)
     }
-    let container = parts.pods.container(&request.container_id)?;
+}
+
+/// The running container `id` a `call` (Exec, Attach) streams with, after
+/// kubelet's checks of the streams asked for (`validateExecRequest`,
+/// `validateAttachRequest`): InvalidArgument for `tty` with `stderr` (no
+/// multiplexing) or no stream at all; NotFound; FailedPrecondition when it
+/// is not running (containerd's check).
+fn streamed_container(
+    parts: &Parts,
+    call: &str,
+    id: &str,
+    request: &impl Streams,
+) -> Result<std::sync::Arc<crate::pods::Container>, Status> {
+    let (tty, stdin, stdout, stderr) = request.streams();
+    if tty && stderr {
+        return Err(Status::invalid_argument(format!("{call}: tty and stderr cannot both be true")));
+    }
+    if !stdin && !stdout && !stderr {
+        return Err(Status::invalid_argument(format!("{call}: one of stdin, stdout, or stderr must be set")));
+    }
+    let container = parts.pods.container(id)?;
     if container.state() != ContainerState::Running {
         return Err(Error::FailedPrecondition(format!(
-            "container {} is not running: attach needs a running container",
+            "container {} is not running: {call} needs a running container",
             container.id
         ))
         .into());
     }
-    let url =
-        parts.streaming.url(Pending::Attach(api::AttachRequest { container_id: container.id.clone(), ..request }))?;
-    Ok(api::AttachResponse { url })
+    Ok(container)
 }
 
 /// Checks that the pod exists and is ready (FailedPrecondition otherwise,

@@ -11,7 +11,7 @@ use std::process::Command;
 
 use serde_json::Value;
 use tonic::Code;
-use wasmrun::api::{AttachRequest, ContainerState, ExecRequest, PortForwardRequest};
+use wasmrun::api::{AttachRequest, ContainerConfig, ContainerState, ExecRequest, PortForwardRequest};
 
 use crate::exec::{exec_image, wait_for_execs};
 use crate::harness::*;
@@ -81,6 +81,13 @@ async fn exec_streams_with_the_kubernetes_python_client() {
     let seen = exec(&mut rt, &id, &["sh", "-c", "ls"], None).await;
     assert_eq!((seen["stderr"].as_str(), seen["returncode"].as_i64()), (Some("sh: program not found\n"), Some(127)));
 
+    // With a TTY, stderr comes on stdout's channel, as a terminal shows both.
+    let request =
+        ExecRequest { container_id: id.clone(), cmd: vec!["sh".into()], tty: true, stdout: true, ..Default::default() };
+    let url = rt.exec(request).await.expect("Exec with a TTY").into_inner().url;
+    let seen = tokio::task::block_in_place(|| k8s_stream(None, &["exec", &url]));
+    assert_eq!((seen["stdout"].as_str(), seen["returncode"].as_i64()), (Some("sh: program not found\n"), Some(127)));
+
     // A URL is good once.
     let url = exec_url(&mut rt, &id, &["exectool", "pwd"], false).await;
     let first = tokio::task::block_in_place(|| k8s_stream(None, &["exec", &url]));
@@ -141,6 +148,16 @@ async fn exec_streams_with_the_kubernetes_python_client() {
     let late = rt.attach(AttachRequest { container_id: echo_id, stdout: true, ..Default::default() }).await;
     assert_eq!(late.unwrap_err().code(), Code::FailedPrecondition);
     assert_serving(&daemon).await;
+
+    // A guest reading its stdin when the daemon stops: the feeding task is
+    // the guest's executor's, so nothing is torn from under it.
+    let config = ContainerConfig { stdin: true, ..container_config("reader", &image, &[], &["echo"], &[]) };
+    pod.create_and_start(&daemon, &config).await;
+    let mut daemon = daemon;
+    let exit = tokio::task::block_in_place(|| daemon.sigterm_and_wait());
+    assert!(exit.success(), "{exit:?}");
+    let log = daemon.log();
+    assert!(!log.contains("panicked"), "the daemon panicked at its stop:\n{log}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -185,7 +202,7 @@ async fn port_forward_reaches_a_guests_listener_and_a_served_component_in_their_
     // Nothing listens on 9090 in pod A: the error channel says so.
     let request = PortForwardRequest { pod_sandbox_id: pod_a.id.clone(), port: vec![9090] };
     let url = rt.port_forward(request).await.expect("PortForward").into_inner().url;
-    let seen = tokio::task::block_in_place(|| k8s_stream(Some(&net), &["portforward", &url, "9090", "x"]));
+    let seen = tokio::task::block_in_place(|| k8s_stream(Some(&net), &["portforward-error", &url, "9090"]));
     assert!(seen["error"].as_str().is_some_and(|e| e.contains("error forwarding port 9090")), "{seen}");
     let bad = rt.port_forward(PortForwardRequest { pod_sandbox_id: pod_a.id.clone(), port: vec![70000] }).await;
     assert_eq!(bad.unwrap_err().code(), Code::InvalidArgument);

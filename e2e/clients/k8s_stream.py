@@ -9,6 +9,9 @@ streaming server directly. Prints one JSON object.
   k8s_stream.py portforward URL PORT DATA
                                       forward PORT; send DATA, read until the
                                       pod's end closes
+  k8s_stream.py portforward-error URL PORT
+                                      forward PORT, send nothing; what its
+                                      error channel says
 """
 import json
 import socket
@@ -67,6 +70,16 @@ def port_forward(url, port, data):
     return {"received": received.decode(errors="replace"), "error": forward.error(port)}
 
 
+def port_forward_error(url, port):
+    """Forwards PORT without sending anything; returns what its error channel said once the session ends."""
+    import time
+    forward = PortForward(create_websocket(Configuration(), ws_url(url)), [port])
+    deadline = time.monotonic() + 60
+    while forward.connected and forward.error(port) is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return {"error": forward.error(port)}
+
+
 def main():
     command, url = sys.argv[1], sys.argv[2]
     try:
@@ -74,6 +87,8 @@ def main():
             result = run_exec(url, sys.argv[3] if len(sys.argv) > 3 else None)
         elif command == "leave":
             result = leave(url)
+        elif command == "portforward-error":
+            result = port_forward_error(url, int(sys.argv[3]))
         elif command == "portforward":
             result = port_forward(url, int(sys.argv[3]), sys.argv[4])
         else:

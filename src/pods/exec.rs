@@ -30,8 +30,8 @@ pub const EXIT_CANNOT_EXECUTE: i32 = 126;
 /// What `cmd[0]` of an exec names.
 enum Program {
     /// A program to run: the container's own, when `cmd[0]` is its argv[0],
-    /// the file name of its argv[0] or of its image's module, that name
-    /// without `.wasm`, or the container's name; else, in a compat image, the WebAssembly file at
+    /// the file name of its argv[0] or of its image's module with or without
+    /// `.wasm`, or the container's name; else, in a compat image, the WebAssembly file at
     /// `cmd[0]` (absolute, or relative to the working directory, as the
     /// container's own argv[0] is found).
     Run(Arc<Compiled>),
@@ -174,12 +174,14 @@ fn cannot_run_as_command(argv0: &str) -> Program {
 }
 
 /// Whether `argv0` names the container's own program: one of `own` (its
-/// argv[0], its image's module path) as given, by file name, or by file name
-/// without `.wasm`.
+/// argv[0], its image's module path) as given, or a bare name equal to its
+/// file name, either with or without `.wasm` (`app`, `app.wasm` for
+/// `/bin/app.wasm` or for `app`).
 fn names_own_program(argv0: &str, own: &[&str]) -> bool {
+    let stem = |name: &str| name.strip_suffix(".wasm").unwrap_or(name).to_owned();
     own.iter().filter(|own| !own.is_empty()).any(|own| {
         let name = Path::new(own).file_name().and_then(|name| name.to_str()).unwrap_or_default();
-        argv0 == *own || argv0 == name || Some(argv0) == name.strip_suffix(".wasm")
+        argv0 == *own || (!argv0.contains('/') && !argv0.is_empty() && stem(argv0) == stem(name))
     })
 }
 
@@ -204,8 +206,11 @@ mod tests {
         for argv0 in ["sh", "/bin/server.wasm/", "app/server", "", "/server"] {
             assert!(!names_own_program(argv0, &own), "{argv0}");
         }
-        // An artifact whose config names no entrypoint: only its module path.
-        assert!(names_own_program("hello", &["", "hello.wasm"]));
+        // An artifact run as `app` (its command, or its repository's name).
+        for argv0 in ["app", "app.wasm"] {
+            assert!(names_own_program(argv0, &["app", ""]), "{argv0}");
+        }
+        assert!(!names_own_program("/app", &["app", ""]));
         assert!(!names_own_program("hello", &["", ""]));
     }
 }

@@ -129,7 +129,8 @@ where
     } else {
         (Stdin::default(), None)
     };
-    let output = output(&to_client, request.stdout, request.stderr);
+    // With a TTY, stderr and stdout are one stream (a terminal's), as the client reads them.
+    let output = output(&to_client, request.stdout, request.stderr || (request.tty && request.stdout), request.tty);
     let command = format!("{:?}", request.cmd);
     let exec = match pods.exec(&request.container_id, request.cmd, stdin, output).await {
         Ok(exec) => exec,
@@ -212,6 +213,8 @@ where
                     let channel = match stream {
                         crate::logs::Stream::Stdout if request.stdout => STDOUT,
                         crate::logs::Stream::Stderr if request.stderr => STDERR,
+                        // A terminal shows both streams.
+                        crate::logs::Stream::Stderr if request.tty && request.stdout => STDOUT,
                         _ => continue,
                     };
                     if !to_client.send(channel, &bytes).await {
@@ -252,9 +255,10 @@ where
 }
 
 /// An exec's output to the client: stdout and stderr on their channels (or
-/// dropped when not asked for), done once both writers are dropped (what
-/// they wrote is queued before the exit status).
-fn output(to_client: &ToClient, stdout: bool, stderr: bool) -> Output {
+/// dropped when not asked for; with `tty`, stderr on stdout's, as a terminal
+/// merges them), done once both writers are dropped (what they wrote is
+/// queued before the exit status).
+fn output(to_client: &ToClient, stdout: bool, stderr: bool, tty: bool) -> Output {
     let (open, mut closed) = mpsc::channel::<()>(1);
     let done = async move {
         let _ = closed.recv().await;
@@ -262,7 +266,7 @@ fn output(to_client: &ToClient, stdout: bool, stderr: bool) -> Output {
     let writer = |wanted: bool, channel: u8| -> Box<dyn AsyncWrite + Send + Sync + Unpin> {
         if wanted { Box::new(to_client.writer(channel, open.clone())) } else { Box::new(tokio::io::sink()) }
     };
-    Output::new(writer(stdout, STDOUT), writer(stderr, STDERR), done)
+    Output::new(writer(stdout, STDOUT), writer(stderr, if tty { STDOUT } else { STDERR }), done)
 }
 
 /// One channel of output, as a guest writes it.

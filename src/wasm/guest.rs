@@ -214,6 +214,10 @@ pub(super) async fn start(
     let (instance, files) = if has_mounts {
         executor.spawn_blocking(prepare).await.map_err(|e| Error::internal("preparing a guest's mounts", e))??
     } else {
+        // In the executor's context: what the store spawns (the task feeding
+        // a given stdin) must live on the executor, with the guest, not on
+        // the caller's runtime (the CRI server's, gone first at shutdown).
+        let _executor = executor.enter();
         prepare()?
     };
     let (stop_tx, stop_rx) = oneshot::channel::<Duration>();

@@ -11,7 +11,7 @@ use tonic::Status;
 use super::Parts;
 use crate::api;
 use crate::error::Error;
-use crate::pods::{ContainerState, SandboxState};
+use crate::pods::SandboxState;
 use crate::streaming::Pending;
 use crate::wasm::{Captured, Stdin};
 
@@ -64,7 +64,8 @@ pub(super) async fn exec_sync(parts: &Parts, request: api::ExecSyncRequest) -> R
 /// an empty `cmd`; NotFound; FailedPrecondition: not running) and answers a
 /// single-use URL for it.
 pub(super) async fn exec(parts: &Parts, request: api::ExecRequest) -> Result<api::ExecResponse, Status> {
-    let container = streamed_container(parts, "Exec", &request.container_id, &request)?;
+    let streams = (request.tty, request.stdin, request.stdout, request.stderr);
+    let container = streamed_container(parts, "Exec", &request.container_id, streams)?;
     if request.cmd.first().is_none_or(String::is_empty) {
         return Err(Status::invalid_argument(format!(
             "Exec in container {}: cmd is empty; its first element names the program",
@@ -78,32 +79,15 @@ pub(super) async fn exec(parts: &Parts, request: api::ExecRequest) -> Result<api
 /// Checks an Attach request as [`exec`] does (but for `cmd`) and answers a
 /// single-use URL attaching to the running guest.
 pub(super) async fn attach(parts: &Parts, request: api::AttachRequest) -> Result<api::AttachResponse, Status> {
-    let container = streamed_container(parts, "Attach", &request.container_id, &request)?;
+    let streams = (request.tty, request.stdin, request.stdout, request.stderr);
+    let container = streamed_container(parts, "Attach", &request.container_id, streams)?;
     let url =
         parts.streaming.url(Pending::Attach(api::AttachRequest { container_id: container.id.clone(), ..request }))?;
     Ok(api::AttachResponse { url })
 }
 
-/// The streams an Exec or Attach asks for.
-trait Streams {
-    /// (tty, stdin, stdout, stderr)
-    fn streams(&self) -> (bool, bool, bool, bool);
-}
-
-impl Streams for api::ExecRequest {
-    fn streams(&self) -> (bool, bool, bool, bool) {
-        (self.tty, self.stdin, self.stdout, self.stderr)
-    }
-}
-
-impl Streams for api::AttachRequest {
-    fn streams(&self) -> (bool, bool, bool, bool) {
-        (self.tty, self.stdin, self.stdout, self.stderr)
-    }
-}
-
 /// The running container `id` a `call` (Exec, Attach) streams with, after
-/// kubelet's checks of the streams asked for (`validateExecRequest`,
+/// kubelet's checks of the streams asked for, `(tty, stdin, stdout, stderr)` (`validateExecRequest`,
 /// `validateAttachRequest`): InvalidArgument for `tty` with `stderr` (no
 /// multiplexing) or no stream at all; NotFound; FailedPrecondition when it
 /// is not running (containerd's check).
@@ -111,9 +95,8 @@ fn streamed_container(
     parts: &Parts,
     call: &str,
     id: &str,
-    request: &impl Streams,
+    (tty, stdin, stdout, stderr): (bool, bool, bool, bool),
 ) -> Result<std::sync::Arc<crate::pods::Container>, Status> {
-    let (tty, stdin, stdout, stderr) = request.streams();
     if tty && stderr {
         return Err(Status::invalid_argument(format!("{call}: tty and stderr cannot both be true")));
     }
@@ -121,13 +104,7 @@ fn streamed_container(
         return Err(Status::invalid_argument(format!("{call}: one of stdin, stdout, or stderr must be set")));
     }
     let container = parts.pods.container(id)?;
-    if container.state() != ContainerState::Running {
-        return Err(Error::FailedPrecondition(format!(
-            "container {} is not running: {call} needs a running container",
-            container.id
-        ))
-        .into());
-    }
+    container.require_running(call)?;
     Ok(container)
 }
 

@@ -186,14 +186,10 @@ impl Images {
                 image.cmd = process.cmd;
                 self.unpack_rootfs(&name, &image.id, &layers).await?;
                 let program = match image.entrypoint.iter().chain(&image.cmd).next().cloned() {
-                    Some(argv0) => self.read_program(&image, &argv0, &image.working_dir).await.and_then(|found| {
-                        found.ok_or_else(|| {
-                            let path = program_path(&argv0, &image.working_dir);
-                            Error::InvalidArgument(format!(
-                                "image {name}: cannot read its program {path:?}: no such file"
-                            ))
-                        })
-                    }),
+                    Some(argv0) => self
+                        .read_program(&image, &argv0, &image.working_dir)
+                        .await
+                        .and_then(|found| found.ok_or_else(|| no_program(&name, &argv0, &image.working_dir))),
                     None => Err(Error::InvalidArgument(format!(
                         "image {name}: a compat image needs an Entrypoint or Cmd naming its .wasm program"
                     ))),
@@ -327,8 +323,7 @@ impl Images {
         }
         self.find_program(image, argv0, working_dir).await?.ok_or_else(|| {
             let image_name = image.repo_tags.first().cloned().unwrap_or_else(|| image.id.clone());
-            let path = program_path(argv0, working_dir);
-            Error::InvalidArgument(format!("image {image_name}: cannot read its program {path:?}: no such file"))
+            no_program(&image_name, argv0, working_dir)
         })
     }
 
@@ -409,6 +404,12 @@ impl Images {
 
 /// A program's absolute path in the image: argv[0] as is when absolute, else
 /// under the working directory.
+/// InvalidArgument: image `image_name` has no file where its argv[0] points.
+fn no_program(image_name: &str, argv0: &str, working_dir: &str) -> Error {
+    let path = program_path(argv0, working_dir);
+    Error::InvalidArgument(format!("image {image_name}: cannot read its program {path:?}: no such file"))
+}
+
 fn program_path(argv0: &str, working_dir: &str) -> String {
     if argv0.starts_with('/') { argv0.to_owned() } else { format!("{}/{argv0}", working_dir.trim_end_matches('/')) }
 }

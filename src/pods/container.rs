@@ -230,11 +230,7 @@ impl Container {
         let mut inner = self.inner.lock().unwrap();
         if inner.life.state() != ContainerState::Running {
             exec.stop(Duration::ZERO);
-            return Err(Error::FailedPrecondition(format!(
-                "container {} is {}: exec needs a running container",
-                self.id,
-                inner.life.describe()
-            )));
+            return Err(self.not_running(&inner.life, "exec"));
         }
         let id = inner.next_exec;
         inner.next_exec += 1;
@@ -267,12 +263,26 @@ impl Container {
         let inner = self.inner.lock().unwrap();
         match (&inner.log, inner.life.state()) {
             (Some(log), ContainerState::Running) => Ok(Attached { output: log.attach(), stdin: inner.stdin.clone() }),
-            _ => Err(Error::FailedPrecondition(format!(
-                "container {} is {}: attach needs a running container",
-                self.id,
-                inner.life.describe()
-            ))),
+            _ => Err(self.not_running(&inner.life, "attach")),
         }
+    }
+
+    /// Nothing when the container runs; else FailedPrecondition saying that
+    /// `what` (exec, attach) needs a running container, as containerd refuses it.
+    pub fn require_running(&self, what: &str) -> Result<()> {
+        let inner = self.inner.lock().unwrap();
+        match inner.life.state() {
+            ContainerState::Running => Ok(()),
+            _ => Err(self.not_running(&inner.life, what)),
+        }
+    }
+
+    fn not_running(&self, life: &Lifecycle, what: &str) -> Error {
+        Error::FailedPrecondition(format!(
+            "container {} is {}: {what} needs a running container",
+            self.id,
+            life.describe()
+        ))
     }
 
     /// Ends the guest's input (`stdin_once`: the first attached client's

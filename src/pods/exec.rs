@@ -97,18 +97,13 @@ impl Pods {
                 container.id
             )));
         };
-        let not_running = || {
-            Error::FailedPrecondition(format!(
-                "container {} is {}: exec needs a running container",
-                container.id,
-                container.lifecycle().describe()
-            ))
-        };
+        container.require_running("exec")?;
         // A running container's program was compiled at its start.
-        let Some(own) =
-            container.compiled.get().cloned().filter(|_| container.state() == super::ContainerState::Running)
-        else {
-            return Err(not_running());
+        let Some(own) = container.compiled.get().cloned() else {
+            return Err(Error::internal(
+                format!("exec in container {}", container.id),
+                anyhow::anyhow!("a running container has no compiled program"),
+            ));
         };
         let sandbox = self.pod(&container.pod_id)?;
         let program = match self.exec_program(&container, own, argv0).await? {

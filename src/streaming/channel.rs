@@ -60,11 +60,6 @@ const PORT_FORWARD: &[Protocol] = &[
     protocol("", false, false, false),
 ];
 
-/// The channel of a port-forward's `index`-th port's data; its error channel is the next.
-pub fn port_data_channel(index: usize) -> u8 {
-    (index * 2) as u8
-}
-
 /// The first protocol of `offered` (a `Sec-WebSocket-Protocol` header's
 /// comma-separated list; none: `""`) that `purpose` supports, as kubelet's
 /// handshake picks it. `Err` lists what is supported.
@@ -153,7 +148,7 @@ pub enum Ending {
 /// kubelet's (`remotecommand/exec.go`, `status.go`) with containerd's exit
 /// error, which clients show and parse (`details.causes[0].message` is the
 /// exit code).
-pub fn status(protocol: Protocol, ending: &Ending) -> Vec<u8> {
+pub fn status(json_status: bool, ending: &Ending) -> Vec<u8> {
     let (json, text) = match ending {
         Ending::Success => (serde_json::json!({"metadata": {}, "status": "Success"}), None),
         Ending::Exited { code, command } => {
@@ -179,7 +174,7 @@ pub fn status(protocol: Protocol, ending: &Ending) -> Vec<u8> {
             (json, Some(message))
         }
     };
-    match (protocol.json_status, text) {
+    match (json_status, text) {
         (true, _) => json.to_string().into_bytes(),
         (false, Some(text)) => text.into_bytes(),
         (false, None) => Vec::new(),
@@ -239,31 +234,31 @@ mod tests {
         // The empty first message on stdout that tells the client the streams are ready.
         assert_eq!(encode(v4, 1, b""), Outgoing::Binary(vec![1]));
         assert_eq!(encode(b64, 2, b"oops"), Outgoing::Text("2b29wcw==".into()));
-        // A port-forward's first message on each of its channels: the port, little-endian.
+        // A port-forward's first message on each of its channels (the second port's data: 2): the port, little-endian.
         let pf = negotiate(Purpose::PortForward, Some("v4.channel.k8s.io")).unwrap();
-        assert_eq!(encode(pf, port_data_channel(1), &8080u16.to_le_bytes()), Outgoing::Binary(vec![2, 0x90, 0x1f]));
+        assert_eq!(encode(pf, 2, &8080u16.to_le_bytes()), Outgoing::Binary(vec![2, 0x90, 0x1f]));
     }
 
     #[test]
     fn the_exit_status_is_what_clients_parse() {
         let v4 = negotiate(Purpose::RemoteCommand, Some("v4.channel.k8s.io")).unwrap();
         let v1 = negotiate(Purpose::RemoteCommand, Some("channel.k8s.io")).unwrap();
-        let success: serde_json::Value = serde_json::from_slice(&status(v4, &Ending::Success)).unwrap();
+        let success: serde_json::Value = serde_json::from_slice(&status(v4.json_status, &Ending::Success)).unwrap();
         assert_eq!(success["status"], "Success");
         let exited = Ending::Exited { code: 3, command: "[\"tool\"]".into() };
-        let failure: serde_json::Value = serde_json::from_slice(&status(v4, &exited)).unwrap();
+        let failure: serde_json::Value = serde_json::from_slice(&status(v4.json_status, &exited)).unwrap();
         assert_eq!(
             (failure["status"].as_str(), failure["reason"].as_str()),
             (Some("Failure"), Some("NonZeroExitCode"))
         );
         assert_eq!(failure["details"]["causes"][0], serde_json::json!({"reason": "ExitCode", "message": "3"}));
-        assert_eq!(status(v1, &Ending::Success), b"");
+        assert_eq!(status(v1.json_status, &Ending::Success), b"");
         assert_eq!(
-            String::from_utf8(status(v1, &exited)).unwrap(),
+            String::from_utf8(status(v1.json_status, &exited)).unwrap(),
             "command terminated with non-zero exit code: command [\"tool\"] exited with 3"
         );
         let failed: serde_json::Value =
-            serde_json::from_slice(&status(v4, &Ending::Failed("container x not found".into()))).unwrap();
+            serde_json::from_slice(&status(v4.json_status, &Ending::Failed("container x not found".into()))).unwrap();
         assert_eq!((failed["reason"].as_str(), failed["code"].as_i64()), (Some("InternalError"), Some(500)));
     }
 }

@@ -6,8 +6,9 @@
 //! - An RPC's request is kept under a single-use token that expires
 //!   ([`requests`]); its URL is `http://<stream_server_address>:<port>/<exec|attach|portforward>/<token>`.
 //! - A connection upgrades to a websocket speaking the Kubernetes channel
-//!   protocols ([`channel`]); [`session`] runs the exec, attach or
-//!   port-forward over it. SPDY/3.1 upgrades are refused (501) for now.
+//!   protocols ([`channel`], [`websocket`]) or to SPDY/3.1 ([`spdy`]), as
+//!   kubelet's server does; [`session`] runs the exec, attach or
+//!   port-forward over either.
 //!
 //! Only wasmrun's own containers and pods get URLs here; the backing
 //! runtime's answer its RPCs with URLs of their own server, which the front
@@ -16,6 +17,8 @@
 mod channel;
 mod requests;
 mod session;
+mod spdy;
+mod websocket;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -127,11 +130,11 @@ impl Streaming {
             Some(pending) if pending.kind() == kind => pending,
             _ => return plain(StatusCode::NOT_FOUND, "unknown, used or expired streaming URL"),
         };
+        let purpose = match pending {
+            Pending::Exec(_) | Pending::Attach(_) => Purpose::RemoteCommand,
+            Pending::PortForward(_) => Purpose::PortForward,
+        };
         if is_upgrade_to(&request, "websocket") {
-            let purpose = match pending {
-                Pending::Exec(_) | Pending::Attach(_) => Purpose::RemoteCommand,
-                Pending::PortForward(_) => Purpose::PortForward,
-            };
             let offered = request.headers().get(header::SEC_WEBSOCKET_PROTOCOL).and_then(|v| v.to_str().ok());
             let protocol = match channel::negotiate(purpose, offered) {
                 Ok(protocol) => protocol,
@@ -155,7 +158,7 @@ impl Streaming {
                 )
                 .await;
                 tokio::select! {
-                    () = session::run(pods, pending, protocol, socket, &query) => {}
+                    () = websocket::run(pods, pending, protocol, socket, &query) => {}
                     () = stop.cancelled() => {}
                 }
             });
@@ -170,12 +173,39 @@ impl Streaming {
             return response.body(Full::default()).unwrap_or_else(|_| plain(StatusCode::INTERNAL_SERVER_ERROR, ""));
         }
         if is_upgrade_to(&request, "SPDY/3.1") {
-            return plain(
-                StatusCode::NOT_IMPLEMENTED,
-                "SPDY/3.1 streams are not served by wasmrun yet: use a websocket client (v4.channel.k8s.io)",
-            );
+            let offered = request.headers().get_all(spdy::PROTOCOL_HEADER).iter().filter_map(|v| v.to_str().ok());
+            let protocol = match spdy::negotiate(purpose, offered) {
+                Ok(protocol) => protocol,
+                Err(refusal) => {
+                    let mut response = plain(refusal.status, &refusal.message);
+                    for accepted in refusal.accepted {
+                        response
+                            .headers_mut()
+                            .append(spdy::ACCEPTED_HEADER, header::HeaderValue::from_static(accepted));
+                    }
+                    return response;
+                }
+            };
+            let pods = self.pods.clone();
+            tokio::spawn(async move {
+                let upgraded = match hyper::upgrade::on(request).await {
+                    Ok(upgraded) => upgraded,
+                    Err(error) => return tracing::debug!(%error, "streaming: the upgrade did not complete"),
+                };
+                tokio::select! {
+                    () = spdy::run(pods, pending, protocol, TokioIo::new(upgraded)) => {}
+                    () = stop.cancelled() => {}
+                }
+            });
+            return Response::builder()
+                .status(StatusCode::SWITCHING_PROTOCOLS)
+                .header(header::CONNECTION, "Upgrade")
+                .header(header::UPGRADE, "SPDY/3.1")
+                .header(spdy::PROTOCOL_HEADER, protocol.name)
+                .body(Full::default())
+                .unwrap_or_else(|_| plain(StatusCode::INTERNAL_SERVER_ERROR, ""));
         }
-        plain(StatusCode::BAD_REQUEST, "a streaming URL needs an Upgrade to websocket")
+        plain(StatusCode::BAD_REQUEST, "a streaming URL needs an Upgrade to websocket or SPDY/3.1")
     }
 }
 

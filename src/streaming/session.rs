@@ -1,128 +1,113 @@
-//! One connection's session over a websocket: an exec (its stdin from the
-//! client, its stdout and stderr to it, its exit status on the error
-//! channel), an attach to a running guest, or a port-forward (a TCP connection per port, made inside the
-//! pod's network namespace). See [`super::channel`] for the framing.
+//! What a streaming connection does, whatever carries it: an exec (its
+//! stdin from the client, its stdout and stderr to it, its exit status on
+//! the error channel), an attach to a running guest, or a port-forward (a
+//! TCP connection per forwarded port, made inside the pod's network
+//! namespace). The transports ([`super::websocket`], [`super::spdy`]) turn
+//! their frames into [`Incoming`] and [`Out`] by channel number: exec and
+//! attach use 0 stdin, 1 stdout, 2 stderr, 3 error, 4 resize (kubelet's
+//! numbering, which SPDY names by `streamtype` instead); a port-forward's
+//! connection uses an even data channel and the error channel after it.
 //!
-//! One task writes every message to the client, in the order given (so the
-//! exit status comes after the last output); the session reads the client.
-//! A client that goes away ends the exec (its [`Exec`](crate::pods::Exec) is
-//! dropped) and closes the forwarded connections.
+//! The transport writes what the session sends in the order sent (so the
+//! exit status comes after the last output), independently of what it
+//! reads; the client going away ends [`FromClient`], which ends the exec
+//! (its [`Exec`](crate::pods::Exec) is dropped) and closes the forwarded
+//! connections.
 
+use std::collections::HashMap;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
-use futures_util::{SinkExt, StreamExt};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
-use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::PollSender;
 
-use super::Pending;
-use super::channel::{self, Ending, Incoming, Outgoing, Protocol};
+use super::channel::{self, Ending};
 use crate::api;
 use crate::pods::Pods;
 use crate::wasm::{Output, Stdin};
 
 /// Channels of exec and attach.
-const STDIN: u8 = 0;
-const STDOUT: u8 = 1;
-const STDERR: u8 = 2;
-const ERROR: u8 = 3;
+pub(super) const STDIN: u32 = 0;
+pub(super) const STDOUT: u32 = 1;
+pub(super) const STDERR: u32 = 2;
+pub(super) const ERROR: u32 = 3;
+pub(super) const RESIZE: u32 = 4;
 
 /// The most bytes of output one message carries.
-const MAX_MESSAGE_DATA: usize = 32 * 1024;
-/// Messages queued for the client before writers wait.
-const QUEUE: usize = 16;
+pub(super) const MAX_MESSAGE_DATA: usize = 32 * 1024;
+/// Messages queued each way before the sender waits.
+pub(super) const QUEUE: usize = 16;
 
-/// Runs the session `pending` asked for on `socket`, until it is done or the client goes.
-pub(super) async fn run<S>(
-    pods: Arc<Pods>,
-    pending: Pending,
-    protocol: Protocol,
-    socket: WebSocketStream<S>,
-    query: &str,
-) where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let (sink, incoming) = socket.split();
-    let (queue, queued) = mpsc::channel::<Message>(QUEUE);
-    let writer = tokio::spawn(write_messages(sink, queued));
-    let to_client = ToClient { protocol, queue };
-    match pending {
-        Pending::Exec(request) => exec(&pods, request, to_client, incoming).await,
-        Pending::Attach(request) => attach(&pods, request, to_client, incoming).await,
-        Pending::PortForward(request) => port_forward(&pods, request, query, to_client, incoming).await,
-    }
-    // Every sender is dropped by now: the writer sends what is queued, then closes.
-    let _ = writer.await;
+/// What the session sends the client.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Out {
+    /// Bytes on a channel.
+    Data(u32, Vec<u8>),
+    /// Nothing more comes on the channel (SPDY: a FIN; a websocket channel has no end of its own).
+    End(u32),
 }
 
-/// Sends `queued` messages to the client, then a close.
-async fn write_messages<K>(mut sink: K, mut queued: mpsc::Receiver<Message>)
-where
-    K: futures_util::Sink<Message> + Unpin,
-{
-    while let Some(message) = queued.recv().await {
-        if sink.send(message).await.is_err() {
-            return;
-        }
-    }
-    let _ = sink.send(Message::Close(None)).await;
-    let _ = sink.close().await;
+/// What the client sent, decoded by its transport.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Incoming {
+    /// Bytes for a channel.
+    Data(u32, Vec<u8>),
+    /// The client closed its side of the channel (websocket v5 half-close, SPDY FIN).
+    Close(u32),
+    /// The client gave up on the channel (SPDY RST_STREAM).
+    Reset(u32),
+    /// A port-forward connection the client opened (SPDY: a data and an
+    /// error stream of one request id): `port` on `channel` (data) and
+    /// `channel + 1` (error).
+    Forward { channel: u32, port: u16 },
 }
+
+/// The client's messages; `None` once it is gone.
+pub(super) type FromClient = mpsc::Receiver<Incoming>;
 
 /// What the session sends the client through.
 #[derive(Clone)]
-struct ToClient {
-    protocol: Protocol,
-    queue: mpsc::Sender<Message>,
+pub(super) struct ToClient {
+    queue: mpsc::Sender<Out>,
+    /// The exit status as a JSON `Status` (v4 and later), else a failure's text.
+    json_status: bool,
 }
 
 impl ToClient {
-    fn message(&self, channel: u8, data: &[u8]) -> Message {
-        match channel::encode(self.protocol, channel, data) {
-            Outgoing::Binary(bytes) => Message::Binary(bytes.into()),
-            Outgoing::Text(text) => Message::Text(text.into()),
-        }
+    /// A sender into `queue`, which the transport writes in order.
+    pub(super) fn new(queue: mpsc::Sender<Out>, json_status: bool) -> Self {
+        Self { queue, json_status }
     }
 
     /// Queues `data` for `channel`; false once the client is gone.
-    async fn send(&self, channel: u8, data: &[u8]) -> bool {
-        self.queue.send(self.message(channel, data)).await.is_ok()
+    pub(super) async fn send(&self, channel: u32, data: &[u8]) -> bool {
+        self.queue.send(Out::Data(channel, data.to_vec())).await.is_ok()
+    }
+
+    /// Ends `channel`.
+    async fn end(&self, channel: u32) {
+        let _ = self.queue.send(Out::End(channel)).await;
+    }
+
+    /// Sends how the command ended on the error channel, in the protocol's words.
+    async fn status(&self, ending: &Ending) {
+        let status = channel::status(self.json_status, ending);
+        if !status.is_empty() {
+            self.send(ERROR, &status).await;
+        }
     }
 
     /// A writer of `channel` for a guest's output.
-    fn writer(&self, channel: u8, open: mpsc::Sender<()>) -> ChannelWriter {
-        ChannelWriter { to_client: self.clone(), sender: PollSender::new(self.queue.clone()), channel, _open: open }
-    }
-}
-
-/// The messages a client sends, decoded; `None` once it is gone (closed, or the connection failed).
-async fn next_incoming<R>(incoming: &mut R, protocol: Protocol) -> Option<Incoming>
-where
-    R: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
-{
-    loop {
-        match incoming.next().await? {
-            Ok(Message::Binary(bytes)) => return Some(channel::decode(protocol, &bytes)),
-            Ok(Message::Text(text)) => return Some(channel::decode(protocol, text.as_bytes())),
-            Ok(Message::Close(_)) | Err(_) => return None,
-            Ok(_) => continue,
-        }
+    fn writer(&self, channel: u32, open: mpsc::Sender<()>) -> ChannelWriter {
+        ChannelWriter { sender: PollSender::new(self.queue.clone()), channel, _open: open }
     }
 }
 
 /// An exec: as kubelet's `ServeExec`, with `pods.exec` as the runtime.
-async fn exec<R>(pods: &Pods, request: api::ExecRequest, to_client: ToClient, mut incoming: R)
-where
-    R: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
-{
-    if !to_client.send(first_stream(request.stdout, request.stderr), b"").await {
-        return;
-    }
+pub(super) async fn exec(pods: &Pods, request: api::ExecRequest, to_client: ToClient, mut from_client: FromClient) {
     let (stdin, mut stdin_pipe) = if request.stdin {
         let (reader, writer) = tokio::io::simplex(64 * 1024);
         (Stdin::new(reader), Some(writer))
@@ -134,13 +119,10 @@ where
     let command = format!("{:?}", request.cmd);
     let exec = match pods.exec(&request.container_id, request.cmd, stdin, output).await {
         Ok(exec) => exec,
-        Err(error) => {
-            to_client.send(ERROR, &channel::status(to_client.protocol, &Ending::Failed(error.to_string()))).await;
-            return;
-        }
+        Err(error) => return to_client.status(&Ending::Failed(error.to_string())).await,
     };
     let reading = async {
-        while let Some(message) = next_incoming(&mut incoming, to_client.protocol).await {
+        while let Some(message) = from_client.recv().await {
             match message {
                 Incoming::Data(STDIN, bytes) => {
                     if let Some(pipe) = stdin_pipe.as_mut()
@@ -151,28 +133,28 @@ where
                     }
                 }
                 // Closing stdin is the guest's end of input.
-                Incoming::Close(STDIN) => {
+                Incoming::Close(STDIN) | Incoming::Reset(STDIN) => {
                     if let Some(mut pipe) = stdin_pipe.take() {
                         let _ = pipe.shutdown().await;
                     }
                 }
-                // Resize (4): WASI has no terminal to resize; other channels are not the client's to write.
-                Incoming::Data(..) | Incoming::Close(_) | Incoming::Nothing => {}
+                // Resize: WASI has no terminal to resize; other channels are not the client's to write.
+                _ => {}
             }
         }
     };
     tokio::select! {
         exit = exec.wait() => {
             let ending = if exit.code == 0 { Ending::Success } else { Ending::Exited { code: exit.code, command } };
-            to_client.send(ERROR, &channel::status(to_client.protocol, &ending)).await;
+            to_client.status(&ending).await;
         }
         // The client went away: dropping the exec ends its instance.
         () = reading => tracing::debug!(container = %request.container_id, "exec client went away"),
     }
 }
 
-/// The first stream a client reads: an empty message on it says the streams are ready.
-fn first_stream(stdout: bool, stderr: bool) -> u8 {
+/// The first channel a websocket client reads: an empty message on it says the streams are ready.
+pub(super) fn first_channel(stdout: bool, stderr: bool) -> u32 {
     if stdout {
         STDOUT
     } else if stderr {
@@ -188,21 +170,12 @@ fn first_stream(stdout: bool, stderr: bool) -> u8 {
 /// dropped); the session ends with the container (status Success) or when
 /// the client goes. A client's stdin ending, or the client going, ends the
 /// guest's input when the container says `stdin_once`.
-async fn attach<R>(pods: &Pods, request: api::AttachRequest, to_client: ToClient, mut incoming: R)
-where
-    R: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
-{
+pub(super) async fn attach(pods: &Pods, request: api::AttachRequest, to_client: ToClient, mut from_client: FromClient) {
     use tokio::sync::broadcast::error::RecvError;
-    if !to_client.send(first_stream(request.stdout, request.stderr), b"").await {
-        return;
-    }
     let attached = pods.container(&request.container_id).and_then(|container| Ok((container.attach()?, container)));
     let (crate::pods::Attached { mut output, stdin }, container) = match attached {
         Ok(attached) => attached,
-        Err(error) => {
-            to_client.send(ERROR, &channel::status(to_client.protocol, &Ending::Failed(error.to_string()))).await;
-            return;
-        }
+        Err(error) => return to_client.status(&Ending::Failed(error.to_string())).await,
     };
     let mut stdin = stdin.filter(|_| request.stdin);
     let mut client_stdin_ended = false;
@@ -226,7 +199,7 @@ where
                 }
                 Err(RecvError::Closed) => break true,
             },
-            message = next_incoming(&mut incoming, to_client.protocol) => match message {
+            message = from_client.recv() => match message {
                 Some(Incoming::Data(STDIN, bytes)) => {
                     if let Some(pipe) = &stdin
                         && pipe.lock().await.write_all(&bytes).await.is_err()
@@ -234,7 +207,7 @@ where
                         stdin = None;
                     }
                 }
-                Some(Incoming::Close(STDIN)) => {
+                Some(Incoming::Close(STDIN) | Incoming::Reset(STDIN)) => {
                     stdin = None;
                     client_stdin_ended = true;
                     if container.config.stdin_once {
@@ -250,7 +223,7 @@ where
         container.close_stdin().await;
     }
     if ended {
-        to_client.send(ERROR, &channel::status(to_client.protocol, &Ending::Success)).await;
+        to_client.status(&Ending::Success).await;
     }
 }
 
@@ -263,7 +236,7 @@ fn output(to_client: &ToClient, stdout: bool, stderr: bool, tty: bool) -> Output
     let done = async move {
         let _ = closed.recv().await;
     };
-    let writer = |wanted: bool, channel: u8| -> Box<dyn AsyncWrite + Send + Sync + Unpin> {
+    let writer = |wanted: bool, channel: u32| -> Box<dyn AsyncWrite + Send + Sync + Unpin> {
         if wanted { Box::new(to_client.writer(channel, open.clone())) } else { Box::new(tokio::io::sink()) }
     };
     Output::new(writer(stdout, STDOUT), writer(stderr, if tty { STDOUT } else { STDERR }), done)
@@ -271,9 +244,8 @@ fn output(to_client: &ToClient, stdout: bool, stderr: bool, tty: bool) -> Output
 
 /// One channel of output, as a guest writes it.
 struct ChannelWriter {
-    to_client: ToClient,
-    sender: PollSender<Message>,
-    channel: u8,
+    sender: PollSender<Out>,
+    channel: u32,
     /// Dropped with the writer: see [`output`].
     _open: mpsc::Sender<()>,
 }
@@ -285,7 +257,7 @@ impl AsyncWrite for ChannelWriter {
             return Poll::Ready(Ok(buf.len()));
         }
         let data = &buf[..buf.len().min(MAX_MESSAGE_DATA)];
-        let message = self.to_client.message(self.channel, data);
+        let message = Out::Data(self.channel, data.to_vec());
         let _ = self.sender.send_item(message);
         Poll::Ready(Ok(data.len()))
     }
@@ -299,82 +271,114 @@ impl AsyncWrite for ChannelWriter {
     }
 }
 
-/// A port-forward: as kubelet's websocket port-forward, each port of the
-/// request (or, when it names none, of the URL's `ports` query) a data
-/// channel and an error channel, opened by a message holding the port; one
-/// TCP connection per port to `localhost:port` inside the pod's network
-/// namespace. The session ends once every port's connection has ended, or
-/// the client goes.
-async fn port_forward<R>(
+/// Which connections a port-forward makes.
+pub(super) enum Ports {
+    /// These ports, one connection each on data channels 0, 2, 4…, all at
+    /// the start; the session ends once they all have (kubelet's websocket
+    /// port-forward).
+    Fixed(Vec<u16>),
+    /// The ones the client opens ([`Incoming::Forward`]), for as long as it
+    /// stays (kubelet's SPDY port-forward: a stream pair per connection).
+    Opened,
+}
+
+/// A port-forward: one TCP connection per forwarded connection to
+/// `localhost:port` inside the pod's network namespace (the node's for a
+/// hostNetwork pod), its bytes both ways on its data channel; why it could
+/// not be made, or failed, on its error channel (kubelet's words); both
+/// channels ended when it is over. The session ends when the client goes
+/// (and with [`Ports::Fixed`], once every connection has ended).
+pub(super) async fn port_forward(
     pods: &Pods,
-    request: api::PortForwardRequest,
-    query: &str,
+    pod_id: &str,
+    ports: Ports,
     to_client: ToClient,
-    mut incoming: R,
-) where
-    R: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
-{
-    let ports = forwarded_ports(&request.port, query);
-    let sandbox = match pods.pod(&request.pod_sandbox_id) {
-        Ok(sandbox) => sandbox,
-        Err(error) => {
-            for (index, port) in ports.iter().enumerate() {
-                let data = channel::port_data_channel(index);
-                to_client.send(data, &port.to_le_bytes()).await;
-                to_client.send(data + 1, &port.to_le_bytes()).await;
-                to_client.send(data + 1, error.to_string().as_bytes()).await;
-            }
-            return;
-        }
+    mut from_client: FromClient,
+) {
+    let target = pods.pod(pod_id).map(|sandbox| (sandbox.network.netns.clone(), sandbox.id.clone()));
+    let mut forwards = Forwards {
+        target: target.map_err(|error| error.to_string()),
+        to_client,
+        to_ports: HashMap::new(),
+        aborts: HashMap::new(),
+        tasks: tokio::task::JoinSet::new(),
     };
-    let mut to_ports = Vec::new();
-    let mut forwards = tokio::task::JoinSet::new();
-    for (index, &port) in ports.iter().enumerate() {
-        let data = channel::port_data_channel(index);
-        if !to_client.send(data, &port.to_le_bytes()).await || !to_client.send(data + 1, &port.to_le_bytes()).await {
-            return;
+    let fixed = matches!(ports, Ports::Fixed(_));
+    if let Ports::Fixed(ports) = ports {
+        for (index, port) in ports.into_iter().enumerate() {
+            forwards.open(index as u32 * 2, port);
         }
-        let (to_port, from_client) = mpsc::channel::<Vec<u8>>(QUEUE);
-        to_ports.push(to_port);
-        let (netns, to_client, pod_id) = (sandbox.network.netns.clone(), to_client.clone(), sandbox.id.clone());
-        forwards.spawn(async move {
-            if let Err(error) = forward(netns, port, data, &to_client, from_client).await {
-                let message = format!("error forwarding port {port} to pod {pod_id}: {error}");
-                to_client.send(data + 1, message.as_bytes()).await;
-            }
-        });
     }
-    let reading = async {
-        while let Some(message) = next_incoming(&mut incoming, to_client.protocol).await {
-            if let Incoming::Data(channel, bytes) = message
-                && channel % 2 == 0
-                && let Some(to_port) = to_ports.get(usize::from(channel / 2))
-            {
-                // A port whose connection ended takes no more.
-                let _ = to_port.send(bytes).await;
+    while !(fixed && forwards.tasks.is_empty()) {
+        tokio::select! {
+            Some(ended) = forwards.tasks.join_next() => {
+                if let Ok(channel) = ended {
+                    forwards.to_ports.remove(&channel);
+                    forwards.aborts.remove(&channel);
+                }
             }
+            message = from_client.recv() => match message {
+                Some(Incoming::Forward { channel, port }) => forwards.open(channel, port),
+                Some(Incoming::Data(channel, bytes)) => {
+                    if let Some(Some(to_port)) = forwards.to_ports.get(&channel) {
+                        // A connection that ended takes no more.
+                        let _ = to_port.send(bytes).await;
+                    }
+                }
+                // The client is done sending: the pod's end reads its end of input.
+                Some(Incoming::Close(channel)) => {
+                    if let Some(to_port) = forwards.to_ports.get_mut(&channel) {
+                        *to_port = None;
+                    }
+                }
+                Some(Incoming::Reset(channel)) => {
+                    if let Some(abort) = forwards.aborts.remove(&channel) {
+                        abort.abort();
+                    }
+                }
+                // The client went away: the connections close with their tasks.
+                None => return,
+            },
         }
-    };
-    tokio::select! {
-        () = async { while forwards.join_next().await.is_some() {} } => {}
-        // The client went away: the connections close with the tasks.
-        () = reading => forwards.abort_all(),
     }
 }
 
-/// The ports to forward: the request's, or the URL's `ports` query
-/// (comma-separated, repeatable) when it names none; 0 and bad ones are skipped.
-fn forwarded_ports(requested: &[i32], query: &str) -> Vec<u16> {
-    if !requested.is_empty() {
-        return requested.iter().filter_map(|&port| u16::try_from(port).ok()).filter(|&port| port > 0).collect();
+/// A port-forward's connections under way.
+struct Forwards {
+    /// The pod's network namespace and id, or why there is none.
+    target: std::result::Result<(Option<Arc<crate::network::NetNs>>, String), String>,
+    to_client: ToClient,
+    /// Each connection's bytes from the client, by data channel (`None`: the client closed its side).
+    to_ports: HashMap<u32, Option<mpsc::Sender<Vec<u8>>>>,
+    aborts: HashMap<u32, tokio::task::AbortHandle>,
+    /// Each ends with its data channel.
+    tasks: tokio::task::JoinSet<u32>,
+}
+
+impl Forwards {
+    /// Starts the connection to `port` of data channel `channel`.
+    fn open(&mut self, channel: u32, port: u16) {
+        let to_client = self.to_client.clone();
+        let (to_port, from_client) = mpsc::channel::<Vec<u8>>(QUEUE);
+        self.to_ports.insert(channel, Some(to_port));
+        let target = self.target.clone();
+        let abort = self.tasks.spawn(async move {
+            let failed = match target {
+                Ok((netns, pod_id)) => forward(netns, port, channel, &to_client, from_client)
+                    .await
+                    .err()
+                    .map(|error| format!("error forwarding port {port} to pod {pod_id}: {error}")),
+                Err(error) => Some(error),
+            };
+            if let Some(message) = failed {
+                to_client.send(channel + 1, message.as_bytes()).await;
+            }
+            to_client.end(channel).await;
+            to_client.end(channel + 1).await;
+            channel
+        });
+        self.aborts.insert(channel, abort);
     }
-    query
-        .split('&')
-        .filter_map(|pair| pair.strip_prefix("ports="))
-        .flat_map(|list| list.split("%2C").flat_map(|part| part.split(',')))
-        .filter_map(|port| port.parse::<u16>().ok())
-        .filter(|&port| port > 0)
-        .collect()
 }
 
 /// One port's connection: made inside `netns` (none: the node's), bytes
@@ -382,7 +386,7 @@ fn forwarded_ports(requested: &[i32], query: &str) -> Vec<u16> {
 async fn forward(
     netns: Option<Arc<crate::network::NetNs>>,
     port: u16,
-    data: u8,
+    data: u32,
     to_client: &ToClient,
     mut from_client: mpsc::Receiver<Vec<u8>>,
 ) -> io::Result<()> {
@@ -418,18 +422,5 @@ async fn forward(
             Ok(()) => std::future::pending().await,
             Err(error) => Err(error),
         },
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::forwarded_ports;
-
-    #[test]
-    fn ports_come_from_the_request_or_the_query() {
-        assert_eq!(forwarded_ports(&[8080, 0, 70000, 9090], "ports=1"), vec![8080, 9090]);
-        assert_eq!(forwarded_ports(&[], "ports=8080%2C9090&ports=7"), vec![8080, 9090, 7]);
-        assert_eq!(forwarded_ports(&[], "ports=8080,x"), vec![8080]);
-        assert!(forwarded_ports(&[], "").is_empty());
     }
 }

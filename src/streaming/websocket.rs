@@ -1,0 +1,147 @@
+//! A session over a websocket, in the Kubernetes channel protocols
+//! ([`super::channel`]), as kubelet's `wsstream` serves them: each message
+//! one channel's bytes. One task writes the session's [`Out`] as messages,
+//! one reads the client's into [`Incoming`]; the session runs between them.
+
+use std::sync::Arc;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::mpsc;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+
+use super::Pending;
+use super::channel::{self, Outgoing, Protocol};
+use super::session::{self, Incoming, Out, Ports, QUEUE, ToClient};
+use crate::pods::Pods;
+
+/// The most ports one websocket port-forward carries: their channels (two
+/// each) are one byte.
+const MAX_PORTS: usize = 128;
+
+/// Runs the session `pending` asked for on `socket`, until it is done or the client goes.
+pub(super) async fn run<S>(
+    pods: Arc<Pods>,
+    pending: Pending,
+    protocol: Protocol,
+    socket: WebSocketStream<S>,
+    query: &str,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (sink, messages) = socket.split();
+    let (queue, queued) = mpsc::channel::<Out>(QUEUE);
+    let writer = tokio::spawn(write_messages(sink, queued, protocol));
+    let (incoming, from_client) = mpsc::channel::<Incoming>(QUEUE);
+    let reader = tokio::spawn(read_messages(messages, incoming, protocol));
+    let to_client = ToClient::new(queue, protocol.json_status);
+    match pending {
+        Pending::Exec(request) => {
+            if ready(&to_client, request.stdout, request.stderr).await {
+                session::exec(&pods, request, to_client, from_client).await;
+            }
+        }
+        Pending::Attach(request) => {
+            if ready(&to_client, request.stdout, request.stderr).await {
+                session::attach(&pods, request, to_client, from_client).await;
+            }
+        }
+        Pending::PortForward(request) => {
+            let ports = forwarded_ports(&request.port, query);
+            // Each port's channels open with a message holding the port, little-endian.
+            for (index, port) in ports.iter().enumerate() {
+                for channel in [index as u32 * 2, index as u32 * 2 + 1] {
+                    if !to_client.send(channel, &port.to_le_bytes()).await {
+                        return reader.abort();
+                    }
+                }
+            }
+            session::port_forward(&pods, &request.pod_sandbox_id, Ports::Fixed(ports), to_client, from_client).await;
+        }
+    }
+    reader.abort();
+    // Every sender is dropped by now: the writer sends what is queued, then closes.
+    let _ = writer.await;
+}
+
+/// The empty message on the first channel the client reads, which says the streams are ready.
+async fn ready(to_client: &ToClient, stdout: bool, stderr: bool) -> bool {
+    to_client.send(session::first_channel(stdout, stderr), b"").await
+}
+
+/// Sends `queued` messages to the client, then a close.
+async fn write_messages<K>(mut sink: K, mut queued: mpsc::Receiver<Out>, protocol: Protocol)
+where
+    K: futures_util::Sink<Message> + Unpin,
+{
+    while let Some(out) = queued.recv().await {
+        // Channels have no end of their own here: the connection's close ends them all.
+        let Out::Data(channel, data) = out else { continue };
+        let Ok(channel) = u8::try_from(channel) else { continue };
+        let message = match channel::encode(protocol, channel, &data) {
+            Outgoing::Binary(bytes) => Message::Binary(bytes.into()),
+            Outgoing::Text(text) => Message::Text(text.into()),
+        };
+        if sink.send(message).await.is_err() {
+            return;
+        }
+    }
+    let _ = sink.send(Message::Close(None)).await;
+    let _ = sink.close().await;
+}
+
+/// Decodes the client's messages into `incoming` until it closes or goes
+/// (which drops `incoming`: the session's [`FromClient`] ends).
+async fn read_messages<R>(mut messages: R, incoming: mpsc::Sender<Incoming>, protocol: Protocol)
+where
+    R: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
+{
+    while let Some(Ok(message)) = messages.next().await {
+        let decoded = match &message {
+            Message::Binary(bytes) => channel::decode(protocol, bytes),
+            Message::Text(text) => channel::decode(protocol, text.as_bytes()),
+            Message::Close(_) => return,
+            _ => continue,
+        };
+        let message = match decoded {
+            channel::Incoming::Data(channel, bytes) => Incoming::Data(u32::from(channel), bytes),
+            channel::Incoming::Close(channel) => Incoming::Close(u32::from(channel)),
+            channel::Incoming::Nothing => continue,
+        };
+        if incoming.send(message).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// The ports to forward: the request's, or the URL's `ports` query
+/// (comma-separated, repeatable) when it names none; 0 and bad ones are
+/// skipped, and any after the first [`MAX_PORTS`].
+fn forwarded_ports(requested: &[i32], query: &str) -> Vec<u16> {
+    let ports: Vec<u16> = if !requested.is_empty() {
+        requested.iter().filter_map(|&port| u16::try_from(port).ok()).filter(|&port| port > 0).collect()
+    } else {
+        query
+            .split('&')
+            .filter_map(|pair| pair.strip_prefix("ports="))
+            .flat_map(|list| list.split("%2C").flat_map(|part| part.split(',')))
+            .filter_map(|port| port.parse::<u16>().ok())
+            .filter(|&port| port > 0)
+            .collect()
+    };
+    ports.into_iter().take(MAX_PORTS).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::forwarded_ports;
+
+    #[test]
+    fn ports_come_from_the_request_or_the_query() {
+        assert_eq!(forwarded_ports(&[8080, 0, 70000, 9090], "ports=1"), vec![8080, 9090]);
+        assert_eq!(forwarded_ports(&[], "ports=8080%2C9090&ports=7"), vec![8080, 9090, 7]);
+        assert_eq!(forwarded_ports(&[], "ports=8080,x"), vec![8080]);
+        assert!(forwarded_ports(&[], "").is_empty());
+    }
+}

@@ -20,6 +20,7 @@ export DEBIAN_FRONTEND=noninteractive
 #                            the CNI plugins (bridge, host-local, portmap) of the
 #                            pod networking tests, and the rules portmap writes
 #   dnsmasq-base             the DNS server those tests name in a pod's DNS config
+#   nodejs npm               the SPDY client of the streaming tests (e2e/clients)
 have() { command -v "$1" >/dev/null; }
 have_file() { compgen -G "$1" >/dev/null; }
 missing=()
@@ -37,6 +38,8 @@ have curl || missing+=(curl)
 [ -x /usr/lib/cni/bridge ] || missing+=(containernetworking-plugins)
 have iptables || [ -x /usr/sbin/iptables ] || missing+=(iptables)
 have dnsmasq || [ -x /usr/sbin/dnsmasq ] || missing+=(dnsmasq-base)
+have node || missing+=(nodejs)
+have npm || missing+=(npm)
 if [ "${#missing[@]}" -gt 0 ]; then
   sudo=()
   [ "$(id -u)" -eq 0 ] || sudo=(sudo)
@@ -58,6 +61,10 @@ done
 # the streaming server).
 python3 -c 'import oras.client, grpc, grpc_tools.protoc, kubernetes.stream' 2>/dev/null \
   || python3 -m pip install -q oras grpcio grpcio-tools kubernetes
+
+# npm `spdy-transport` (pinned by e2e/clients/package-lock.json): the SPDY/3.1
+# implementation the streaming tests drive exec, attach and port-forward with.
+[ -d e2e/clients/node_modules/spdy-transport ] || npm ci --prefix e2e/clients --no-audit --no-fund
 
 # wkg, the publishing tool for components.
 command -v wkg >/dev/null || [ -x "${CARGO_HOME:-$HOME/.cargo}/bin/wkg" ] \

@@ -331,9 +331,13 @@ pub(super) async fn port_forward(
                         *to_port = None;
                     }
                 }
+                // The client gave up on the connection: it ends, and its error stream with it.
                 Some(Incoming::Reset(channel)) => {
                     if let Some(abort) = forwards.aborts.remove(&channel) {
                         abort.abort();
+                        forwards.to_ports.remove(&channel);
+                        forwards.to_client.end(channel).await;
+                        forwards.to_client.end(channel + 1).await;
                     }
                 }
                 // The client went away: the connections close with their tasks.

@@ -10,6 +10,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_util::task::AbortOnDropHandle;
 
 use super::Pending;
 use super::channel::{self, Outgoing, Protocol};
@@ -32,9 +33,10 @@ pub(super) async fn run<S>(
 {
     let (sink, messages) = socket.split();
     let (queue, queued) = mpsc::channel::<Out>(QUEUE);
-    let writer = tokio::spawn(write_messages(sink, queued, protocol));
+    // Both end with the connection's session (dropped, they are aborted).
+    let writer = AbortOnDropHandle::new(tokio::spawn(write_messages(sink, queued, protocol)));
     let (incoming, from_client) = mpsc::channel::<Incoming>(QUEUE);
-    let reader = tokio::spawn(read_messages(messages, incoming, protocol));
+    let reader = AbortOnDropHandle::new(tokio::spawn(read_messages(messages, incoming, protocol)));
     let to_client = ToClient::new(queue, protocol.json_status);
     match pending {
         Pending::Exec(request) => {

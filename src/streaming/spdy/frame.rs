@@ -23,7 +23,7 @@ use std::io;
 use std::sync::LazyLock;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress};
+use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
 use tokio_util::codec::{Decoder, Encoder};
 
 /// The version control frames carry.
@@ -47,6 +47,7 @@ pub mod status {
     pub const OK: u32 = 0;
     pub const PROTOCOL_ERROR: u32 = 1;
     pub const REFUSED_STREAM: u32 = 3;
+    pub const FLOW_CONTROL_ERROR: u32 = 7;
     pub const INTERNAL_ERROR: u32 = 6;
     pub const STREAM_IN_USE: u32 = 8;
 }
@@ -197,10 +198,20 @@ impl FrameReader {
                 }
                 out.reserve(out.len().min(MAX_HEADER_BLOCK - out.len()));
             }
-            let before = self.inflate.total_in();
+            let (before, produced) = (self.inflate.total_in(), out.len());
             let result = self.inflate.decompress_vec(input, &mut out, FlushDecompress::Sync);
-            input = &input[(self.inflate.total_in() - before) as usize..];
+            let consumed = (self.inflate.total_in() - before) as usize;
+            input = &input[consumed..];
             match result {
+                // The connection's one zlib stream should never end: a peer
+                // compressing blocks apart. This block inflated; nothing after
+                // the end will.
+                Ok(Status::StreamEnd) if input.is_empty() => return Ok(out),
+                Ok(Status::StreamEnd) => return Err(invalid("the header compression stream ended")),
+                // Input left that zlib neither takes nor turns into output: never would.
+                Ok(_) if consumed == 0 && out.len() == produced && !input.is_empty() && out.len() < out.capacity() => {
+                    return Err(invalid("header block bytes the inflater does not take"));
+                }
                 Ok(_) => {}
                 Err(error) if error.needs_dictionary().is_some() => {
                     self.inflate
@@ -610,6 +621,31 @@ mod tests {
             let error = FrameReader::default().decode(&mut BytesMut::from(*bytes)).unwrap_err();
             assert_eq!(error.kind(), io::ErrorKind::InvalidData, "{error}");
         }
+        // Header blocks each compressed as a whole zlib stream (ended): the
+        // second cannot continue the first's stream; an error, not a spin.
+        let mut wire = BytesMut::new();
+        for stream_id in [1u32, 3] {
+            let mut block = Vec::new();
+            block.put_u32(1);
+            for text in ["streamtype", "stdout"] {
+                block.put_u32(text.len() as u32);
+                block.extend_from_slice(text.as_bytes());
+            }
+            let mut deflate = Compress::new(Compression::default(), true);
+            deflate.set_dictionary(&DICTIONARY).unwrap();
+            let mut compressed = Vec::with_capacity(256);
+            deflate.compress_vec(&block, &mut compressed, FlushCompress::Finish).unwrap();
+            control_head(&mut wire, 1, 0, 10 + compressed.len()).unwrap();
+            wire.put_u32(stream_id);
+            wire.put_u32(0);
+            wire.put_u16(0);
+            wire.extend_from_slice(&compressed);
+        }
+        let mut reader = FrameReader::default();
+        let first = reader.decode(&mut wire).expect("the first block inflates");
+        assert!(matches!(first, Some(Frame::SynStream { stream_id: 1, .. })), "{first:?}");
+        let error = reader.decode(&mut wire).unwrap_err();
+        assert!(error.to_string().contains("header compression stream ended"), "{error}");
         // An unknown control type is skipped whole.
         let frames = read_all(&mut FrameReader::default(), &[0x80, 0x03, 0x00, 0x0a, 0, 0, 0, 2, 1, 2]);
         assert_eq!(frames, vec![Frame::Unknown { frame_type: 10 }]);

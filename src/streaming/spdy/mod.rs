@@ -17,9 +17,9 @@
 //!   `data` stream with the same `requestid` and a `port` header; the pair
 //!   becomes one connection to the pod's port (30 s to complete a pair).
 //! - **Flow control**: the client's data is answered with WINDOW_UPDATEs
-//!   (its stream and, SPDY/3.1, the session) once the session has taken
-//!   it, so a client that keeps to its windows (npm `spdy-transport`) can
-//!   send on. The server sends without waiting for the client's windows,
+//!   (the session's, SPDY/3.1, at once; its stream's once it is queued for
+//!   the session), so a client that keeps to its windows (npm
+//!   `spdy-transport`) can send on. The server sends without waiting for the client's windows,
 //!   as kubelet's spdystream does (it implements none, and sends no
 //!   WINDOW_UPDATE of its own as a client); TCP is the brake.
 //!
@@ -46,7 +46,9 @@ use tokio_util::task::AbortOnDropHandle;
 
 use super::Pending;
 use super::channel::Purpose;
-use super::session::{self, ERROR, Incoming, Out, Ports, QUEUE, RESIZE, STDERR, STDIN, STDOUT, ToClient};
+use super::session::{
+    self, ERROR, Incoming, MAX_MESSAGE_DATA, Out, Ports, QUEUE, RESIZE, STDERR, STDIN, STDOUT, ToClient,
+};
 use crate::pods::Pods;
 use frame::{Frame, FrameReader, FrameWriter, status};
 
@@ -61,6 +63,9 @@ pub const ACCEPTED_HEADER: &str = "x-accepted-stream-protocol-versions";
 const STREAM_CREATION_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long the end of a connection waits for the client to close it.
 const LINGER: Duration = Duration::from_secs(5);
+/// What a port-forward data stream may carry before its pair is complete:
+/// the first window of a client that keeps to windows.
+const PAIR_BUFFER: usize = 64 * 1024;
 /// Streams one connection may hold open; more are refused (REFUSED_STREAM).
 const MAX_OPEN_STREAMS: usize = 2048;
 
@@ -142,6 +147,8 @@ enum Control {
         channel: u32,
         stream_id: u32,
     },
+    /// The client reset the stream: nothing more is written on it (section 2.4.2).
+    Unmap(u32),
     Reset {
         stream_id: u32,
         status: u32,
@@ -177,6 +184,11 @@ struct Pair {
     error: Option<u32>,
     /// The data stream and its port.
     data: Option<(u32, u16)>,
+    /// What the client sent on the data stream so far (at most [`PAIR_BUFFER`]).
+    buffered: Vec<u8>,
+    /// The client ended its side of the error stream (client-go does at once) or of the data stream.
+    error_fin: bool,
+    data_fin: bool,
     since: Instant,
 }
 
@@ -207,6 +219,7 @@ where
         going_away: false,
         expected: Vec::new(),
         pairs: HashMap::new(),
+        pending: HashMap::new(),
         next_channel: 0,
         session: None,
     };
@@ -270,8 +283,9 @@ struct Connection {
     going_away: bool,
     /// Exec and attach: the channels whose streams the session waits for.
     expected: Vec<u32>,
-    /// Port-forward: pairs by request id.
+    /// Port-forward: pairs by request id, and the streams of those not complete.
     pairs: HashMap<String, Pair>,
+    pending: HashMap<u32, String>,
     /// Port-forward: the next pair's data channel.
     next_channel: u32,
     session: Option<AbortOnDropHandle<()>>,
@@ -346,12 +360,13 @@ impl Connection {
     async fn handle(&mut self, frame: Frame, start: &mut Option<Start>) -> Result<(), Stop> {
         match frame {
             Frame::SynStream { stream_id, headers, fin, .. } => {
-                if stream_id % 2 == 0 || stream_id <= self.last_stream_id {
-                    // A server's id, or not increasing: refused, as spdystream does.
-                    return self.send(Control::Reset { stream_id, status: status::PROTOCOL_ERROR }).await;
+                if stream_id == 0 || stream_id % 2 == 0 || stream_id <= self.last_stream_id {
+                    // A server's id, or not increasing: a session error (section 2.3.2).
+                    tracing::debug!(stream_id, last = self.last_stream_id, "SPDY: a SYN_STREAM out of order");
+                    return Err(Stop(status::PROTOCOL_ERROR));
                 }
                 self.last_stream_id = stream_id;
-                if self.going_away || self.routes.len() >= MAX_OPEN_STREAMS {
+                if self.going_away || self.routes.len() + self.pending.len() >= MAX_OPEN_STREAMS {
                     return self.send(Control::Reset { stream_id, status: status::REFUSED_STREAM }).await;
                 }
                 let header = |name: &str| headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str());
@@ -369,38 +384,10 @@ impl Connection {
                     }
                 }
             }
-            Frame::Data { stream_id, fin, data } => {
-                if !data.is_empty() {
-                    // The client may send as much again, on the stream and the session.
-                    let delta = data.len() as u32;
-                    self.send(Control::WindowUpdate { stream_id, delta }).await?;
-                    self.send(Control::WindowUpdate { stream_id: 0, delta }).await?;
-                }
-                let Some(route) = self.routes.get(&stream_id).copied() else { return Ok(()) };
-                if route.reads && !data.is_empty() {
-                    self.deliver(Incoming::Data(route.channel, data.to_vec())).await?;
-                }
-                if fin {
-                    self.routes.remove(&stream_id);
-                    self.deliver(Incoming::Close(route.channel)).await?;
-                }
-                Ok(())
-            }
-            Frame::RstStream { stream_id, .. } => {
-                for pair in self.pairs.values_mut() {
-                    if pair.error == Some(stream_id) {
-                        pair.error = None;
-                    }
-                    if pair.data.is_some_and(|(id, _)| id == stream_id) {
-                        pair.data = None;
-                    }
-                }
-                self.pairs.retain(|_, pair| pair.error.is_some() || pair.data.is_some());
-                match self.routes.remove(&stream_id) {
-                    Some(route) => self.deliver(Incoming::Reset(route.channel)).await,
-                    None => Ok(()),
-                }
-            }
+            Frame::Data { stream_id, fin, data } => self.data(stream_id, data, fin).await,
+            // A HEADERS frame's FIN half-closes its stream as a DATA frame's does (section 2.6.7).
+            Frame::Headers { stream_id, fin: true, .. } => self.data(stream_id, Bytes::new(), true).await,
+            Frame::RstStream { stream_id, .. } => self.reset(stream_id).await,
             // Odd: the client's; echoed. Even ids would be answers to the server's, which sends none.
             Frame::Ping { id } if id % 2 == 1 => self.send(Control::Ping(id)).await,
             Frame::GoAway { .. } => {
@@ -411,6 +398,72 @@ impl Connection {
             // HEADERS (inflated, so the zlib stream stays in step), SYN_REPLY
             // (the server opens no streams), even PINGs and unknown types: nothing to do.
             _ => Ok(()),
+        }
+    }
+
+    /// The client's bytes on a stream, and its FIN: given to the session
+    /// (in messages of at most [`MAX_MESSAGE_DATA`]) when the stream is
+    /// one it reads, kept while a port-forward pair is incomplete, dropped
+    /// otherwise. The stream's window is granted again once the bytes are
+    /// queued for the session; the session's (SPDY/3.1) for every byte.
+    async fn data(&mut self, stream_id: u32, data: Bytes, fin: bool) -> Result<(), Stop> {
+        let delta = data.len() as u32;
+        if delta > 0 {
+            self.send(Control::WindowUpdate { stream_id: 0, delta }).await?;
+        }
+        if let Some(route) = self.routes.get(&stream_id).copied() {
+            if route.reads && delta > 0 {
+                for chunk in data.chunks(MAX_MESSAGE_DATA) {
+                    self.deliver(Incoming::Data(route.channel, chunk.to_vec())).await?;
+                }
+                self.send(Control::WindowUpdate { stream_id, delta }).await?;
+            }
+            if fin {
+                self.routes.remove(&stream_id);
+                self.deliver(Incoming::Close(route.channel)).await?;
+            }
+            return Ok(());
+        }
+        // A port-forward stream whose pair is not complete yet.
+        let Some(request_id) = self.pending.get(&stream_id) else { return Ok(()) };
+        let Some(pair) = self.pairs.get_mut(request_id) else { return Ok(()) };
+        if pair.data.is_some_and(|(id, _)| id == stream_id) {
+            if pair.buffered.len() + data.len() > PAIR_BUFFER {
+                // More than the first window before the pair exists: not a client that keeps to windows.
+                tracing::debug!(stream_id, "SPDY port-forward: too much data before its error stream; reset");
+                pair.data = None;
+                self.pending.remove(&stream_id);
+                return self.send(Control::Reset { stream_id, status: status::FLOW_CONTROL_ERROR }).await;
+            }
+            pair.buffered.extend_from_slice(&data);
+            pair.data_fin |= fin;
+        } else if fin {
+            // The error stream, half-closed at once by client-go: the server only writes it.
+            pair.error_fin = true;
+        }
+        Ok(())
+    }
+
+    /// The client reset a stream: the session's channel is over, and nothing more is written on it.
+    async fn reset(&mut self, stream_id: u32) -> Result<(), Stop> {
+        if let Some(request_id) = self.pending.remove(&stream_id) {
+            if let Some(pair) = self.pairs.get_mut(&request_id) {
+                if pair.error == Some(stream_id) {
+                    pair.error = None;
+                }
+                if pair.data.is_some_and(|(id, _)| id == stream_id) {
+                    pair.data = None;
+                }
+                if pair.error.is_none() && pair.data.is_none() {
+                    self.pairs.remove(&request_id);
+                }
+            }
+            return Ok(());
+        }
+        self.send(Control::Unmap(stream_id)).await?;
+        match self.routes.remove(&stream_id) {
+            Some(route) => self.deliver(Incoming::Reset(route.channel)).await,
+            None => Ok(()),
         }
     }
 
@@ -448,9 +501,6 @@ impl Connection {
             tracing::debug!(stream_id, ?stream_type, "SPDY: unexpected stream type");
             return self.send(Control::Reply(stream_id)).await;
         };
-        if self.routes.values().any(|route| route.channel == channel) {
-            return self.send(Control::Reset { stream_id, status: status::STREAM_IN_USE }).await;
-        }
         self.send(Control::Reply(stream_id)).await?;
         self.send(Control::Map { channel, stream_id }).await?;
         self.routes.insert(stream_id, Route { channel, reads: channel == STDIN || channel == RESIZE });
@@ -458,6 +508,7 @@ impl Connection {
             self.routes.remove(&stream_id);
             self.deliver(Incoming::Close(channel)).await?;
         }
+        // Each type once: a second of one type is answered and ignored, as an unexpected one.
         self.expected.retain(|&expected| expected != channel);
         if self.expected.is_empty() {
             self.session = start.take().map(Start::spawn);
@@ -491,32 +542,50 @@ impl Connection {
             None if is_data => stream_id.saturating_sub(2).to_string(),
             None => stream_id.to_string(),
         };
-        let pair =
-            self.pairs.entry(request_id).or_insert_with(|| Pair { error: None, data: None, since: Instant::now() });
+        let pair = self.pairs.entry(request_id.clone()).or_insert_with(|| Pair {
+            error: None,
+            data: None,
+            buffered: Vec::new(),
+            error_fin: false,
+            data_fin: false,
+            since: Instant::now(),
+        });
         let taken = if is_data { pair.data.is_some() } else { pair.error.is_some() };
         if taken {
             return self.send(Control::Reset { stream_id, status: status::STREAM_IN_USE }).await;
         }
         if is_data {
             pair.data = Some((stream_id, port));
+            pair.data_fin = fin;
         } else {
             pair.error = Some(stream_id);
+            pair.error_fin = fin;
         }
-        let complete = match (pair.error, pair.data) {
-            (Some(error), Some((data, port))) => Some((error, data, port)),
-            _ => None,
-        };
+        let complete = matches!((pair.error, pair.data), (Some(_), Some(_)));
         self.send(Control::Reply(stream_id)).await?;
-        let Some((error, data, port)) = complete else { return Ok(()) };
-        self.pairs.retain(|_, pair| pair.error != Some(error));
+        if !complete {
+            self.pending.insert(stream_id, request_id);
+            return Ok(());
+        }
+        let Some(pair) = self.pairs.remove(&request_id) else { return Ok(()) };
+        let (Some(error), Some((data, port))) = (pair.error, pair.data) else { return Ok(()) };
+        self.pending.remove(&error);
+        self.pending.remove(&data);
         let channel = self.next_channel;
         self.next_channel = self.next_channel.wrapping_add(2);
         self.send(Control::Map { channel, stream_id: data }).await?;
         self.send(Control::Map { channel: channel + 1, stream_id: error }).await?;
+        // The error stream is only written: the client's bytes on it go nowhere.
         self.routes.insert(data, Route { channel, reads: true });
-        self.routes.insert(error, Route { channel: channel + 1, reads: false });
         self.deliver(Incoming::Forward { channel, port }).await?;
-        if fin {
+        if !pair.buffered.is_empty() {
+            let delta = pair.buffered.len() as u32;
+            for chunk in pair.buffered.chunks(MAX_MESSAGE_DATA) {
+                self.deliver(Incoming::Data(channel, chunk.to_vec())).await?;
+            }
+            self.send(Control::WindowUpdate { stream_id: data, delta }).await?;
+        }
+        if pair.data_fin {
             self.routes.remove(&data);
             self.deliver(Incoming::Close(channel)).await?;
         }
@@ -524,7 +593,7 @@ impl Connection {
     }
 
     /// Pairs not completed in time: the error stream says so (kubelet's
-    /// words), both end.
+    /// words, without its connection's name), both end.
     async fn expire_pairs(&mut self) -> Result<(), Stop> {
         let now = Instant::now();
         let expired: Vec<String> = self
@@ -536,10 +605,12 @@ impl Connection {
         for request_id in expired {
             let Some(pair) = self.pairs.remove(&request_id) else { continue };
             if let Some(stream_id) = pair.error {
-                let data = format!("timed out waiting for complete stream pair for request {request_id}").into_bytes();
+                self.pending.remove(&stream_id);
+                let data = format!("(request={request_id}) timed out waiting for streams").into_bytes();
                 self.send(Control::Message { stream_id, data }).await?;
             }
             if let Some((stream_id, _)) = pair.data {
+                self.pending.remove(&stream_id);
                 self.send(Control::Message { stream_id, data: Vec::new() }).await?;
             }
         }
@@ -580,6 +651,10 @@ where
                 }
                 Some(Control::Map { channel, stream_id }) => {
                     streams.insert(channel, stream_id);
+                    continue;
+                }
+                Some(Control::Unmap(stream_id)) => {
+                    streams.retain(|_, mapped| *mapped != stream_id);
                     continue;
                 }
                 Some(Control::Reset { stream_id, status }) => Frame::RstStream { stream_id, status },
@@ -658,6 +733,91 @@ mod tests {
         assert!(refused.message.contains("unable to negotiate protocol"), "{}", refused.message);
         let v3 = negotiate(Purpose::RemoteCommand, ["v3.channel.k8s.io"]).unwrap();
         assert_eq!(v3.kind, Kind::RemoteCommand { json_status: false, resize: true });
+    }
+
+    fn syn_stream(stream_id: u32, pairs: &[(&str, &str)], fin: bool) -> Frame {
+        let headers = pairs.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect();
+        Frame::SynStream { stream_id, associated_to: 0, priority: 0, fin, unidirectional: false, headers }
+    }
+
+    fn data(stream_id: u32, data: &'static [u8], fin: bool) -> Frame {
+        Frame::Data { stream_id, fin, data: Bytes::from_static(data) }
+    }
+
+    /// client-go's port-forwarder, connection after connection: an error
+    /// stream half-closed at once, a data stream, bytes, and the data
+    /// stream's FIN when the local connection ends. Nothing stays behind.
+    #[tokio::test]
+    async fn port_forward_pairs_leave_no_streams_behind() {
+        let (control, mut controlled) = mpsc::channel(64);
+        let (incoming, mut from_client) = mpsc::channel(64);
+        let mut connection = Connection {
+            kind: Kind::PortForward,
+            control,
+            incoming,
+            routes: HashMap::new(),
+            last_stream_id: 0,
+            going_away: false,
+            expected: Vec::new(),
+            pairs: HashMap::new(),
+            pending: HashMap::new(),
+            next_channel: 0,
+            session: Some(AbortOnDropHandle::new(tokio::spawn(std::future::pending()))),
+        };
+        let mut start = None;
+        let connections = 3 * MAX_OPEN_STREAMS as u32;
+        for request in 0..connections {
+            let (error, data_id) = (4 * request + 1, 4 * request + 3);
+            let id = request.to_string();
+            let headers = |kind| [("streamtype", kind), ("port", "8080"), ("requestid", id.as_str())];
+            let frames = [
+                syn_stream(error, &headers("error"), false),
+                data(error, b"", true),
+                syn_stream(data_id, &headers("data"), false),
+                data(data_id, b"hi\n", false),
+                data(data_id, b"", true),
+            ];
+            for frame in frames {
+                assert!(connection.handle(frame, &mut start).await.is_ok(), "request {request}");
+                while controlled.try_recv().is_ok() {}
+            }
+            let mut seen = Vec::new();
+            while let Ok(message) = from_client.try_recv() {
+                seen.push(message);
+            }
+            let channel = 2 * request;
+            let want = [
+                Incoming::Forward { channel, port: 8080 },
+                Incoming::Data(channel, b"hi\n".to_vec()),
+                Incoming::Close(channel),
+            ];
+            assert_eq!(seen, want, "request {request}");
+        }
+        assert!(connection.routes.is_empty() && connection.pending.is_empty() && connection.pairs.is_empty());
+        // Bytes before the pair is complete wait for it; so does the data stream's FIN.
+        let headers = |kind| [("streamtype", kind), ("port", "8080"), ("requestid", "late")];
+        let first = 4 * connections + 1;
+        for frame in [
+            syn_stream(first, &headers("data"), false),
+            data(first, b"early", true),
+            syn_stream(first + 2, &headers("error"), false),
+        ] {
+            assert!(connection.handle(frame, &mut start).await.is_ok());
+        }
+        let mut seen = Vec::new();
+        while let Ok(message) = from_client.try_recv() {
+            seen.push(message);
+        }
+        let channel = 2 * connections;
+        let want = [
+            Incoming::Forward { channel, port: 8080 },
+            Incoming::Data(channel, b"early".to_vec()),
+            Incoming::Close(channel),
+        ];
+        assert_eq!(seen, want);
+        // A stream id that does not increase ends the connection.
+        let stop = connection.handle(syn_stream(3, &headers("error"), false), &mut start).await;
+        assert!(matches!(stop, Err(Stop(status::PROTOCOL_ERROR))));
     }
 
     #[test]

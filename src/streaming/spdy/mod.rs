@@ -210,19 +210,7 @@ where
     let (incoming, from_client) = mpsc::channel::<Incoming>(QUEUE);
     let json_status = matches!(protocol.kind, Kind::RemoteCommand { json_status: true, .. });
     let mut frames = FramedRead::new(read, FrameReader::default());
-    let mut connection = Connection {
-        kind: protocol.kind,
-        control,
-        incoming,
-        routes: HashMap::new(),
-        last_stream_id: 0,
-        going_away: false,
-        expected: Vec::new(),
-        pairs: HashMap::new(),
-        pending: HashMap::new(),
-        next_channel: 0,
-        session: None,
-    };
+    let mut connection = Connection::new(protocol.kind, control, incoming);
     let start = Start { pods, pending, to_client: ToClient::new(queue, json_status), from_client };
     let ending = connection.serve(&mut frames, start).await;
     let last_good_stream_id = connection.last_stream_id;
@@ -295,6 +283,23 @@ struct Connection {
 struct Stop(u32);
 
 impl Connection {
+    /// A connection with no streams yet, its session not started.
+    fn new(kind: Kind, control: mpsc::Sender<Control>, incoming: mpsc::Sender<Incoming>) -> Self {
+        Self {
+            kind,
+            control,
+            incoming,
+            routes: HashMap::new(),
+            last_stream_id: 0,
+            going_away: false,
+            expected: Vec::new(),
+            pairs: HashMap::new(),
+            pending: HashMap::new(),
+            next_channel: 0,
+            session: None,
+        }
+    }
+
     /// Reads and routes `frames` until the session is done or the client
     /// goes; the GOAWAY status to end with.
     async fn serve<R: AsyncRead + Unpin>(&mut self, frames: &mut FramedRead<R, FrameReader>, start: Start) -> u32 {
@@ -751,19 +756,8 @@ mod tests {
     async fn port_forward_pairs_leave_no_streams_behind() {
         let (control, mut controlled) = mpsc::channel(64);
         let (incoming, mut from_client) = mpsc::channel(64);
-        let mut connection = Connection {
-            kind: Kind::PortForward,
-            control,
-            incoming,
-            routes: HashMap::new(),
-            last_stream_id: 0,
-            going_away: false,
-            expected: Vec::new(),
-            pairs: HashMap::new(),
-            pending: HashMap::new(),
-            next_channel: 0,
-            session: Some(AbortOnDropHandle::new(tokio::spawn(std::future::pending()))),
-        };
+        let mut connection = Connection::new(Kind::PortForward, control, incoming);
+        connection.session = Some(AbortOnDropHandle::new(tokio::spawn(std::future::pending())));
         let mut start = None;
         let connections = 3 * MAX_OPEN_STREAMS as u32;
         for request in 0..connections {

@@ -325,6 +325,15 @@ async fn port_forward_reaches_a_guests_listener_and_a_served_component_in_their_
     assert!(seen["error"].as_str().is_some_and(|e| e.contains("error forwarding port 9090")), "{seen}");
     let bad = rt.port_forward(PortForwardRequest { pod_sandbox_id: pod_a.id.clone(), port: vec![70000] }).await;
     assert_eq!(bad.unwrap_err().code(), Code::InvalidArgument);
+    // A request naming no port: the websocket names them in the URL's `port`
+    // query, as the API server passes kubectl's on (kubelet's); none is a 400.
+    let unnamed = PortForwardRequest { pod_sandbox_id: pod_a.id.clone(), port: vec![] };
+    let url = rt.port_forward(unnamed.clone()).await.expect("PortForward").into_inner().url;
+    let seen = tokio::task::block_in_place(|| k8s_stream(Some(&net), &["portforward", &url, "8080", "hi\n"]));
+    assert!(seen["exception"].as_str().is_some_and(|e| e.contains("400")), "{seen}");
+    let url = rt.port_forward(unnamed).await.expect("PortForward").into_inner().url + "?port=8080";
+    let seen = tokio::task::block_in_place(|| k8s_stream(Some(&net), &["portforward", &url, "8080", "hi\n"]));
+    assert_eq!(seen["received"], "echo:hi\n", "{seen}");
 
     // Over SPDY: a pair of streams per connection, three at once in one session.
     let url = forward(&mut rt, &pod_a).await;
@@ -332,6 +341,12 @@ async fn port_forward_reaches_a_guests_listener_and_a_served_component_in_their_
     assert_eq!(seen["protocol"], "portforward.k8s.io", "{seen}");
     assert_eq!(seen["received"], json!(["echo:hi\n", "echo:hi\n", "echo:hi\n"]), "{seen}");
     assert_eq!(seen["errors"], json!(["", "", ""]), "{seen}");
+    // The client's end of input (FIN, as client-go sends at its local end)
+    // reaches the guest, which answers a line without a newline only then.
+    let url = forward(&mut rt, &pod_a).await;
+    let args = ["portforward", &url, "8080", "no newline", "--half-close"];
+    let seen = tokio::task::block_in_place(|| spdy_stream(Some(&net), &args));
+    assert_eq!(seen["received"], json!(["echo:no newline"]), "{seen}");
     let url = forward(&mut rt, &pod_b).await;
     let request = "GET / HTTP/1.0\r\nHost: pod\r\n\r\n";
     let seen = tokio::task::block_in_place(|| spdy_stream(Some(&net), &["portforward", &url, "8080", request]));

@@ -32,12 +32,14 @@
  *        exec streams (error, stdout, stderr); wait for the first non-empty
  *        stdout DATA (60 s), then destroy the socket without a word.
  *        -> {"protocol", "first", "timeout"}
- *   spdy_stream.js portforward URL PORT DATA [COUNT] [--protocols a,b,c]
+ *   spdy_stream.js portforward URL PORT DATA [COUNT] [--half-close] [--protocols a,b,c]
  *        COUNT (default 1) forwarded connections at once in one session,
  *        request ids 0..COUNT-1. For each, as client-go's PortForwarder:
  *        error stream {streamtype: error, port, requestid}, half-closed as
  *        soon as it is replied to, then data stream {streamtype: data, ...};
- *        write DATA (no half-close); read until both streams end (60 s).
+ *        write DATA (then, with --half-close, end the data stream, as
+ *        client-go does at its local end of input); read until both streams
+ *        end (60 s).
  *        -> {"protocol", "received": [data stream text per connection],
  *            "errors": [error stream text per connection, "" if none],
  *            "timeout", "transport_errors"}
@@ -394,7 +396,7 @@ async function runLeave (args) {
 }
 
 /* One forwarded connection, as client-go's PortForwarder.handleConnection. */
-async function forwardOne (session, port, requestId, data) {
+async function forwardOne (session, port, requestId, data, halfClose) {
   const headers = { streamtype: 'error', port: String(port), requestid: String(requestId) }
   const error = await session.open('error/' + requestId, headers)
   if (!error) return { error: null, data: null }
@@ -402,13 +404,15 @@ async function forwardOne (session, port, requestId, data) {
   error.stream.end()
   const dataRec = await session.open('data/' + requestId, Object.assign({}, headers, { streamtype: 'data' }))
   if (dataRec && data !== null) dataRec.stream.write(Buffer.from(data))
+  // As client-go once its local connection reached its end of input: FIN on the data stream.
+  if (dataRec && halfClose) dataRec.stream.end()
   await Promise.all([Session.done(dataRec), Session.done(error)])
   return { error, data: dataRec }
 }
 
 async function runPortForward (args) {
-  const { flags, positional } = parseFlags(args, { protocols: true })
-  if (positional.length < 3 || positional.length > 4) usage('portforward URL PORT DATA [COUNT]')
+  const { flags, positional } = parseFlags(args, { protocols: true, 'half-close': false })
+  if (positional.length < 3 || positional.length > 4) usage('portforward URL PORT DATA [COUNT] [--half-close]')
   const [url, port, data] = positional
   const count = positional.length === 4 ? parseInt(positional[3], 10) : 1
   if (!(count >= 1)) usage('COUNT must be a positive integer')
@@ -417,7 +421,7 @@ async function runPortForward (args) {
 
   const session = new Session(up.socket)
   const pairs = []
-  for (let i = 0; i < count; i++) pairs.push(forwardOne(session, port, i, data))
+  for (let i = 0; i < count; i++) pairs.push(forwardOne(session, port, i, data, !!flags['half-close']))
   // Each pair ends by itself; a closed connection ends them all.
   const timedOut = await deadline(Promise.all(pairs), LIMIT_MS)
   await session.close()

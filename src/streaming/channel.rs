@@ -137,7 +137,8 @@ pub fn encode(protocol: Protocol, channel: u8, data: &[u8]) -> Outgoing {
 pub enum Ending {
     /// Exit code 0.
     Success,
-    /// A non-zero exit code, with the command for the message.
+    /// A non-zero exit code, with the command for the message (as Go prints
+    /// a `[]string`: `[sh -c exit 3]`, containerd's words).
     Exited { code: i32, command: String },
     /// It could not run (or the server failed): the message.
     Failed(String),
@@ -152,7 +153,9 @@ pub fn status(json_status: bool, ending: &Ending) -> Vec<u8> {
     let (json, text) = match ending {
         Ending::Success => (serde_json::json!({"metadata": {}, "status": "Success"}), None),
         Ending::Exited { code, command } => {
-            let message = format!("command terminated with non-zero exit code: command {command} exited with {code}");
+            let message = format!(
+                "command terminated with non-zero exit code: error executing command {command}, exit code {code}"
+            );
             let json = serde_json::json!({
                 "metadata": {},
                 "status": "Failure",
@@ -245,7 +248,7 @@ mod tests {
         let v1 = negotiate(Purpose::RemoteCommand, Some("channel.k8s.io")).unwrap();
         let success: serde_json::Value = serde_json::from_slice(&status(v4.json_status, &Ending::Success)).unwrap();
         assert_eq!(success["status"], "Success");
-        let exited = Ending::Exited { code: 3, command: "[\"tool\"]".into() };
+        let exited = Ending::Exited { code: 3, command: "[tool]".into() };
         let failure: serde_json::Value = serde_json::from_slice(&status(v4.json_status, &exited)).unwrap();
         assert_eq!(
             (failure["status"].as_str(), failure["reason"].as_str()),
@@ -255,7 +258,7 @@ mod tests {
         assert_eq!(status(v1.json_status, &Ending::Success), b"");
         assert_eq!(
             String::from_utf8(status(v1.json_status, &exited)).unwrap(),
-            "command terminated with non-zero exit code: command [\"tool\"] exited with 3"
+            "command terminated with non-zero exit code: error executing command [tool], exit code 3"
         );
         let failed: serde_json::Value =
             serde_json::from_slice(&status(v4.json_status, &Ending::Failed("container x not found".into()))).unwrap();

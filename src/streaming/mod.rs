@@ -145,6 +145,11 @@ impl Streaming {
             };
             let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
             let query = request.uri().query().unwrap_or_default().to_owned();
+            if let Pending::PortForward(forward) = &pending
+                && let Err(why) = websocket::forwarded_ports(&forward.port, &query)
+            {
+                return plain(StatusCode::BAD_REQUEST, &why);
+            }
             let pods = self.pods.clone();
             tokio::spawn(async move {
                 let upgraded = match hyper::upgrade::on(request).await {

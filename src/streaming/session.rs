@@ -116,7 +116,7 @@ pub(super) async fn exec(pods: &Pods, request: api::ExecRequest, to_client: ToCl
     };
     // With a TTY, stderr and stdout are one stream (a terminal's), as the client reads them.
     let output = output(&to_client, request.stdout, request.stderr || (request.tty && request.stdout), request.tty);
-    let command = format!("{:?}", request.cmd);
+    let command = format!("[{}]", request.cmd.join(" "));
     let exec = match pods.exec(&request.container_id, request.cmd, stdin, output).await {
         Ok(exec) => exec,
         Err(error) => return to_client.status(&Ending::Failed(error.to_string())).await,
@@ -419,11 +419,14 @@ async fn forward(
             }
         }
     };
-    // The pod's end closing ends the forward, as kubelet's copy does.
+    // The pod's end closing ends the forward, as kubelet's copy does; the
+    // client's end of input (its FIN) only closes the write side, and the
+    // pod's answer still comes back.
+    tokio::pin!(downstream);
     tokio::select! {
-        ended = downstream => ended,
+        ended = &mut downstream => ended,
         ended = upstream => match ended {
-            Ok(()) => std::future::pending().await,
+            Ok(()) => downstream.await,
             Err(error) => Err(error),
         },
     }

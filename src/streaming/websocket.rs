@@ -50,7 +50,8 @@ pub(super) async fn run<S>(
             }
         }
         Pending::PortForward(request) => {
-            let ports = forwarded_ports(&request.port, query);
+            // Checked before the upgrade (a 400).
+            let ports = forwarded_ports(&request.port, query).unwrap_or_default();
             // Each port's channels open with a message holding the port, little-endian.
             for (index, port) in ports.iter().enumerate() {
                 for channel in [index as u32 * 2, index as u32 * 2 + 1] {
@@ -117,22 +118,34 @@ where
     }
 }
 
-/// The ports to forward: the request's, or the URL's `ports` query
-/// (comma-separated, repeatable) when it names none; 0 and bad ones are
-/// skipped, and any after the first [`MAX_PORTS`].
-fn forwarded_ports(requested: &[i32], query: &str) -> Vec<u16> {
+/// The ports to forward: the CRI request's, or when it names none the
+/// URL's `port` query (repeatable, each a comma-separated list), as
+/// kubelet's `NewV4Options` reads it (the API server passes kubectl's ports
+/// on so); at most [`MAX_PORTS`]. Errors (kubelet's words, for a 400): no
+/// port at all, an empty, bad or zero one.
+pub(super) fn forwarded_ports(requested: &[i32], query: &str) -> Result<Vec<u16>, String> {
     let ports: Vec<u16> = if !requested.is_empty() {
         requested.iter().filter_map(|&port| u16::try_from(port).ok()).filter(|&port| port > 0).collect()
     } else {
-        query
-            .split('&')
-            .filter_map(|pair| pair.strip_prefix("ports="))
-            .flat_map(|list| list.split("%2C").flat_map(|part| part.split(',')))
-            .filter_map(|port| port.parse::<u16>().ok())
-            .filter(|&port| port > 0)
-            .collect()
+        let mut ports = Vec::new();
+        for value in query.split('&').filter_map(|pair| pair.strip_prefix("port=")) {
+            if value.is_empty() {
+                return Err("query parameter \"port\" cannot be empty".into());
+            }
+            for port in value.split("%2C").flat_map(|part| part.split(',')) {
+                match port.parse::<u16>() {
+                    Ok(0) => return Err(format!("port {port:?} must be > 0")),
+                    Ok(port) => ports.push(port),
+                    Err(e) => return Err(format!("unable to parse {port:?} as a port: {e}")),
+                }
+            }
+        }
+        ports
     };
-    ports.into_iter().take(MAX_PORTS).collect()
+    if ports.is_empty() {
+        return Err("query parameter \"port\" is required".into());
+    }
+    Ok(ports.into_iter().take(MAX_PORTS).collect())
 }
 
 #[cfg(test)]
@@ -141,9 +154,13 @@ mod tests {
 
     #[test]
     fn ports_come_from_the_request_or_the_query() {
-        assert_eq!(forwarded_ports(&[8080, 0, 70000, 9090], "ports=1"), vec![8080, 9090]);
-        assert_eq!(forwarded_ports(&[], "ports=8080%2C9090&ports=7"), vec![8080, 9090, 7]);
-        assert_eq!(forwarded_ports(&[], "ports=8080,x"), vec![8080]);
-        assert!(forwarded_ports(&[], "").is_empty());
+        assert_eq!(forwarded_ports(&[8080, 0, 70000, 9090], "port=1"), Ok(vec![8080, 9090]));
+        // As the API server passes kubectl's ports on: `port`, repeated or comma-separated.
+        assert_eq!(forwarded_ports(&[], "port=8080%2C9090&port=7"), Ok(vec![8080, 9090, 7]));
+        assert!(forwarded_ports(&[], "port=8080,x").unwrap_err().contains("unable to parse"));
+        assert!(forwarded_ports(&[], "port=0").unwrap_err().contains("must be > 0"));
+        assert!(forwarded_ports(&[], "port=").unwrap_err().contains("cannot be empty"));
+        assert!(forwarded_ports(&[], "ports=80").unwrap_err().contains("is required"));
+        assert!(forwarded_ports(&[], "").unwrap_err().contains("is required"));
     }
 }

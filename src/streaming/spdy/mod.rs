@@ -345,7 +345,8 @@ impl Connection {
                     return status::OK;
                 }
                 () = tokio::time::sleep_until(deadline), if !started => {
-                    tracing::debug!("SPDY: timed out waiting for client to create streams");
+                    let missing: Vec<&str> = self.expected.iter().map(|&channel| stream_type_name(channel)).collect();
+                    tracing::debug!(?missing, "SPDY: timed out waiting for client to create streams");
                     return status::OK;
                 }
                 _ = tick.tick(), if !self.pairs.is_empty() => {
@@ -493,14 +494,9 @@ impl Connection {
         fin: bool,
         start: &mut Option<Start>,
     ) -> Result<(), Stop> {
-        let channel = match stream_type {
-            Some("error") => Some(ERROR),
-            Some("stdin") => Some(STDIN),
-            Some("stdout") => Some(STDOUT),
-            Some("stderr") => Some(STDERR),
-            Some("resize") => Some(RESIZE),
-            _ => None,
-        };
+        let channel = [ERROR, STDIN, STDOUT, STDERR, RESIZE]
+            .into_iter()
+            .find(|&channel| Some(stream_type_name(channel)) == stream_type);
         let Some(channel) = channel.filter(|channel| self.expected.contains(channel)) else {
             // As kubelet: answered, and nothing more (an unexpected type, or one not asked for).
             tracing::debug!(stream_id, ?stream_type, "SPDY: unexpected stream type");
@@ -620,6 +616,17 @@ impl Connection {
             }
         }
         Ok(())
+    }
+}
+
+/// The `streamtype` of an exec or attach channel.
+fn stream_type_name(channel: u32) -> &'static str {
+    match channel {
+        ERROR => "error",
+        STDIN => "stdin",
+        STDOUT => "stdout",
+        STDERR => "stderr",
+        _ => "resize",
     }
 }
 

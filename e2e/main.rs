@@ -29,6 +29,7 @@ mod harness_checks;
 mod http;
 mod images;
 mod interop;
+mod isolation;
 mod limits;
 mod mirrors;
 mod mixed;

@@ -50,6 +50,10 @@ pub struct Config {
     /// Memory limit (linear memories and tables) of a guest whose container
     /// sets none; 0 means no limit.
     pub default_memory_limit_bytes: u64,
+    /// How many files, directories and sockets one guest instance may hold
+    /// open at once (a container's default `nofile`, 1024); past it its
+    /// opens fail (EMFILE) and nothing else is touched. 0 means no limit.
+    pub guest_max_open_files: usize,
     /// A docker `config.json` whose `auths` give default registry credentials,
     /// for pulls that bring none (no imagePullSecrets).
     pub auth_file: Option<PathBuf>,
@@ -122,6 +126,7 @@ impl Default for Config {
             max_manifest_bytes: 4 << 20,
             max_blob_bytes: 2 << 30,
             default_memory_limit_bytes: 1 << 30,
+            guest_max_open_files: crate::wasm::DEFAULT_MAX_OPEN_FILES,
             auth_file: None,
             registries: BTreeMap::new(),
             registry_config_path: None,
@@ -193,6 +198,9 @@ pub struct Flags {
     /// Requests a served wasi:http container answers at once; more get a 503 [default: 1000].
     #[arg(long, value_name = "N")]
     pub http_max_concurrent_requests: Option<usize>,
+    /// Files, directories and sockets one guest may hold open; 0: no limit [default: 1024].
+    #[arg(long, value_name = "N")]
+    pub guest_max_open_files: Option<usize>,
     /// Instances of served components the whole daemon runs at once; more get a 503 [default: 1000].
     #[arg(long, value_name = "N")]
     pub http_instance_pool_size: Option<usize>,
@@ -260,6 +268,9 @@ impl Config {
         }
         if let Some(max) = flags.http_max_concurrent_requests {
             self.http_max_concurrent_requests = max;
+        }
+        if let Some(max) = flags.guest_max_open_files {
+            self.guest_max_open_files = max;
         }
         if let Some(slots) = flags.http_instance_pool_size {
             self.http_instance_pool_size = slots;

@@ -34,7 +34,7 @@ use crate::images::{Images, Limits, PullOptions, RegistryOptions};
 use crate::network::Network;
 use crate::pods::{ImagePrograms, Pods};
 use crate::streaming::Streaming;
-use crate::wasm::{Engine, HttpLimits};
+use crate::wasm::{Engine, GuestDefaults, HttpLimits};
 
 /// kubelet allows CRI messages of up to 16 MiB (a ListContainers of a busy node).
 pub const MAX_MESSAGE: usize = 16 * 1024 * 1024;
@@ -95,7 +95,10 @@ impl Daemon {
 
         let engine = Engine::new(
             &config.root.join("cache"),
-            config.default_memory_limit_bytes,
+            GuestDefaults {
+                memory_limit_bytes: config.default_memory_limit_bytes,
+                max_open_files: config.guest_max_open_files,
+            },
             HttpLimits {
                 max_concurrent_requests: config.http_max_concurrent_requests,
                 instance_pool_size: config.http_instance_pool_size,

@@ -134,7 +134,12 @@ impl Dirs {
 
     /// A daemon over these directories, as it starts.
     async fn open(&self) -> Arc<Pods> {
-        let engine = Engine::new(&self.0.join("root/cache"), 64 << 20, Default::default()).unwrap();
+        let engine = Engine::new(
+            &self.0.join("root/cache"),
+            crate::wasm::GuestDefaults { memory_limit_bytes: 64 << 20, ..Default::default() },
+            Default::default(),
+        )
+        .unwrap();
         let programs = Arc::new(Wat::new(engine.clone()));
         // No CNI configuration: these pods use the host's network (see `pod_config`).
         let network =

@@ -341,7 +341,7 @@ mod tests {
         ENGINE
             .get_or_init(|| {
                 let cache = std::env::temp_dir().join(format!("wasmrun-guest-tests-{}", rand::random::<u64>()));
-                Engine::new(&cache, 0, Default::default()).unwrap()
+                Engine::new(&cache, Default::default(), Default::default()).unwrap()
             })
             .clone()
     }

@@ -59,6 +59,28 @@ impl CpuBandwidth {
     }
 }
 
+/// A guest's open-file limit when the daemon's config says nothing
+/// (`guest_max_open_files`): a Linux container's default `nofile` soft limit.
+pub const DEFAULT_MAX_OPEN_FILES: usize = 1024;
+
+/// What a guest gets where its container says nothing, from the daemon's
+/// config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GuestDefaults {
+    /// `default_memory_limit_bytes`: the memory limit of a container that
+    /// sets none; 0 means none.
+    pub memory_limit_bytes: u64,
+    /// `guest_max_open_files`: files, directories and sockets one instance
+    /// may hold open at once (see `host::open_files`); 0 means no limit.
+    pub max_open_files: usize,
+}
+
+impl Default for GuestDefaults {
+    fn default() -> Self {
+        Self { memory_limit_bytes: 0, max_open_files: DEFAULT_MAX_OPEN_FILES }
+    }
+}
+
 /// Live counters and limits of a container's guests, read by stats calls and
 /// changed by UpdateContainerResources without stopping them.
 ///
@@ -85,23 +107,28 @@ pub struct Usage {
     pub throttled_nanos: AtomicU64,
     /// Wall time its instantiation took (memory, tables, data, WASI imports).
     pub instantiate_nanos: AtomicU64,
-    /// The memory limit of a container that sets none; 0 means none.
-    default_memory_limit: u64,
+    /// The limits of a container that sets none.
+    defaults: GuestDefaults,
     /// CPU time used in the current period, by every instance together.
     budget: Mutex<Option<Budget>>,
 }
 
 impl Usage {
-    pub(super) fn new(limits: Limits, default_memory_limit: u64) -> Self {
-        let usage = Self { default_memory_limit, ..Self::default() };
+    pub(super) fn new(limits: Limits, defaults: GuestDefaults) -> Self {
+        let usage = Self { defaults, ..Self::default() };
         usage.set_limits(limits);
         usage
+    }
+
+    /// How many files, directories and sockets each instance may hold open; 0: no limit.
+    pub(super) fn max_open_files(&self) -> usize {
+        self.defaults.max_open_files
     }
 
     /// Changes the limits: memory at each instance's next growth (0: the
     /// engine's default), CPU at its next yield.
     pub fn set_limits(&self, limits: Limits) {
-        let memory = if limits.memory_bytes > 0 { limits.memory_bytes } else { self.default_memory_limit };
+        let memory = if limits.memory_bytes > 0 { limits.memory_bytes } else { self.defaults.memory_limit_bytes };
         self.memory_limit.store(memory, Ordering::Relaxed);
         let (quota, period) =
             limits.cpu.map_or((0, 0), |cpu| (cpu.quota.as_nanos() as u64, cpu.period.as_nanos() as u64));
@@ -182,6 +209,11 @@ pub(super) struct MemoryLimiter {
 }
 
 impl MemoryLimiter {
+    /// The usage this limiter charges.
+    pub fn usage(&self) -> &Usage {
+        &self.usage
+    }
+
     /// A limiter holding every instance of `usage` together to its limit.
     pub fn new(usage: Arc<Usage>) -> Self {
         Self { usage, held: 0, refused: false, shared: true }
@@ -365,7 +397,7 @@ mod tests {
 
     #[test]
     fn memory_limit_counts_tables_and_memories_together() {
-        let usage = Arc::new(Usage::new(Limits { memory_bytes: 1000, cpu: None }, 0));
+        let usage = Arc::new(Usage::new(Limits { memory_bytes: 1000, cpu: None }, GuestDefaults::default()));
         let mut limiter = MemoryLimiter::new(usage.clone());
         assert!(limiter.grow(0, 800));
         assert!(limiter.grow(0, 100));
@@ -379,7 +411,7 @@ mod tests {
 
     #[test]
     fn instances_sharing_a_usage_share_its_memory_limit() {
-        let usage = Arc::new(Usage::new(Limits { memory_bytes: 1000, cpu: None }, 0));
+        let usage = Arc::new(Usage::new(Limits { memory_bytes: 1000, cpu: None }, GuestDefaults::default()));
         let (mut first, mut second) = (MemoryLimiter::new(usage.clone()), MemoryLimiter::new(usage.clone()));
         assert!(first.grow(0, 600));
         assert!(!second.grow(0, 600), "the two together would hold 1200 bytes");
@@ -393,7 +425,7 @@ mod tests {
 
     #[test]
     fn a_per_instance_limit_holds_each_instance_alone_and_counts_all() {
-        let usage = Arc::new(Usage::new(Limits { memory_bytes: 1000, cpu: None }, 0));
+        let usage = Arc::new(Usage::new(Limits { memory_bytes: 1000, cpu: None }, GuestDefaults::default()));
         let (mut first, mut second) =
             (MemoryLimiter::per_instance(usage.clone()), MemoryLimiter::per_instance(usage.clone()));
         assert!(first.grow(0, 800));
@@ -409,19 +441,30 @@ mod tests {
     #[test]
     fn instances_share_one_cpu_budget_per_period() {
         let cpu = CpuBandwidth { quota: Duration::from_millis(10), period: Duration::from_millis(100) };
-        let usage = Usage::new(Limits { memory_bytes: 0, cpu: Some(cpu) }, 0);
+        let usage = Usage::new(Limits { memory_bytes: 0, cpu: Some(cpu) }, GuestDefaults::default());
         let start = Instant::now();
         // Two instances each using 6 ms pass the 10 ms quota together.
         assert_eq!(usage.charge_cpu(6 * MS, start), None);
         assert_eq!(usage.charge_cpu(6 * MS, start), Some(start + Duration::from_millis(100)));
-        let unlimited = Usage::new(Limits::default(), 0);
+        let unlimited = Usage::new(Limits::default(), GuestDefaults::default());
         assert_eq!(unlimited.charge_cpu(u64::MAX / 2, start), None);
     }
 
     #[test]
     fn no_container_limit_means_the_default() {
-        assert_eq!(Usage::new(Limits::default(), 4096).memory_limit(), 4096);
-        assert_eq!(Usage::new(Limits { memory_bytes: 10, cpu: None }, 4096).memory_limit(), 10);
-        assert_eq!(Usage::new(Limits::default(), 0).memory_limit(), 0);
+        assert_eq!(
+            Usage::new(Limits::default(), GuestDefaults { memory_limit_bytes: 4096, ..GuestDefaults::default() })
+                .memory_limit(),
+            4096
+        );
+        assert_eq!(
+            Usage::new(
+                Limits { memory_bytes: 10, cpu: None },
+                GuestDefaults { memory_limit_bytes: 4096, ..GuestDefaults::default() }
+            )
+            .memory_limit(),
+            10
+        );
+        assert_eq!(Usage::new(Limits::default(), GuestDefaults::default()).memory_limit(), 0);
     }
 }

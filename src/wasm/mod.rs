@@ -43,7 +43,7 @@ use std::time::Duration;
 
 pub use compile::{Compiled, ModuleSource, WasmKind, WasmSource};
 pub use guest::{EXIT_NOT_STARTED, Exit, ExitReason, ExitWaiter, Guest};
-pub use limits::{Usage, UsageSnapshot};
+pub use limits::{DEFAULT_MAX_OPEN_FILES, GuestDefaults, Usage, UsageSnapshot};
 pub use output::{Captured, Output};
 pub use serve::address as serve_address;
 pub use spec::{CpuBandwidth, GuestSpec, Limits, Mount, Root, Stdin};
@@ -60,7 +60,7 @@ pub struct Engine {
     linkers: host::Linkers,
     cache: compile::Cache,
     guests: tokio::runtime::Handle,
-    default_memory_limit: u64,
+    defaults: GuestDefaults,
     max_concurrent_requests: usize,
     instance_pool_size: u32,
     /// The pooling engine of served components, made at the first served
@@ -70,11 +70,11 @@ pub struct Engine {
 
 impl Engine {
     /// Creates the engine, its compiled-code cache under `cache_dir`, the epoch
-    /// ticker and the guest executor. Guests whose container sets no memory
-    /// limit get `default_memory_limit` bytes (0: none). A served component
+    /// ticker and the guest executor. Guests get `defaults` where their
+    /// container sets nothing (memory limit, open files). A served component
     /// runs at most `http.max_concurrent_requests` instances at once, and all
     /// of them together `http.instance_pool_size`.
-    pub fn new(cache_dir: &Path, default_memory_limit: u64, http: HttpLimits) -> Result<Arc<Self>> {
+    pub fn new(cache_dir: &Path, defaults: GuestDefaults, http: HttpLimits) -> Result<Arc<Self>> {
         let wasm_error = |what: &str, e: wasmtime::Error| Error::internal(what.to_owned(), anyhow::anyhow!("{e:#}"));
         let engine =
             wasmtime::Engine::new(&engine_config()).map_err(|e| wasm_error("creating the wasmtime engine", e))?;
@@ -87,7 +87,7 @@ impl Engine {
             linkers,
             cache,
             guests,
-            default_memory_limit,
+            defaults,
             max_concurrent_requests: http.max_concurrent_requests,
             instance_pool_size: u32::try_from(http.instance_pool_size).unwrap_or(u32::MAX),
             serving: tokio::sync::OnceCell::new(),
@@ -119,7 +119,7 @@ impl Engine {
     /// of 0 (none set) gets the engine's default memory limit. Give it to
     /// every instance started for the container.
     pub fn new_usage(&self, limits: Limits) -> Arc<Usage> {
-        Arc::new(Usage::new(limits, self.default_memory_limit))
+        Arc::new(Usage::new(limits, self.defaults))
     }
 
     /// Starts `compiled` as a guest seeing `spec`, its memory and CPU charged

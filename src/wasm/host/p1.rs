@@ -20,6 +20,16 @@ pub(in crate::wasm) struct P1State {
     /// The preview 1 descriptors of the read-only root's preopens, where a
     /// refused write is EROFS (see `read_only_root`).
     pub(super) read_only_root_fds: Vec<u32>,
+    /// Files and directories it may hold open (see `open_files`); 0: no limit.
+    pub(super) max_open_files: usize,
+}
+
+impl P1State {
+    /// Whether the instance holds as many descriptors as it may (see `open_files`).
+    pub(super) fn at_open_files_limit(&mut self) -> bool {
+        let limit = self.max_open_files;
+        super::open_files::at_limit(wasmtime_wasi::WasiView::ctx(&mut self.wasi).table, limit)
+    }
 }
 
 impl P1State {
@@ -58,6 +68,7 @@ pub(in crate::wasm) fn store(
         .filter(|(_, preopen)| preopen.in_root && preopen.mount.readonly)
         .map(|(fd, _)| fd)
         .collect();
-    let state = P1State { wasi, limiter: MemoryLimiter::new(usage), read_only_root_fds };
+    let max_open_files = usage.max_open_files();
+    let state = P1State { wasi, limiter: MemoryLimiter::new(usage), read_only_root_fds, max_open_files };
     Ok(super::new_store(engine, state, |state| &mut state.limiter))
 }

@@ -12,6 +12,11 @@
 //!   the pod's DNS config from inside its namespace (`network::dns`), or as
 //!   the node resolves them (`getaddrinfo`, as wasmtime-wasi does) for a
 //!   pod without one.
+//!
+//! The calls that open a descriptor (`open-at`, the two socket creations,
+//! `accept`) are held to the instance's open-file limit (`open_files`):
+//! each is linked again over wasmtime-wasi's, refusing past the limit and
+//! otherwise running wasmtime-wasi's own code.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -50,9 +55,16 @@ pub(in crate::wasm) struct P2State {
     netns: Option<Arc<NetNs>>,
     /// The pod's name resolution; none: the node's.
     resolver: Option<Arc<PodResolver>>,
+    /// Files, directories and sockets it may hold open (see `open_files`); 0: no limit.
+    max_open_files: usize,
 }
 
 impl P2State {
+    /// Whether the instance holds as many descriptors as it may (see `open_files`).
+    fn at_open_files_limit(&mut self) -> bool {
+        super::open_files::at_limit(&mut self.table, self.max_open_files)
+    }
+
     /// The instance's memory limiter: whether it hit the limit.
     pub(in crate::wasm) fn limiter(&self) -> &MemoryLimiter {
         &self.limiter
@@ -82,8 +94,61 @@ pub(in crate::wasm) fn linker(engine: &wasmtime::Engine) -> wasmtime::Result<was
     tcp_create_socket::add_to_linker::<P2State, PodSockets>(&mut linker, PodSockets::view)?;
     udp_create_socket::add_to_linker::<P2State, PodSockets>(&mut linker, PodSockets::view)?;
     link_name_lookup(&mut linker)?;
+    link_open_files_limit(&mut linker)?;
     linker.allow_shadowing(false);
     Ok(linker)
+}
+
+/// The interfaces of `open-at` and `accept`, as wasmtime-wasi names them
+/// (imports of earlier 0.2 versions are served by them, by semver).
+const FILESYSTEM_TYPES: &str = "wasi:filesystem/types@0.2.12";
+const SOCKETS_TCP: &str = "wasi:sockets/tcp@0.2.12";
+
+/// Defines `open-at` and `accept` over wasmtime-wasi's: past the open-file
+/// limit they fail (`quota`, `new-socket-limit`: see `open_files`) before
+/// anything is opened; else wasmtime-wasi's own code runs.
+fn link_open_files_limit(linker: &mut wasmtime::component::Linker<P2State>) -> wasmtime::Result<()> {
+    use wasmtime_wasi::p2::bindings::filesystem::types::{self as fs, HostDescriptor as _};
+    use wasmtime_wasi::p2::bindings::sockets::tcp::HostTcpSocket as _;
+    use wasmtime_wasi::{filesystem::WasiFilesystemView as _, sockets::WasiSocketsView as _};
+    type OpenAt = (Resource<fs::Descriptor>, fs::PathFlags, String, fs::OpenFlags, fs::DescriptorFlags);
+    linker.instance(FILESYSTEM_TYPES)?.func_wrap_async(
+        "[method]descriptor.open-at",
+        |mut store: StoreContextMut<'_, P2State>, (this, path_flags, path, open_flags, flags): OpenAt| {
+            Box::new(async move {
+                let state = store.data_mut();
+                if state.at_open_files_limit() {
+                    return Ok((Err(fs::ErrorCode::Quota),));
+                }
+                let opened = state.filesystem().open_at(this, path_flags, path, open_flags, flags).await;
+                Ok((as_guest_result(opened, |error| error.downcast())?,))
+            })
+        },
+    )?;
+    linker.instance(SOCKETS_TCP)?.func_wrap(
+        "[method]tcp-socket.accept",
+        |mut store: StoreContextMut<'_, P2State>, (this,): (Resource<TcpSocket>,)| {
+            let state = store.data_mut();
+            if state.at_open_files_limit() {
+                return Ok((Err(ErrorCode::NewSocketLimit),));
+            }
+            let accepted = state.sockets().accept(this);
+            Ok((as_guest_result(accepted, |error| error.downcast())?,))
+        },
+    )?;
+    Ok(())
+}
+
+/// A wasmtime-wasi result as a guest gets it: the value or its error code;
+/// an error that is a trap (`downcast` fails) stays one.
+fn as_guest_result<T, E, C>(
+    result: Result<T, E>,
+    downcast: impl FnOnce(E) -> wasmtime::Result<C>,
+) -> wasmtime::Result<Result<T, C>> {
+    match result {
+        Ok(value) => Ok(Ok(value)),
+        Err(error) => downcast(error).map(Err),
+    }
 }
 
 /// The `wasi:sockets/ip-name-lookup` interface as wasmtime-wasi names it
@@ -189,10 +254,22 @@ impl wasmtime_wasi::p2::Pollable for NameLookup {
 /// The socket-creating functions of `wasi:sockets`, run in a namespace.
 struct PodSockets;
 
-/// wasmtime-wasi's sockets view of a store, and the namespace to make sockets in.
+/// wasmtime-wasi's sockets view of a store, the namespace to make sockets
+/// in, and the instance's open-file limit.
 struct PodSocketsView<'a> {
     sockets: WasiSocketsCtxView<'a>,
     netns: Option<&'a Arc<NetNs>>,
+    max_open_files: usize,
+}
+
+impl PodSocketsView<'_> {
+    /// `new-socket-limit` (WASI's EMFILE) when the instance holds as many descriptors as it may.
+    fn check_open_files(&mut self) -> SocketResult<()> {
+        if super::open_files::at_limit(self.sockets.table, self.max_open_files) {
+            return Err(ErrorCode::NewSocketLimit.into());
+        }
+        Ok(())
+    }
 }
 
 impl HasData for PodSockets {
@@ -204,6 +281,7 @@ impl PodSockets {
         PodSocketsView {
             sockets: WasiSocketsCtxView { ctx: state.wasi.sockets(), table: &mut state.table },
             netns: state.netns.as_ref(),
+            max_open_files: state.max_open_files,
         }
     }
 }
@@ -233,6 +311,7 @@ impl network::HostNetwork for PodSocketsView<'_> {
 
 impl tcp_create_socket::Host for PodSocketsView<'_> {
     fn create_tcp_socket(&mut self, family: IpAddressFamily) -> SocketResult<Resource<TcpSocket>> {
+        self.check_open_files()?;
         let _inside = self.netns.map(|netns| netns.enter()).transpose().map_err(not_entered)?;
         tcp_create_socket::Host::create_tcp_socket(&mut self.sockets, family)
     }
@@ -240,6 +319,7 @@ impl tcp_create_socket::Host for PodSocketsView<'_> {
 
 impl udp_create_socket::Host for PodSocketsView<'_> {
     async fn create_udp_socket(&mut self, family: IpAddressFamily) -> SocketResult<Resource<UdpSocket>> {
+        self.check_open_files()?;
         let netns = self.netns.cloned();
         InNetNs::new(netns, udp_create_socket::Host::create_udp_socket(&mut self.sockets, family))
             .await
@@ -264,6 +344,7 @@ pub(in crate::wasm) fn store(
     // Every address of the pod's namespace (or the node's, for a hostNetwork
     // pod), as a process in a Linux container has them.
     wasi.inherit_network().allow_tcp(true).allow_udp(true).allow_ip_name_lookup(true);
+    let max_open_files = limiter.usage().max_open_files();
     let state = P2State {
         wasi: wasi.build(),
         table: ResourceTable::new(),
@@ -272,6 +353,7 @@ pub(in crate::wasm) fn store(
         http_hooks: PodHttp { netns: spec.netns.clone(), resolver: spec.resolver.clone() },
         netns: spec.netns.clone(),
         resolver: spec.resolver.clone(),
+        max_open_files,
     };
     Ok(super::new_store(engine, state, |state| &mut state.limiter))
 }

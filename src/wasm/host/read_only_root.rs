@@ -13,6 +13,9 @@
 //! A write through a descriptor the guest opened itself below the root
 //! (`openat` on a directory it opened) still gets EPERM, as do components:
 //! wasi-libc and Go resolve every path from a preopen, so programs rarely do.
+//!
+//! `path_open`, wrapped here, also answers EMFILE when the instance holds
+//! as many descriptors as it may (`open_files`), before anything is opened.
 
 use wasmtime::{Caller, Extern, Linker};
 use wasmtime_wasi::p1::wasi_snapshot_preview1 as p1;
@@ -21,6 +24,7 @@ use wasmtime_wasi::p1::wasi_snapshot_preview1::WasiSnapshotPreview1 as _;
 use super::p1::P1State;
 
 /// WASI preview 1 errno values (`wasi_snapshot_preview1.witx`).
+const ERRNO_MFILE: i32 = 33;
 const ERRNO_PERM: i32 = 63;
 const ERRNO_ROFS: i32 = 69;
 const MODULE: &str = "wasi_snapshot_preview1";
@@ -29,14 +33,19 @@ const MODULE: &str = "wasi_snapshot_preview1";
 /// wasmtime-wasi's preview 1) with ones that answer EROFS as described above.
 pub(super) fn add_to_linker(linker: &mut Linker<P1State>) -> wasmtime::Result<()> {
     linker.allow_shadowing(true);
-    // `wrap!(name, (arguments: types), [the arguments that are directory descriptors])`
+    // `wrap!(name, (arguments: types), [the arguments that are directory
+    // descriptors], refuse)`: `refuse` gives an errno to answer before the call, if any.
     macro_rules! wrap {
-        ($name:ident, ($($arg:ident: $ty:ty),*), [$($fd:ident),*]) => {
+        ($name:ident, ($($arg:ident: $ty:ty),*), [$($fd:ident),*], $refuse:expr) => {
             linker.func_wrap_async(
                 MODULE,
                 stringify!($name),
                 |mut caller: Caller<'_, P1State>, ($($arg,)*): ($($ty,)*)| {
                     Box::new(async move {
+                        let refuse: fn(&mut P1State) -> Option<i32> = $refuse;
+                        if let Some(errno) = refuse(caller.data_mut()) {
+                            return Ok(errno);
+                        }
                         // wasmtime-wasi's own wrappers hand the store's hostcall fuel to each call.
                         let fuel = wasmtime::AsContextMut::as_context_mut(&mut caller).hostcall_fuel();
                         let errno = match caller.get_export("memory") {
@@ -61,18 +70,23 @@ pub(super) fn add_to_linker(linker: &mut Linker<P1State>) -> wasmtime::Result<()
         };
     }
     wrap!(path_open, (fd: i32, dirflags: i32, path: i32, path_len: i32, oflags: i32, rights: i64, inheriting: i64,
-        fdflags: i32, opened: i32), [fd]);
-    wrap!(path_create_directory, (fd: i32, path: i32, path_len: i32), [fd]);
-    wrap!(path_unlink_file, (fd: i32, path: i32, path_len: i32), [fd]);
-    wrap!(path_remove_directory, (fd: i32, path: i32, path_len: i32), [fd]);
-    wrap!(path_rename, (fd: i32, path: i32, path_len: i32, new_fd: i32, new_path: i32, new_len: i32), [fd, new_fd]);
+        fdflags: i32, opened: i32), [fd], open_files_limit);
+    wrap!(path_create_directory, (fd: i32, path: i32, path_len: i32), [fd], |_| None);
+    wrap!(path_unlink_file, (fd: i32, path: i32, path_len: i32), [fd], |_| None);
+    wrap!(path_remove_directory, (fd: i32, path: i32, path_len: i32), [fd], |_| None);
+    wrap!(path_rename, (fd: i32, path: i32, path_len: i32, new_fd: i32, new_path: i32, new_len: i32), [fd, new_fd], |_| None);
     wrap!(path_link, (fd: i32, flags: i32, path: i32, path_len: i32, new_fd: i32, new_path: i32, new_len: i32),
-        [new_fd]);
-    wrap!(path_symlink, (target: i32, target_len: i32, fd: i32, path: i32, path_len: i32), [fd]);
+        [new_fd], |_| None);
+    wrap!(path_symlink, (target: i32, target_len: i32, fd: i32, path: i32, path_len: i32), [fd], |_| None);
     wrap!(path_filestat_set_times, (fd: i32, flags: i32, path: i32, path_len: i32, atim: i64, mtim: i64,
-        fst_flags: i32), [fd]);
+        fst_flags: i32), [fd], |_| None);
     linker.allow_shadowing(false);
     Ok(())
+}
+
+/// EMFILE when the instance holds as many descriptors as it may.
+fn open_files_limit(state: &mut P1State) -> Option<i32> {
+    state.at_open_files_limit().then_some(ERRNO_MFILE)
 }
 
 /// `errno`, or EROFS for EPERM on a directory of a read-only root.

@@ -31,6 +31,7 @@ use wasmtime_wasi::sockets::WasiSocketsCtxView;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
+use super::open_files::OpenFiles;
 use crate::network::{InNetNs, LookupError, NetNs, PodResolver, dns};
 
 use super::http::PodHttp;
@@ -55,14 +56,14 @@ pub(in crate::wasm) struct P2State {
     netns: Option<Arc<NetNs>>,
     /// The pod's name resolution; none: the node's.
     resolver: Option<Arc<PodResolver>>,
-    /// Files, directories and sockets it may hold open (see `open_files`); 0: no limit.
-    max_open_files: usize,
+    /// What it holds open, against its limit (see `open_files`).
+    open_files: OpenFiles,
 }
 
 impl P2State {
     /// Whether the instance holds as many descriptors as it may (see `open_files`).
     fn at_open_files_limit(&mut self) -> bool {
-        super::open_files::at_limit(&mut self.table, self.max_open_files)
+        self.open_files.at_limit(&mut self.table)
     }
 
     /// The instance's memory limiter: whether it hit the limit.
@@ -121,6 +122,9 @@ fn link_open_files_limit(linker: &mut wasmtime::component::Linker<P2State>) -> w
                     return Ok((Err(fs::ErrorCode::Quota),));
                 }
                 let opened = state.filesystem().open_at(this, path_flags, path, open_flags, flags).await;
+                if let Ok(descriptor) = opened.as_ref().map(|fd| state.table.get(fd)) {
+                    state.open_files.opened(descriptor?);
+                }
                 Ok((as_guest_result(opened, |error| error.downcast())?,))
             })
         },
@@ -133,6 +137,9 @@ fn link_open_files_limit(linker: &mut wasmtime::component::Linker<P2State>) -> w
                 return Ok((Err(ErrorCode::NewSocketLimit),));
             }
             let accepted = state.sockets().accept(this);
+            if let Ok((socket, ..)) = &accepted {
+                state.open_files.made(socket.rep());
+            }
             Ok((as_guest_result(accepted, |error| error.downcast())?,))
         },
     )?;
@@ -170,8 +177,13 @@ fn link_name_lookup(linker: &mut wasmtime::component::Linker<P2State>) -> wasmti
             let state = store.data_mut();
             // The network resource is the capability to look names up.
             state.table.get(&network)?;
-            let lookup = NameLookup::start(state.resolver.clone(), name);
-            Ok((Ok::<_, ErrorCode>(state.table.push(lookup)?),))
+            // A lookup may hold sockets (the pod resolver's queries) until it is dropped.
+            if state.at_open_files_limit() {
+                return Ok((Err(ErrorCode::NewSocketLimit),));
+            }
+            let lookup = state.table.push(NameLookup::start(state.resolver.clone(), name))?;
+            state.open_files.made(lookup.rep());
+            Ok((Ok::<_, ErrorCode>(lookup),))
         },
     )?;
     instance.func_wrap(
@@ -259,16 +271,24 @@ struct PodSockets;
 struct PodSocketsView<'a> {
     sockets: WasiSocketsCtxView<'a>,
     netns: Option<&'a Arc<NetNs>>,
-    max_open_files: usize,
+    open_files: &'a mut OpenFiles,
 }
 
 impl PodSocketsView<'_> {
     /// `new-socket-limit` (WASI's EMFILE) when the instance holds as many descriptors as it may.
     fn check_open_files(&mut self) -> SocketResult<()> {
-        if super::open_files::at_limit(self.sockets.table, self.max_open_files) {
+        if self.open_files.at_limit(self.sockets.table) {
             return Err(ErrorCode::NewSocketLimit.into());
         }
         Ok(())
+    }
+
+    /// Counts a socket just made, when it was.
+    fn made<T>(&mut self, made: SocketResult<Resource<T>>) -> SocketResult<Resource<T>> {
+        if let Ok(socket) = &made {
+            self.open_files.made(socket.rep());
+        }
+        made
     }
 }
 
@@ -281,7 +301,7 @@ impl PodSockets {
         PodSocketsView {
             sockets: WasiSocketsCtxView { ctx: state.wasi.sockets(), table: &mut state.table },
             netns: state.netns.as_ref(),
-            max_open_files: state.max_open_files,
+            open_files: &mut state.open_files,
         }
     }
 }
@@ -313,7 +333,8 @@ impl tcp_create_socket::Host for PodSocketsView<'_> {
     fn create_tcp_socket(&mut self, family: IpAddressFamily) -> SocketResult<Resource<TcpSocket>> {
         self.check_open_files()?;
         let _inside = self.netns.map(|netns| netns.enter()).transpose().map_err(not_entered)?;
-        tcp_create_socket::Host::create_tcp_socket(&mut self.sockets, family)
+        let made = tcp_create_socket::Host::create_tcp_socket(&mut self.sockets, family);
+        self.made(made)
     }
 }
 
@@ -321,9 +342,10 @@ impl udp_create_socket::Host for PodSocketsView<'_> {
     async fn create_udp_socket(&mut self, family: IpAddressFamily) -> SocketResult<Resource<UdpSocket>> {
         self.check_open_files()?;
         let netns = self.netns.cloned();
-        InNetNs::new(netns, udp_create_socket::Host::create_udp_socket(&mut self.sockets, family))
+        let made = InNetNs::new(netns, udp_create_socket::Host::create_udp_socket(&mut self.sockets, family))
             .await
-            .map_err(not_entered)?
+            .map_err(not_entered)?;
+        self.made(made)
     }
 }
 
@@ -344,7 +366,7 @@ pub(in crate::wasm) fn store(
     // Every address of the pod's namespace (or the node's, for a hostNetwork
     // pod), as a process in a Linux container has them.
     wasi.inherit_network().allow_tcp(true).allow_udp(true).allow_ip_name_lookup(true);
-    let max_open_files = limiter.usage().max_open_files();
+    let open_files = OpenFiles::new(limiter.usage().max_open_files(), preopens.len());
     let state = P2State {
         wasi: wasi.build(),
         table: ResourceTable::new(),
@@ -353,7 +375,7 @@ pub(in crate::wasm) fn store(
         http_hooks: PodHttp { netns: spec.netns.clone(), resolver: spec.resolver.clone() },
         netns: spec.netns.clone(),
         resolver: spec.resolver.clone(),
-        max_open_files,
+        open_files,
     };
     Ok(super::new_store(engine, state, |state| &mut state.limiter))
 }

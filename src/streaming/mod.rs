@@ -144,12 +144,14 @@ impl Streaming {
                 return plain(StatusCode::BAD_REQUEST, "a websocket upgrade needs Sec-WebSocket-Key");
             };
             let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
-            let query = request.uri().query().unwrap_or_default().to_owned();
-            if let Pending::PortForward(forward) = &pending
-                && let Err(why) = websocket::forwarded_ports(&forward.port, &query)
-            {
-                return plain(StatusCode::BAD_REQUEST, &why);
-            }
+            let query = request.uri().query().unwrap_or_default();
+            let ports = match &pending {
+                Pending::PortForward(forward) => match websocket::forwarded_ports(&forward.port, query) {
+                    Ok(ports) => ports,
+                    Err(why) => return plain(StatusCode::BAD_REQUEST, &why),
+                },
+                Pending::Exec(_) | Pending::Attach(_) => Vec::new(),
+            };
             let pods = self.pods.clone();
             tokio::spawn(async move {
                 let upgraded = match hyper::upgrade::on(request).await {
@@ -163,7 +165,7 @@ impl Streaming {
                 )
                 .await;
                 tokio::select! {
-                    () = websocket::run(pods, pending, protocol, socket, &query) => {}
+                    () = websocket::run(pods, pending, protocol, socket, ports) => {}
                     () = stop.cancelled() => {}
                 }
             });

@@ -21,13 +21,14 @@ use crate::pods::Pods;
 /// each) are one byte.
 const MAX_PORTS: usize = 128;
 
-/// Runs the session `pending` asked for on `socket`, until it is done or the client goes.
+/// Runs the session `pending` asked for on `socket`, until it is done or
+/// the client goes; a port-forward forwards `ports` (from [`forwarded_ports`]).
 pub(super) async fn run<S>(
     pods: Arc<Pods>,
     pending: Pending,
     protocol: Protocol,
     socket: WebSocketStream<S>,
-    query: &str,
+    ports: Vec<u16>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -50,8 +51,6 @@ pub(super) async fn run<S>(
             }
         }
         Pending::PortForward(request) => {
-            // Checked before the upgrade (a 400).
-            let ports = forwarded_ports(&request.port, query).unwrap_or_default();
             // Each port's channels open with a message holding the port, little-endian.
             for (index, port) in ports.iter().enumerate() {
                 for channel in [index as u32 * 2, index as u32 * 2 + 1] {

@@ -186,8 +186,8 @@ struct Pair {
     data: Option<(u32, u16)>,
     /// What the client sent on the data stream so far (at most [`PAIR_BUFFER`]).
     buffered: Vec<u8>,
-    /// The client ended its side of the error stream (client-go does at once) or of the data stream.
-    error_fin: bool,
+    /// The client ended its side of the data stream (its error stream's end,
+    /// which client-go sends at once, changes nothing: the server only writes it).
     data_fin: bool,
     since: Instant,
 }
@@ -443,9 +443,6 @@ impl Connection {
             }
             pair.buffered.extend_from_slice(&data);
             pair.data_fin |= fin;
-        } else if fin {
-            // The error stream, half-closed at once by client-go: the server only writes it.
-            pair.error_fin = true;
         }
         Ok(())
     }
@@ -547,7 +544,6 @@ impl Connection {
             error: None,
             data: None,
             buffered: Vec::new(),
-            error_fin: false,
             data_fin: false,
             since: Instant::now(),
         });
@@ -560,7 +556,6 @@ impl Connection {
             pair.data_fin = fin;
         } else {
             pair.error = Some(stream_id);
-            pair.error_fin = fin;
         }
         let complete = matches!((pair.error, pair.data), (Some(_), Some(_)));
         self.send(Control::Reply(stream_id)).await?;

@@ -110,6 +110,12 @@ pub async fn run(args: &Args) {
     // From the end of that compilation to the end of the pull, by the daemon's log.
     let mut after_compile = Latencies::default();
     let mut compiled_before = compiled_times(&daemon.log(), &digest).len();
+    // Resident memory across the cycles: the daemon's (compiling in a worker
+    // process), and this process's, which compiles in process as the daemon
+    // did before its compile worker.
+    let daemon_process = crate::support::Process(daemon.pid().expect("the daemon runs"));
+    let own_process = crate::support::Process(std::process::id());
+    let (daemon_rss_before, own_rss_before) = (daemon_process.rss(), own_process.rss());
     for run in 0..runs {
         let baseline = async {
             let offset = registry.log_len();
@@ -156,6 +162,14 @@ pub async fn run(args: &Args) {
         paired_ratios.push(pull_time.as_secs_f64() / (download + compile).as_secs_f64());
     }
 
+    let (daemon_rss_after, own_rss_after) = (daemon_process.rss(), own_process.rss());
+    let mut worker_peaks: Vec<u64> = daemon
+        .log()
+        .lines()
+        .filter(|l| l.contains(&format!("compiled digest={digest} ")))
+        .filter_map(|l| field(l, "peak_rss=")?.parse().ok())
+        .collect();
+    worker_peaks.sort_unstable();
     eprintln!("pull: {runs} re-pulls of the image, present");
     harness::pull(&daemon, &image).await;
     let mut repulls = Latencies::default();
@@ -244,10 +258,23 @@ pub async fn run(args: &Args) {
         sorted[sorted.len() - 1]
     );
     println!(
-        "- of each cold pull, the daemon's compilation (its log, `compiled … elapsed=`: Module::new, before \
-         serializing and writing the .cwasm): p50/p99 {} ms; the rest of the pull (download, verification, \
-         writes, linking, index, gRPC): p50/p99 {} ms, of which after the compilation (serializing, writing \
-         and fsyncing the .cwasm, linking, the index; from the daemon's log timestamps): p50/p99 {} ms",
+        "- resident memory across the {runs} pull + compile + RemoveImage cycles: the daemon (compiling in a worker \
+         process) {} MiB before, {} MiB after; this benchmark process, compiling the same module in process as the \
+         daemon did before its worker (precompile_module) {} MiB before, {} MiB after; the compile worker's peak \
+         (the daemon's log, `peak_rss`, sampled every 10 ms) p50 {} MiB, max {} MiB",
+        mib(daemon_rss_before),
+        mib(daemon_rss_after),
+        mib(own_rss_before),
+        mib(own_rss_after),
+        worker_peaks.get(worker_peaks.len() / 2).map_or("-".into(), |&b| mib(b)),
+        worker_peaks.last().map_or("-".into(), |&b| mib(b)),
+    );
+    println!(
+        "- of each cold pull, the daemon's compilation (its log, `compiled … elapsed=`: the compile worker from \
+         spawn to exit: reading the module, compiling, serializing and writing the .cwasm): p50/p99 {} ms; the \
+         rest of the pull (download, verification, writes, loading the .cwasm, linking, index, gRPC): p50/p99 {} \
+         ms, of which after the compilation (loading the .cwasm, linking, the index; from the daemon's log \
+         timestamps): p50/p99 {} ms",
         in_daemon.p50_p99(),
         rest.p50_p99(),
         after_compile.p50_p99()

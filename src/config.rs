@@ -47,13 +47,36 @@ pub struct Config {
     pub max_manifest_bytes: u64,
     /// The largest blob (config, layer, module) a pull may bring in.
     pub max_blob_bytes: u64,
+    /// How long compiling one binary may take, in seconds (wall time of its
+    /// compile worker); a binary over it is refused at pull
+    /// (ResourceExhausted). 0 means no limit.
+    pub compile_timeout_secs: u64,
+    /// How much memory compiling one binary may take (the compile worker's
+    /// resident memory); a binary over it is refused at pull
+    /// (ResourceExhausted). 0 means no limit.
+    pub compile_memory_bytes: u64,
+    /// How many pulls run at once; more wait their turn (containerd's
+    /// `max_concurrent_downloads` is 3). At least 1.
+    pub max_concurrent_pulls: usize,
     /// Memory limit (linear memories and tables) of a guest whose container
     /// sets none; 0 means no limit.
     pub default_memory_limit_bytes: u64,
+    /// The memory all guests may hold together (linear memories and
+    /// tables); a growth past it ends the guest that asks, `OOMKilled`.
+    /// Unset: 3/4 of the daemon's cgroup memory limit, or of the node's
+    /// memory where that is lower or there is none (see `wasm::budget`);
+    /// 0 means no budget.
+    pub guest_memory_budget_bytes: Option<u64>,
     /// How many files, directories and sockets one guest instance may hold
     /// open at once (a container's default `nofile`, 1024); past it its
     /// opens fail (EMFILE) and nothing else is touched. 0 means no limit.
     pub guest_max_open_files: usize,
+    /// What a container's writable file mounts (kubelet's
+    /// `/dev/termination-log`) may hold together, in bytes: their copies
+    /// live in the state directory, often a tmpfs. A write past it fails in
+    /// the guest (ENOSPC) and at most this much is copied back to the host
+    /// file (see `wasm::file_mounts`). 0 means no cap.
+    pub file_mount_max_bytes: u64,
     /// A docker `config.json` whose `auths` give default registry credentials,
     /// for pulls that bring none (no imagePullSecrets).
     pub auth_file: Option<PathBuf>,
@@ -125,8 +148,13 @@ impl Default for Config {
             cgroup_driver: CgroupDriver::Systemd,
             max_manifest_bytes: 4 << 20,
             max_blob_bytes: 2 << 30,
+            compile_timeout_secs: 60,
+            compile_memory_bytes: 2 << 30,
+            max_concurrent_pulls: 3,
             default_memory_limit_bytes: 1 << 30,
+            guest_memory_budget_bytes: None,
             guest_max_open_files: crate::wasm::DEFAULT_MAX_OPEN_FILES,
+            file_mount_max_bytes: crate::wasm::GuestDefaults::default().file_mount_max_bytes,
             auth_file: None,
             registries: BTreeMap::new(),
             registry_config_path: None,
@@ -179,9 +207,22 @@ pub struct Flags {
     /// CRI socket of the runtime for pods that are not wasm (unix:///run/containerd/containerd.sock).
     #[arg(long, value_name = "ENDPOINT")]
     pub backing_endpoint: Option<String>,
+    /// Seconds compiling one binary may take; over it the pull is refused; 0: no limit [default: 60].
+    #[arg(long, value_name = "SECS")]
+    pub compile_timeout_secs: Option<u64>,
+    /// Memory compiling one binary may take; over it the pull is refused; 0: no limit [default: 2 GiB].
+    #[arg(long, value_name = "BYTES")]
+    pub compile_memory_bytes: Option<u64>,
+    /// Pulls that run at once; more wait their turn [default: 3].
+    #[arg(long, value_name = "N")]
+    pub max_concurrent_pulls: Option<usize>,
     /// Memory limit of a guest whose container sets none; 0 means none [default: 1 GiB].
     #[arg(long, value_name = "BYTES")]
     pub default_memory_limit_bytes: Option<u64>,
+    /// Memory all guests may hold together; 0 means none [default: 3/4 of
+    /// the daemon's cgroup memory limit or of the node's memory].
+    #[arg(long, value_name = "BYTES")]
+    pub guest_memory_budget_bytes: Option<u64>,
     /// Cgroup driver reported to kubelet [default: systemd].
     #[arg(long, value_enum)]
     pub cgroup_driver: Option<CgroupDriver>,
@@ -201,6 +242,9 @@ pub struct Flags {
     /// Files, directories and sockets one guest may hold open; 0: no limit [default: 1024].
     #[arg(long, value_name = "N")]
     pub guest_max_open_files: Option<usize>,
+    /// Bytes a container's writable file mounts may hold together; 0: no cap [default: 1 MiB].
+    #[arg(long, value_name = "BYTES")]
+    pub file_mount_max_bytes: Option<u64>,
     /// Instances of served components the whole daemon runs at once; more get a 503 [default: 1000].
     #[arg(long, value_name = "N")]
     pub http_instance_pool_size: Option<usize>,
@@ -257,6 +301,18 @@ impl Config {
         if let Some(bytes) = flags.default_memory_limit_bytes {
             self.default_memory_limit_bytes = bytes;
         }
+        if let Some(secs) = flags.compile_timeout_secs {
+            self.compile_timeout_secs = secs;
+        }
+        if let Some(bytes) = flags.compile_memory_bytes {
+            self.compile_memory_bytes = bytes;
+        }
+        if let Some(pulls) = flags.max_concurrent_pulls {
+            self.max_concurrent_pulls = pulls;
+        }
+        if let Some(bytes) = flags.guest_memory_budget_bytes {
+            self.guest_memory_budget_bytes = Some(bytes);
+        }
         if let Some(driver) = flags.cgroup_driver {
             self.cgroup_driver = driver;
         }
@@ -271,6 +327,9 @@ impl Config {
         }
         if let Some(max) = flags.guest_max_open_files {
             self.guest_max_open_files = max;
+        }
+        if let Some(max) = flags.file_mount_max_bytes {
+            self.file_mount_max_bytes = max;
         }
         if let Some(slots) = flags.http_instance_pool_size {
             self.http_instance_pool_size = slots;
@@ -309,6 +368,9 @@ impl Config {
         }
         if self.socket.file_name().is_none() {
             bail!("config: `socket` ({}) must name a file", self.socket.display());
+        }
+        if self.max_concurrent_pulls == 0 {
+            bail!("config: `max_concurrent_pulls` must be at least 1");
         }
         // sun_path holds 108 bytes including the terminating NUL.
         if self.socket.as_os_str().len() > 107 {

@@ -36,4 +36,4 @@ mod sys;
 mod wasm;
 
 pub use network::{cni, netns};
-pub use wasm::EPOCH_TICK;
+pub use wasm::{EPOCH_TICK, WORKER_COMMAND as COMPILE_WORKER_COMMAND, compile_worker_main};

@@ -6,6 +6,11 @@ use clap::Parser;
 use wasmrun::config::{Config, Flags, LogFormat};
 
 fn main() -> ExitCode {
+    // The daemon runs itself as a compile worker (see `wasm::compile_worker`).
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args.get(1).is_some_and(|arg| arg == wasmrun::COMPILE_WORKER_COMMAND) {
+        return wasmrun::compile_worker_main(&args[2..]);
+    }
     let config = match Config::load(Flags::parse()) {
         Ok(config) => config,
         Err(e) => {

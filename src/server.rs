@@ -34,7 +34,7 @@ use crate::images::{Images, Limits, PullOptions, RegistryOptions};
 use crate::network::Network;
 use crate::pods::{ImagePrograms, Pods};
 use crate::streaming::Streaming;
-use crate::wasm::{Engine, GuestDefaults, HttpLimits};
+use crate::wasm::{CompileLimits, Compiler, DefaultBudget, Engine, GuestDefaults, HttpLimits, MemoryBudget};
 
 /// kubelet allows CRI messages of up to 16 MiB (a ListContainers of a busy node).
 pub const MAX_MESSAGE: usize = 16 * 1024 * 1024;
@@ -93,12 +93,26 @@ impl Daemon {
         let root_lock = lock_root(&config.root)?;
         raise_open_files_limit();
 
+        let budget = match config.guest_memory_budget_bytes {
+            Some(bytes) => MemoryBudget::new(bytes, "guest_memory_budget_bytes"),
+            None => {
+                let derived = tokio::task::spawn_blocking(DefaultBudget::derive).await?;
+                MemoryBudget::new(derived.bytes, derived.source)
+            }
+        };
+        tracing::info!(budget_bytes = budget.limit(), source = %budget.snapshot().source, "memory budget of all guests");
         let engine = Engine::new(
             &config.root.join("cache"),
             GuestDefaults {
                 memory_limit_bytes: config.default_memory_limit_bytes,
                 max_open_files: config.guest_max_open_files,
+                file_mount_max_bytes: config.file_mount_max_bytes,
             },
+            budget,
+            Compiler::worker(CompileLimits {
+                timeout: Duration::from_secs(config.compile_timeout_secs),
+                memory_bytes: config.compile_memory_bytes,
+            }),
             HttpLimits {
                 max_concurrent_requests: config.http_max_concurrent_requests,
                 instance_pool_size: config.http_instance_pool_size,
@@ -109,6 +123,7 @@ impl Daemon {
             limits: Limits { max_manifest_bytes: config.max_manifest_bytes, max_blob_bytes: config.max_blob_bytes },
             auth_file: config.auth_file.clone(),
             registry_config: config.registry_config_path.clone(),
+            max_concurrent_pulls: config.max_concurrent_pulls,
         };
         let images = Arc::new(Images::open(&config.root, options, engine.clone()).await?);
         let programs = Arc::new(ImagePrograms { images: images.clone(), engine: engine.clone() });

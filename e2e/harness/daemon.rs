@@ -1,6 +1,7 @@
 //! The wasmrun daemon under test, one per test.
 
 use std::fs::OpenOptions;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -48,9 +49,42 @@ impl Daemon {
     /// As [`Daemon::start_with`], inside the test's network namespace `net`
     /// when there is one (the CRI socket is a file: the test reaches it from anywhere).
     pub async fn start_in(net: Option<&super::netns::TestNet>, dir: Option<PathBuf>, extra_args: &[&str]) -> Daemon {
+        Daemon::spawn(net, dir, extra_args, |_| {}).await
+    }
+
+    /// As [`Daemon::start_with`] in a new directory, the daemon put in the
+    /// cgroup whose `cgroup.procs` file is `procs` before it runs anything
+    /// (it writes `0`, itself, there between fork and exec).
+    pub async fn start_in_cgroup(procs: &Path, extra_args: &[&str]) -> Daemon {
+        let procs = std::ffi::CString::new(procs.as_os_str().as_encoded_bytes()).expect("a path without NUL");
+        Daemon::spawn(None, None, extra_args, move |cmd| {
+            // SAFETY: open, write and close are async-signal-safe; `procs` outlives the closure.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                    if fd < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    let written = libc::write(fd, b"0\n".as_ptr().cast(), 2);
+                    let error = std::io::Error::last_os_error();
+                    libc::close(fd);
+                    if written != 2 { Err(error) } else { Ok(()) }
+                });
+            }
+        })
+        .await
+    }
+
+    async fn spawn(
+        net: Option<&super::netns::TestNet>,
+        dir: Option<PathBuf>,
+        extra_args: &[&str],
+        adjust: impl FnOnce(&mut Command),
+    ) -> Daemon {
         let dir = dir.unwrap_or_else(|| scratch_dir("daemon"));
         let log = OpenOptions::new().create(true).append(true).open(dir.join(LOG)).expect("open daemon log");
         let mut cmd = Daemon::command(&dir, &dir.join(SOCKET), extra_args);
+        adjust(&mut cmd);
         if let Some(net) = net {
             // nsenter execs the daemon: the child's pid is the daemon's.
             let mut inside = net.command(cmd.get_program());

@@ -35,7 +35,9 @@ impl RuntimeService for Facade {
     /// network is ready while the CNI configuration directory holds a usable
     /// configuration (read at each call), else `NetworkReady` is false with
     /// reason `NetworkPluginNotReady`, as containerd reports it. The runtime
-    /// handlers are the wasm ones (see [`runtime_handlers`]).
+    /// handlers are the wasm ones (see [`runtime_handlers`]). Verbose, its
+    /// info has the config and `guestMemory`: the memory budget of all
+    /// guests, what they hold and how often it refused (`wasm::BudgetSnapshot`).
     async fn status(&self, request: Request<api::StatusRequest>) -> Reply<api::StatusResponse> {
         let runtime_ready = api::RuntimeCondition { r#type: "RuntimeReady".into(), status: true, ..Default::default() };
         let network_ready = match self.parts.network.ready().await {
@@ -51,6 +53,7 @@ impl RuntimeService for Facade {
         let mut info = HashMap::new();
         if request.get_ref().verbose {
             info.insert("config".to_owned(), verbose_json(&*self.parts.config));
+            info.insert("guestMemory".to_owned(), verbose_json(&self.parts.pods.memory_budget()));
         }
         Ok(Response::new(api::StatusResponse {
             status: Some(api::RuntimeStatus { conditions: vec![runtime_ready, network_ready] }),

@@ -31,6 +31,8 @@ pub struct PullOptions {
     pub auth_file: Option<PathBuf>,
     /// containerd's hosts directory (`registry_config_path`); see [`hosts`].
     pub registry_config: Option<PathBuf>,
+    /// How many pulls run at once (`max_concurrent_pulls`, at least 1).
+    pub max_concurrent_pulls: usize,
 }
 
 /// The image service: every image operation the CRI needs, on one store.
@@ -43,6 +45,10 @@ pub struct Images {
     /// One pull at a time per reference: a second pull of the same image waits
     /// for the first and then finds its blobs present.
     pulls: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Turns to pull (`max_concurrent_pulls`): a pull downloads, unpacks and
+    /// compiles, so ten large ones at once would take the node's disk,
+    /// network and memory; more wait.
+    turns: tokio::sync::Semaphore,
 }
 
 /// What the image store takes on disk, for kubelet's image garbage collection.
@@ -71,6 +77,7 @@ impl Images {
             limits: options.limits,
             auth_file: options.auth_file,
             pulls: Mutex::new(HashMap::new()),
+            turns: tokio::sync::Semaphore::new(options.max_concurrent_pulls.max(1)),
         })
     }
 
@@ -97,12 +104,15 @@ impl Images {
             .map_err(|e| Error::internal(format!("pulling {name}"), e))?
     }
 
-    /// The pull itself, one at a time per reference; see [`Images::pull`].
+    /// The pull itself, one at a time per reference and at most
+    /// `max_concurrent_pulls` at once; see [`Images::pull`].
     async fn pull_detached(&self, reference: Reference, credentials: Credentials) -> Result<Image> {
         let key = normalized(&reference);
         let lock = self.pulls.lock().unwrap().entry(key.clone()).or_default().clone();
         let pulled = {
             let _one_at_a_time = lock.lock().await;
+            // Never closed: the semaphore lives as long as `self`.
+            let _turn = self.turns.acquire().await.map_err(|e| Error::internal("waiting for a turn to pull", e))?;
             let _not_garbage_yet = self.store.pulling().await;
             self.pull_once(&reference, &credentials).await
         };

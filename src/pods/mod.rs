@@ -122,6 +122,12 @@ impl Pods {
         Ok(pods)
     }
 
+    /// The memory budget of all guests, what they hold and its refusals
+    /// (verbose Status shows it).
+    pub fn memory_budget(&self) -> crate::wasm::BudgetSnapshot {
+        self.engine.memory_budget()
+    }
+
     /// Puts the loaded records back in the registry.
     async fn recover(&self, loaded: records::Loaded) {
         let now = crate::clock::now_nanos();

@@ -138,6 +138,8 @@ impl Dirs {
             &self.0.join("root/cache"),
             crate::wasm::GuestDefaults { memory_limit_bytes: 64 << 20, ..Default::default() },
             Default::default(),
+            crate::wasm::Compiler::InProcess,
+            Default::default(),
         )
         .unwrap();
         let programs = Arc::new(Wat::new(engine.clone()));

@@ -7,6 +7,10 @@
 //! binary's own digest, not the image's, shares code between images that ship
 //! the same module.
 //!
+//! A binary the cache misses is compiled by a worker process into its cache
+//! file (`compile_worker`), and loaded from there like any cached code: the
+//! daemon memory-maps compiled code and never holds a compiler's heap.
+//!
 //! A binary is linked against the host's WASI (`host::Linkers`) once it is
 //! loaded, so that a program importing what the host does not provide is
 //! refused before any container runs it.
@@ -16,6 +20,7 @@ use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use super::compile_worker::Compiler;
 use super::host::Linkers;
 use super::host::p1::P1State;
 use super::host::p2::P2State;
@@ -120,10 +125,12 @@ enum Loaded {
 pub(super) struct Cache {
     dir: PathBuf,
     loaded: Mutex<HashMap<String, Arc<Compiled>>>,
+    compiler: Compiler,
 }
 
 impl Cache {
-    pub fn new(engine: &wasmtime::Engine, root: &Path) -> Result<Self> {
+    /// The cache under `root` for `engine`'s settings; binaries it misses are compiled by `compiler`.
+    pub fn new(engine: &wasmtime::Engine, root: &Path, compiler: Compiler) -> Result<Self> {
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut hasher);
         let fingerprint = format!("{:016x}", hasher.finish());
@@ -136,7 +143,7 @@ impl Cache {
                 let _ = std::fs::remove_dir_all(stale.path());
             }
         }
-        Ok(Self { dir, loaded: Mutex::new(HashMap::new()) })
+        Ok(Self { dir, loaded: Mutex::new(HashMap::new()), compiler })
     }
 
     pub async fn get_or_compile(
@@ -150,15 +157,29 @@ impl Cache {
         if let Some(compiled) = self.loaded.lock().unwrap().get(digest) {
             return Ok((compiled.clone(), ModuleSource::Memory));
         }
-        let cached = self.dir.join(format!("{}.cwasm", Digest::try_from(digest)?.hex()));
-        let (loaded, from) = tokio::task::spawn_blocking({
-            let engine = engine.clone();
-            let digest = digest.to_owned();
-            let cached = cached.clone();
-            move || load_or_compile(&engine, &digest, kind, source, &cached)
-        })
-        .await
-        .map_err(|e| Error::internal(format!("compiling {digest}"), e))??;
+        let hex = Digest::try_from(digest)?.hex().to_string();
+        let cached = self.dir.join(format!("{hex}.cwasm"));
+        let load = || {
+            let (engine, owned_digest, cached) = (engine.clone(), digest.to_owned(), cached.clone());
+            async move {
+                tokio::task::spawn_blocking(move || load_cached(&engine, &owned_digest, kind, &cached))
+                    .await
+                    .map_err(|e| Error::internal(format!("loading the compiled code of {digest}"), e))
+            }
+        };
+        let (loaded, from) = match load().await? {
+            Some(loaded) => (loaded, ModuleSource::DiskCache),
+            None => {
+                self.compile(engine, digest, &hex, kind, source, &cached).await?;
+                let loaded = load().await?.ok_or_else(|| {
+                    Error::internal(
+                        format!("loading the compiled code of {digest}"),
+                        anyhow::anyhow!("{} is not loadable right after its compilation", cached.display()),
+                    )
+                })?;
+                (loaded, ModuleSource::Compiled)
+            }
+        };
 
         let linked = match loaded {
             Loaded::Module(module) => link_module(linkers, digest, &module).map(Program::Module),
@@ -176,6 +197,34 @@ impl Cache {
         let compiled = Arc::new(Compiled { program, digest: digest.to_owned(), cwasm: cached });
         let compiled = self.loaded.lock().unwrap().entry(digest.to_owned()).or_insert(compiled).clone();
         Ok((compiled, from))
+    }
+
+    /// Compiles `source` into `cached` with the cache's compiler; bytes
+    /// given in memory are written beside it first, for the worker to read.
+    async fn compile(
+        &self,
+        engine: &wasmtime::Engine,
+        digest: &str,
+        hex: &str,
+        kind: WasmKind,
+        source: WasmSource,
+        cached: &Path,
+    ) -> Result<()> {
+        let (wasm, temporary) = match source {
+            WasmSource::File(path) => (path, false),
+            WasmSource::Bytes(bytes) => {
+                let path = self.dir.join(format!("{hex}.wasm.tmp{}", rand::random::<u32>()));
+                tokio::fs::write(&path, &bytes)
+                    .await
+                    .map_err(|e| Error::internal(format!("writing {digest} to {} to compile it", path.display()), e))?;
+                (path, true)
+            }
+        };
+        let compiled = self.compiler.compile(engine, digest, kind, &wasm, cached).await;
+        if temporary {
+            let _ = tokio::fs::remove_file(&wasm).await;
+        }
+        compiled
     }
 
     /// Drops a binary from memory and disk; running guests keep their own reference.
@@ -344,60 +393,31 @@ fn component_item_kind(item: &wasmtime::component::types::ComponentItem) -> &'st
     }
 }
 
-fn load_or_compile(
-    engine: &wasmtime::Engine,
-    digest: &str,
-    kind: WasmKind,
-    source: WasmSource,
-    cached: &Path,
-) -> Result<(Loaded, ModuleSource)> {
-    if cached.is_file() {
-        // SAFETY: the file was written by `serialize` of an engine with this same
-        // fingerprint, and published by an atomic rename, so it is whole.
-        let loaded = match kind {
-            WasmKind::Module => unsafe { wasmtime::Module::deserialize_file(engine, cached) }.map(Loaded::Module),
-            WasmKind::Component => {
-                unsafe { wasmtime::component::Component::deserialize_file(engine, cached) }.map(Loaded::Component)
-            }
-        };
-        match loaded {
-            Ok(loaded) => return Ok((loaded, ModuleSource::DiskCache)),
-            Err(e) => {
-                tracing::warn!(%digest, path = %cached.display(), error = %format!("{e:#}"), "discarding unusable compiled code");
-                let _ = std::fs::remove_file(cached);
-            }
-        }
+/// The code compiled earlier into `cached`, memory-mapped; None when there
+/// is none, or it cannot be loaded (then it is removed, to be compiled again).
+/// Blocks on the file: call it off the async workers.
+fn load_cached(engine: &wasmtime::Engine, digest: &str, kind: WasmKind, cached: &Path) -> Option<Loaded> {
+    if !cached.is_file() {
+        return None;
     }
-    let wasm = match source {
-        WasmSource::Bytes(bytes) => bytes,
-        WasmSource::File(path) => {
-            std::fs::read(&path).map_err(|e| Error::internal(format!("reading {digest} from {}", path.display()), e))?
-        }
-    };
-    let started = std::time::Instant::now();
-    let invalid = |e: wasmtime::Error| Error::InvalidArgument(format!("{digest} is not valid WebAssembly: {e:#}"));
-    let (loaded, serialized) = match kind {
-        WasmKind::Module => {
-            let module = wasmtime::Module::new(engine, &wasm).map_err(invalid)?;
-            let bytes = module.serialize();
-            (Loaded::Module(module), bytes)
-        }
+    // SAFETY: the file was written by `serialize` of an engine with this same
+    // fingerprint (the worker's engine has the daemon's settings; wasmtime
+    // checks the settings again as it loads), and published by an atomic
+    // rename, so it is whole.
+    let loaded = match kind {
+        WasmKind::Module => unsafe { wasmtime::Module::deserialize_file(engine, cached) }.map(Loaded::Module),
         WasmKind::Component => {
-            let component = wasmtime::component::Component::new(engine, &wasm).map_err(invalid)?;
-            let bytes = component.serialize();
-            (Loaded::Component(component), bytes)
+            unsafe { wasmtime::component::Component::deserialize_file(engine, cached) }.map(Loaded::Component)
         }
     };
-    tracing::info!(%digest, ?kind, bytes = wasm.len(), elapsed = ?started.elapsed(), "compiled");
-    match serialized {
-        Ok(bytes) => {
-            if let Err(e) = crate::durable::write_atomically(cached, &bytes) {
-                tracing::warn!(%digest, error = %e, "could not cache compiled code");
-            }
+    match loaded {
+        Ok(loaded) => Some(loaded),
+        Err(e) => {
+            tracing::warn!(%digest, path = %cached.display(), error = %format!("{e:#}"), "discarding unusable compiled code");
+            let _ = std::fs::remove_file(cached);
+            None
         }
-        Err(e) => tracing::warn!(%digest, error = %format!("{e:#}"), "could not serialize compiled code"),
     }
-    Ok((loaded, ModuleSource::Compiled))
 }
 
 #[cfg(test)]

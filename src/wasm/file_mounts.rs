@@ -7,12 +7,31 @@
 //! preopened at that guest directory. When the guest ends, the writable files
 //! it changed are copied back to their host files, before the exit is
 //! reported, so that whoever waits for the exit finds the host file written.
+//!
+//! The copies are bounded ([`WritableCopies`]), as a container's writes to
+//! its termination log are bounded by its filesystem on Linux:
+//! - the copies in a writable private directory may hold together at most
+//!   `file_mount_max_bytes` (config, default [`DEFAULT_MAX_BYTES`]): a write
+//!   that would grow them past it fails in the guest with ENOSPC (WASI 0.2
+//!   `insufficient-space`), what a full filesystem answers, and writes
+//!   nothing; one inside their present size always goes through. How each
+//!   way of growing a file is held to it: `host::file_mount_guard`;
+//! - a writable private directory holds only the mounted names: creating any
+//!   other entry in it, and removing or renaming its files, fails with
+//!   EACCES (WASI 0.2 `access`), what Linux answers in a directory one may
+//!   not write; opening a mounted file with `O_CREAT|O_TRUNC` works;
+//! - at most `file_mount_max_bytes` of a copy is copied back to its host file
+//!   (its first bytes; a copy can only be longer when the host file already
+//!   was). kubelet reads the last 4 KiB of it as the termination message.
 
 use std::collections::{BTreeMap, HashSet};
+use std::ffi::OsString;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use sha2::{Digest, Sha256};
 
@@ -21,6 +40,15 @@ use crate::error::{Error, Result};
 
 /// Where the private directories go inside the container's scratch directory.
 const DIR_NAME: &str = "file-mounts";
+
+/// What a container's writable file-mount copies may hold together when the
+/// config says nothing (`file_mount_max_bytes`), in bytes: 1 MiB. kubelet
+/// reads at most the last 4 KiB of a termination message
+/// (`MaxContainerTerminationMessageLength`, read with `tail.ReadAtMost`);
+/// other writable file mounts (a hostPath file a guest appends to) may need
+/// more, and 1 MiB of state directory per container is little next to the
+/// memory a guest is given.
+pub(super) const DEFAULT_MAX_BYTES: u64 = 1 << 20;
 
 /// What the guest is given in place of its mounts.
 pub(super) struct Prepared {
@@ -34,6 +62,172 @@ pub(super) struct Prepared {
 #[derive(Debug, Default)]
 pub(super) struct FileMounts {
     writable: Vec<Writable>,
+    /// The copies in writable private directories, and their cap; none when
+    /// every private directory is read-only.
+    copies: Option<Arc<WritableCopies>>,
+}
+
+/// The copies a container's guest may write (every file of its writable
+/// private directories) and the cap on what they hold together; shared by
+/// every instance of the container (see `host::file_mount_guard`) and by the copy back.
+#[derive(Debug)]
+pub(super) struct WritableCopies {
+    /// Each writable private directory: its host path, and its files by name.
+    dirs: Vec<PrivateDir>,
+    /// The copies' host paths.
+    copies: Vec<PathBuf>,
+    /// The cap on what the copies hold together, in bytes; 0: none. From the
+    /// container's `Usage` (config `file_mount_max_bytes`), set by each
+    /// instance's store before it runs ([`WritableCopies::set_max_bytes`]).
+    max_bytes: AtomicU64,
+    /// Held from the check of a write that may grow a copy to its end, so
+    /// that the instances of a served component, writing at once, cannot
+    /// pass the cap together.
+    lock: Arc<tokio::sync::Mutex<()>>,
+}
+
+#[derive(Debug)]
+struct PrivateDir {
+    host_path: PathBuf,
+    /// The mounted names, each with its index in `WritableCopies::copies`.
+    files: Vec<(OsString, usize)>,
+}
+
+/// A writable private directory of file mounts, as a preopen is it.
+#[derive(Debug, Clone)]
+pub(super) struct FileMountDir {
+    pub copies: Arc<WritableCopies>,
+    /// Its index among the container's writable private directories.
+    pub dir: usize,
+}
+
+impl PartialEq for FileMountDir {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.copies, &other.copies) && self.dir == other.dir
+    }
+}
+
+impl Eq for FileMountDir {}
+
+/// What a path relative to a private directory names (its files are the
+/// mounted ones: nothing else can be made there).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Entry {
+    /// The directory itself (`.`, or the empty path).
+    Dir,
+    /// The copy with this index in [`WritableCopies`].
+    Copy(usize),
+    /// Anything else: a name that is not mounted, or a path with `..` or more
+    /// than one name.
+    Other,
+}
+
+/// How a write grows a copy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Growth {
+    /// To this size in bytes, when it is larger than the copy (a write
+    /// ending there, a new size).
+    To(u64),
+    /// By this many bytes at its end (an append).
+    By(u64),
+}
+
+impl WritableCopies {
+    /// Sets the cap, in bytes (0: none).
+    pub(super) fn set_max_bytes(&self, max_bytes: u64) {
+        self.max_bytes.store(max_bytes, Ordering::Relaxed);
+    }
+
+    /// The cap, in bytes (0: none).
+    pub(super) fn max_bytes(&self) -> u64 {
+        self.max_bytes.load(Ordering::Relaxed)
+    }
+
+    /// The writable private directory at `host_path`, if it is one.
+    pub(super) fn dir_at(&self, host_path: &Path) -> Option<usize> {
+        self.dirs.iter().position(|dir| dir.host_path == host_path)
+    }
+
+    /// What `path`, relative to the private directory `dir`, names. Paths
+    /// resolve inside the directory only (cap-std refuses `..` out of a
+    /// preopen) and it holds no directories or links, so a path of more than
+    /// one name, or with `..`, names nothing that can be opened.
+    pub(super) fn entry(&self, dir: usize, path: &str) -> Entry {
+        let mut names = Vec::new();
+        for component in Path::new(path).components() {
+            match component {
+                Component::CurDir => {}
+                Component::Normal(name) => names.push(name),
+                Component::RootDir | Component::ParentDir | Component::Prefix(_) => return Entry::Other,
+            }
+        }
+        match names.as_slice() {
+            [] => Entry::Dir,
+            [name] => self.dirs[dir]
+                .files
+                .iter()
+                .find(|(mounted, _)| mounted == name)
+                .map_or(Entry::Other, |(_, copy)| Entry::Copy(*copy)),
+            _ => Entry::Other,
+        }
+    }
+
+    /// Waits for the writes to copies under way in other instances, then
+    /// checks that `growth` of `copy` keeps the copies within the cap (on a
+    /// blocking thread: it stats each copy). Returns the lock to hold until
+    /// the write is done.
+    ///
+    /// Errors: ENOSPC when the write would pass the cap; the error of a
+    /// copy that cannot be stat'ed.
+    pub(super) async fn reserve(
+        self: &Arc<Self>,
+        copy: usize,
+        growth: Growth,
+    ) -> io::Result<tokio::sync::OwnedMutexGuard<()>> {
+        let lock = self.lock.clone().lock_owned().await;
+        let copies = self.clone();
+        tokio::task::spawn_blocking(move || copies.admit(copy, growth)).await.map_err(io::Error::other)??;
+        Ok(lock)
+    }
+
+    /// As [`WritableCopies::reserve`], on a blocking thread (not on an async worker).
+    pub(super) fn reserve_blocking(&self, copy: usize, growth: Growth) -> io::Result<tokio::sync::MutexGuard<'_, ()>> {
+        let lock = self.lock.blocking_lock();
+        self.admit(copy, growth)?;
+        Ok(lock)
+    }
+
+    /// Ok when `growth` of `copy` leaves the copies within the cap (or does
+    /// not grow it); ENOSPC when not. Blocking: stats every copy.
+    fn admit(&self, copy: usize, growth: Growth) -> io::Result<()> {
+        let max = self.max_bytes();
+        if max == 0 {
+            return Ok(());
+        }
+        let (mut own, mut others) = (0, 0u64);
+        for (index, path) in self.copies.iter().enumerate() {
+            // A copy is never removed (see `host::file_mount_guard`); a missing one holds nothing.
+            let size = match std::fs::symlink_metadata(path) {
+                Ok(meta) => meta.len(),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => 0,
+                Err(e) => return Err(e),
+            };
+            if index == copy {
+                own = size;
+            } else {
+                others = others.saturating_add(size);
+            }
+        }
+        let end = match growth {
+            Growth::To(end) => end,
+            Growth::By(bytes) => own.saturating_add(bytes),
+        };
+        if end <= own || others.saturating_add(end) <= max {
+            Ok(())
+        } else {
+            Err(io::Error::from_raw_os_error(libc::ENOSPC))
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -131,6 +325,7 @@ fn prepare_blocking(mounts: Vec<Mount>, scratch_dir: Option<&Path>) -> Result<Pr
 fn copy_in(root: &Path, groups: BTreeMap<PathBuf, Vec<FileMount>>) -> Result<(Vec<Mount>, FileMounts)> {
     let mut preopens = Vec::new();
     let mut files = FileMounts::default();
+    let (mut dirs, mut copies) = (Vec::new(), Vec::new());
     for (index, (guest_dir, group)) in groups.into_iter().enumerate() {
         // Numbered, not named after the guest directory: guest paths nest
         // (`/etc` and `/etc/app`) and each must be a directory of its own.
@@ -139,8 +334,9 @@ fn copy_in(root: &Path, groups: BTreeMap<PathBuf, Vec<FileMount>>) -> Result<(Ve
             Error::internal(format!("creating {} for the file mounts at {}", dir.display(), guest_dir.display()), e)
         })?;
         let readonly = group.iter().all(|file| file.mount.readonly);
+        let mut dir_files = Vec::new();
         for FileMount { mount, name } in group {
-            let copy = dir.join(name);
+            let copy = dir.join(&name);
             let digest = copy_file(Path::new(&mount.host_path), &copy, !mount.readonly).map_err(|e| match e {
                 CopyError::Read(e) => Error::InvalidArgument(format!(
                     "cannot mount the file {} at {} in the guest: reading it: {e}",
@@ -156,6 +352,11 @@ fn copy_in(root: &Path, groups: BTreeMap<PathBuf, Vec<FileMount>>) -> Result<(Ve
                     e,
                 ),
             })?;
+            if !readonly {
+                // Every file of a writable directory can be written, a read-only mount's too.
+                dir_files.push((name, copies.len()));
+                copies.push(copy.clone());
+            }
             if let Some(copied_in) = digest {
                 files.writable.push(Writable {
                     host_path: PathBuf::from(mount.host_path),
@@ -165,6 +366,9 @@ fn copy_in(root: &Path, groups: BTreeMap<PathBuf, Vec<FileMount>>) -> Result<(Ve
                 });
             }
         }
+        if !readonly {
+            dirs.push(PrivateDir { host_path: dir.clone(), files: dir_files });
+        }
         tracing::debug!(guest_dir = %guest_dir.display(), private_dir = %dir.display(), readonly, "file mounts copied in");
         preopens.push(Mount {
             host_path: dir.display().to_string(),
@@ -172,20 +376,31 @@ fn copy_in(root: &Path, groups: BTreeMap<PathBuf, Vec<FileMount>>) -> Result<(Ve
             readonly,
         });
     }
+    if !dirs.is_empty() {
+        files.copies =
+            Some(Arc::new(WritableCopies { dirs, copies, max_bytes: AtomicU64::new(0), lock: Arc::default() }));
+    }
     Ok((preopens, files))
 }
 
 impl FileMounts {
-    /// Writes each writable file the guest changed back to its host file.
-    /// Failures are logged, not returned: the guest has ended either way, and
-    /// its exit must still be reported.
+    /// The copies the guest may write, when it has any: the preopens of
+    /// their directories carry them (see `layout::prepare`).
+    pub(super) fn writable_copies(&self) -> Option<&Arc<WritableCopies>> {
+        self.copies.as_ref()
+    }
+
+    /// Writes each writable file the guest changed back to its host file,
+    /// at most `file_mount_max_bytes` of it. Failures are logged, not
+    /// returned: the guest has ended either way, and its exit must still be reported.
     pub async fn copy_back(self) {
         if self.writable.is_empty() {
             return;
         }
+        let max_bytes = self.copies.as_ref().map_or(0, |copies| copies.max_bytes());
         let copied = tokio::task::spawn_blocking(move || {
             for file in &self.writable {
-                file.copy_back();
+                file.copy_back(max_bytes);
             }
         })
         .await;
@@ -196,7 +411,9 @@ impl FileMounts {
 }
 
 impl Writable {
-    fn copy_back(&self) {
+    /// Copies the guest's copy back when it changed: at most `max_bytes` of
+    /// it (0: all).
+    fn copy_back(&self, max_bytes: u64) {
         let (host_path, guest_path, copy) = (self.host_path.display(), &self.guest_path, self.copy.display());
         let mut guest_copy = match open_guest_copy(&self.copy) {
             Ok(file) => file,
@@ -215,14 +432,18 @@ impl Writable {
             tracing::debug!(%host_path, %guest_path, "file mount unchanged by the guest");
             return;
         }
+        let limit = if max_bytes == 0 { u64::MAX } else { max_bytes };
         // In place, not by a rename: the host file keeps its inode, owner and
         // mode, as it would under a bind mount.
         let written = OpenOptions::new()
             .write(true)
             .truncate(true)
             .open(&self.host_path)
-            .and_then(|mut host| io::copy(&mut guest_copy, &mut host));
+            .and_then(|mut host| io::copy(&mut (&mut guest_copy).take(limit), &mut host));
         match written {
+            Ok(bytes) if bytes == limit && guest_copy.metadata().is_ok_and(|meta| meta.len() > limit) => {
+                tracing::warn!(%host_path, %guest_path, bytes, "file mount copied back to the host cut at file_mount_max_bytes")
+            }
             Ok(bytes) => tracing::debug!(%host_path, %guest_path, bytes, "file mount copied back to the host"),
             Err(e) => {
                 tracing::warn!(%host_path, %guest_path, %copy, error = %e, "cannot copy a file mount back to the host")
@@ -454,6 +675,77 @@ mod tests {
             }
         }
         assert!(!scratch.join(DIR_NAME).exists(), "a failed prepare leaves no copies behind");
+        std::fs::remove_dir_all(&host).unwrap();
+    }
+
+    /// Copies in writable directories count against the cap, together; a
+    /// read-only directory's do not (they cannot be written).
+    #[test]
+    fn writes_that_grow_the_copies_past_the_cap_are_refused() {
+        let host = temp_dir("cap");
+        for (name, content) in [("log", "0123456789"), ("a", ""), ("b", "bbbbb"), ("hosts", "127.0.0.1 localhost")] {
+            std::fs::write(host.join(name), content).unwrap();
+        }
+        let mounts = vec![
+            mount(&host.join("log"), "/dev/termination-log", false),
+            mount(&host.join("a"), "/out/a", false),
+            mount(&host.join("b"), "/out/b", true),
+            mount(&host.join("hosts"), "/etc/hosts", true),
+        ];
+        let prepared = prepare(mounts, Some(host.join("scratch"))).unwrap();
+        let copies = prepared.files.writable_copies().expect("writable copies").clone();
+        copies.set_max_bytes(100);
+        let (dev, out) = (preopen_at(&prepared, "/dev"), preopen_at(&prepared, "/out"));
+        let dev_dir = copies.dir_at(Path::new(&dev.host_path)).expect("/dev is a writable private dir");
+        let out_dir = copies.dir_at(Path::new(&format!("{}/", out.host_path))).expect("/out, with a slash");
+        assert_eq!(copies.dir_at(Path::new(&preopen_at(&prepared, "/etc").host_path)), None, "read-only");
+
+        let Entry::Copy(log) = copies.entry(dev_dir, "./termination-log") else { panic!("not the log") };
+        let Entry::Copy(a) = copies.entry(out_dir, "a") else { panic!("not a") };
+        assert!(matches!(copies.entry(out_dir, "b/"), Entry::Copy(b) if b != a));
+        assert_eq!(copies.entry(dev_dir, "."), Entry::Dir);
+        assert_eq!(copies.entry(dev_dir, ""), Entry::Dir);
+        for other in ["a", "flood-1", "../0/termination-log", "termination-log/x", "/termination-log"] {
+            assert_eq!(copies.entry(dev_dir, other), Entry::Other, "{other}");
+        }
+
+        // 10 + 0 + 5 bytes now: 85 more fit, anywhere.
+        let enospc = |result: io::Result<tokio::sync::MutexGuard<'_, ()>>| {
+            result.map(drop).unwrap_err().raw_os_error() == Some(libc::ENOSPC)
+        };
+        assert!(copies.reserve_blocking(log, Growth::To(95)).is_ok());
+        assert!(enospc(copies.reserve_blocking(log, Growth::To(96))));
+        assert!(copies.reserve_blocking(a, Growth::By(85)).is_ok());
+        assert!(enospc(copies.reserve_blocking(a, Growth::By(86))));
+        std::fs::write(Path::new(&dev.host_path).join("termination-log"), [b'x'; 95]).unwrap();
+        // Full: a write inside a copy's size, or one that shrinks it, still goes through.
+        assert!(enospc(copies.reserve_blocking(a, Growth::By(1))));
+        assert!(copies.reserve_blocking(log, Growth::To(95)).is_ok());
+        assert!(copies.reserve_blocking(log, Growth::To(3)).is_ok());
+        copies.set_max_bytes(0);
+        assert!(copies.reserve_blocking(a, Growth::By(1 << 40)).is_ok(), "0: no cap");
+        std::fs::remove_dir_all(&host).unwrap();
+    }
+
+    #[tokio::test]
+    async fn at_most_the_cap_is_copied_back() {
+        let host = temp_dir("copy-back-cap");
+        std::fs::write(host.join("log"), "").unwrap();
+        let prepared = prepare(vec![mount(&host.join("log"), "/dev/log", false)], Some(host.join("scratch"))).unwrap();
+        prepared.files.writable_copies().unwrap().set_max_bytes(10);
+        std::fs::write(Path::new(&preopen_at(&prepared, "/dev").host_path).join("log"), "0123456789abcdef").unwrap();
+        prepared.files.copy_back().await;
+        assert_eq!(std::fs::read_to_string(host.join("log")).unwrap(), "0123456789");
+        std::fs::remove_dir_all(&host).unwrap();
+    }
+
+    #[tokio::test]
+    async fn only_writable_directories_have_copies_to_bound() {
+        let host = temp_dir("read-only-dirs");
+        std::fs::write(host.join("hosts"), "hosts").unwrap();
+        let prepared =
+            prepare(vec![mount(&host.join("hosts"), "/etc/hosts", true)], Some(host.join("scratch"))).unwrap();
+        assert!(prepared.files.writable_copies().is_none());
         std::fs::remove_dir_all(&host).unwrap();
     }
 

@@ -14,7 +14,7 @@ use super::compile::{Compiled, Program};
 use super::host::p1::{self, P1State};
 use super::host::p2::{self, P2State};
 use super::layout;
-use super::limits::{CpuMeter, MemoryLimiter, Usage};
+use super::limits::{CpuMeter, MemoryLimiter, Refusal, Usage};
 use super::output::{Output, Writer};
 use super::spec::GuestSpec;
 use crate::error::{Error, Result};
@@ -173,11 +173,11 @@ impl Instance {
         }
     }
 
-    /// Whether a memory or table growth of this instance was refused for the limit.
-    fn hit_memory_limit(&self) -> bool {
+    /// Whether a memory or table growth of this instance was refused, and why.
+    fn memory_refusal(&self) -> Option<Refusal> {
         match self {
-            Instance::Module(store, _) => store.data().limiter().hit_limit(),
-            Instance::Component(store, _) => store.data().limiter().hit_limit(),
+            Instance::Module(store, _) => store.data().limiter().refusal(),
+            Instance::Component(store, _) => store.data().limiter().refusal(),
         }
     }
 }
@@ -250,7 +250,7 @@ async fn run_until_stopped(mut instance: Instance, stop: oneshot::Receiver<Durat
             message: "stopped".into(),
             finished_at: crate::clock::now_nanos(),
         },
-        Some(result) => classify(result, instance.hit_memory_limit(), usage),
+        Some(result) => classify(result, instance.memory_refusal(), usage),
     };
     // Dropping the store closes the guest's stdout and stderr; the output's
     // writer then writes what is left and ends. The memory the instance held
@@ -270,9 +270,11 @@ impl std::fmt::Display for NotInstantiated {
     }
 }
 
-/// How a run that ended by itself ended; `hit_memory_limit` tells an
-/// out-of-memory failure from another trap.
-fn classify(result: wasmtime::Result<()>, hit_memory_limit: bool, usage: &Usage) -> Exit {
+/// How a run that ended by itself ended; `refusal` (a growth of the
+/// instance that was refused) tells an out-of-memory failure from another
+/// trap. A refusal for the budget of all guests ended the guest itself (see
+/// `limits::Refusal`): `OOMKilled` whatever its code did.
+fn classify(result: wasmtime::Result<()>, refusal: Option<Refusal>, usage: &Usage) -> Exit {
     let finished_at = crate::clock::now_nanos();
     let error = match result {
         Ok(()) => {
@@ -280,11 +282,14 @@ fn classify(result: wasmtime::Result<()>, hit_memory_limit: bool, usage: &Usage)
         }
         Err(error) => error,
     };
+    if let Some(budget @ Refusal::Budget { .. }) = refusal {
+        return Exit { code: EXIT_KILLED, reason: ExitReason::OomKilled, message: budget.to_string(), finished_at };
+    }
     if let Some(I32Exit(code)) = error.downcast_ref::<I32Exit>() {
         let reason = if *code == 0 { ExitReason::Completed } else { ExitReason::Error };
         return Exit { code: *code, reason, message: String::new(), finished_at };
     }
-    if hit_memory_limit {
+    if refusal.is_some() {
         let limit = usage.memory_limit();
         return Exit {
             code: EXIT_KILLED,
@@ -330,7 +335,7 @@ mod tests {
 
     use sha2::{Digest, Sha256};
 
-    use super::super::{Captured, CpuBandwidth, Engine, Limits, Output, WasmKind, WasmSource};
+    use super::super::{Captured, Compiler, CpuBandwidth, Engine, Limits, Output, WasmKind, WasmSource};
     use super::*;
 
     const PAGE: u64 = 65536;
@@ -341,7 +346,8 @@ mod tests {
         ENGINE
             .get_or_init(|| {
                 let cache = std::env::temp_dir().join(format!("wasmrun-guest-tests-{}", rand::random::<u64>()));
-                Engine::new(&cache, Default::default(), Default::default()).unwrap()
+                Engine::new(&cache, Default::default(), Default::default(), Compiler::InProcess, Default::default())
+                    .unwrap()
             })
             .clone()
     }

@@ -43,7 +43,7 @@ use std::path::{Path, PathBuf};
 
 use cap_std::fs::Dir;
 
-use super::file_mounts::normalize;
+use super::file_mounts::{FileMountDir, FileMounts, normalize};
 use super::spec::{Mount, Root};
 
 /// The preopens of a guest, in order: see the module documentation. `mounts`
@@ -69,11 +69,12 @@ pub(super) fn preopens(root: Option<&Root>, working_dir: Option<&str>, mounts: V
     let root_dir = |root: &Root, path: &Path| Preopen {
         mount: Mount::dir(&root_host(root, path), path, root.readonly),
         in_root: true,
+        file_mounts: None,
     };
     let mut preopens = Vec::new();
     let Some(working_dir) = working_dir.filter(|dir| dir != Path::new("/")) else {
         preopens.extend(root.map(|root| root_dir(root, Path::new("/"))));
-        preopens.extend(mounts.into_iter().map(|mount| Preopen { mount, in_root: false }));
+        preopens.extend(mounts.into_iter().map(|mount| Preopen { mount, in_root: false, file_mounts: None }));
         return preopens;
     };
     let mount_paths: Vec<PathBuf> = mounts.iter().filter_map(|m| normalize(&m.guest_path)).collect();
@@ -95,7 +96,7 @@ pub(super) fn preopens(root: Option<&Root>, working_dir: Option<&str>, mounts: V
         Some((path, mount)) => {
             let host = Path::new(&mount.host_path).join(working_dir.strip_prefix(&path).unwrap_or(Path::new("")));
             match std::fs::metadata(&host) {
-                Ok(meta) if meta.is_dir() => Some(Preopen { mount: Mount::dir(&host, Path::new("."), mount.readonly), in_root: false }),
+                Ok(meta) if meta.is_dir() => Some(Preopen { mount: Mount::dir(&host, Path::new("."), mount.readonly), in_root: false, file_mounts: None }),
                 _ => {
                     tracing::warn!(working_dir = %working_dir.display(), host = %host.display(), "the working directory is not a directory of its mount: relative paths resolve against `/`");
                     None
@@ -103,7 +104,7 @@ pub(super) fn preopens(root: Option<&Root>, working_dir: Option<&str>, mounts: V
             }
         }
         None => root.and_then(|root| match working_dir_in_root(root, &working_dir) {
-            Ok(()) => Some(Preopen { mount: Mount::dir(&root_host(root, &working_dir), Path::new("."), root.readonly), in_root: true }),
+            Ok(()) => Some(Preopen { mount: Mount::dir(&root_host(root, &working_dir), Path::new("."), root.readonly), in_root: true, file_mounts: None }),
             Err(e) => {
                 tracing::warn!(working_dir = %working_dir.display(), error = %e, "the working directory is not a directory of the root filesystem: relative paths resolve against `/`");
                 None
@@ -122,12 +123,15 @@ pub(super) fn preopens(root: Option<&Root>, working_dir: Option<&str>, mounts: V
             }
         }
     }
-    preopens.extend(mounts.into_iter().map(|mount| Preopen { mount, in_root: false }));
+    preopens.extend(mounts.into_iter().map(|mount| Preopen { mount, in_root: false, file_mounts: None }));
     if let Some(working) = working {
         preopens.push(working);
         for (relative, mount) in below_working_dir {
-            preopens
-                .push(Preopen { mount: Mount { guest_path: relative.display().to_string(), ..mount }, in_root: false });
+            preopens.push(Preopen {
+                mount: Mount { guest_path: relative.display().to_string(), ..mount },
+                in_root: false,
+                file_mounts: None,
+            });
         }
     }
     preopens
@@ -139,6 +143,9 @@ pub(super) struct Preopen {
     pub mount: Mount,
     /// Whether it is the root filesystem or a directory of it.
     pub in_root: bool,
+    /// The writable private directory of file mounts it is, if it is one:
+    /// its files are bounded (see `file_mounts`).
+    pub file_mounts: Option<FileMountDir>,
 }
 
 impl Mount {
@@ -200,15 +207,23 @@ fn top_level_dirs(root: &Root) -> Vec<std::ffi::OsString> {
 
 /// What `spec`'s guest preopens, and its file mounts to copy back when it
 /// ends: file mounts copied into `spec.scratch_dir` (see `file_mounts`),
-/// then [`preopens`]. Blocking (copies and directory reads): call it off
-/// the async workers when the spec has mounts or a root.
+/// then [`preopens`], each preopen of a writable private directory of file
+/// mounts marked as such (at its guest directory, and again as `.` or at a
+/// relative path when the working directory holds it). Blocking (copies and
+/// directory reads): call it off the async workers when the spec has mounts or a root.
 ///
 /// Errors: InvalidArgument for a file mount that cannot be copied.
-pub(super) fn prepare(
-    spec: &super::spec::GuestSpec,
-) -> crate::error::Result<(Vec<Preopen>, super::file_mounts::FileMounts)> {
+pub(super) fn prepare(spec: &super::spec::GuestSpec) -> crate::error::Result<(Vec<Preopen>, FileMounts)> {
     let prepared = super::file_mounts::prepare(spec.mounts.clone(), spec.scratch_dir.clone())?;
-    Ok((preopens(spec.root.as_ref(), spec.working_dir.as_deref(), prepared.preopens), prepared.files))
+    let mut preopens = preopens(spec.root.as_ref(), spec.working_dir.as_deref(), prepared.preopens);
+    if let Some(copies) = prepared.files.writable_copies() {
+        for preopen in &mut preopens {
+            if let Some(dir) = copies.dir_at(Path::new(&preopen.mount.host_path)) {
+                preopen.file_mounts = Some(FileMountDir { copies: copies.clone(), dir });
+            }
+        }
+    }
+    Ok((preopens, prepared.files))
 }
 
 #[cfg(test)]

@@ -15,6 +15,8 @@ use std::time::Duration;
 
 use tokio::time::{Instant, Sleep};
 
+use super::budget::MemoryBudget;
+
 /// Host bytes charged per table element: one pointer-sized slot.
 const TABLE_ELEMENT_BYTES: u64 = 8;
 
@@ -73,11 +75,18 @@ pub struct GuestDefaults {
     /// `guest_max_open_files`: files, directories and sockets one instance
     /// may hold open at once (see `host::open_files`); 0 means no limit.
     pub max_open_files: usize,
+    /// `file_mount_max_bytes`: what a container's writable file-mount copies
+    /// may hold together, in bytes (see `file_mounts`); 0 means no cap.
+    pub file_mount_max_bytes: u64,
 }
 
 impl Default for GuestDefaults {
     fn default() -> Self {
-        Self { memory_limit_bytes: 0, max_open_files: DEFAULT_MAX_OPEN_FILES }
+        Self {
+            memory_limit_bytes: 0,
+            max_open_files: DEFAULT_MAX_OPEN_FILES,
+            file_mount_max_bytes: super::file_mounts::DEFAULT_MAX_BYTES,
+        }
     }
 }
 
@@ -109,13 +118,15 @@ pub struct Usage {
     pub instantiate_nanos: AtomicU64,
     /// The limits of a container that sets none.
     defaults: GuestDefaults,
+    /// The budget of all guests together, which every growth is charged to as well.
+    memory_budget: Arc<MemoryBudget>,
     /// CPU time used in the current period, by every instance together.
     budget: Mutex<Option<Budget>>,
 }
 
 impl Usage {
-    pub(super) fn new(limits: Limits, defaults: GuestDefaults) -> Self {
-        let usage = Self { defaults, ..Self::default() };
+    pub(super) fn new(limits: Limits, defaults: GuestDefaults, budget: Arc<MemoryBudget>) -> Self {
+        let usage = Self { defaults, memory_budget: budget, ..Self::default() };
         usage.set_limits(limits);
         usage
     }
@@ -123,6 +134,12 @@ impl Usage {
     /// How many files, directories and sockets each instance may hold open; 0: no limit.
     pub(super) fn max_open_files(&self) -> usize {
         self.defaults.max_open_files
+    }
+
+    /// The cap on what the container's writable file-mount copies hold
+    /// together, in bytes (see `file_mounts`); 0: no cap.
+    pub(super) fn file_mount_max_bytes(&self) -> u64 {
+        self.defaults.file_mount_max_bytes
     }
 
     /// Changes the limits: memory at each instance's next growth (0: the
@@ -162,18 +179,27 @@ impl Usage {
 
     /// Accepts a growth of one memory or table from `current` to `desired`
     /// bytes, unless what all instances hold would then pass the limit
-    /// (`shared`), or what the growing instance holds, `instance_after`, would.
-    fn grow(&self, current: u64, desired: u64, shared: bool, instance_after: u64) -> bool {
+    /// (`shared`), or what the growing instance holds, `instance_after`, would,
+    /// or what all guests of the daemon hold would pass the budget.
+    fn grow(&self, current: u64, desired: u64, shared: bool, instance_after: u64) -> Result<(), Refusal> {
         let limit = self.memory_limit();
         if !shared && limit != 0 && instance_after > limit {
-            return false;
+            return Err(Refusal::Limit);
         }
         self.memory_bytes
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |held| {
                 let after = held.saturating_sub(current).saturating_add(desired);
                 (!shared || limit == 0 || after <= limit).then_some(after)
             })
-            .is_ok()
+            .map_err(|_| Refusal::Limit)?;
+        let Some(growth) = desired.checked_sub(current) else {
+            self.memory_budget.release(current - desired);
+            return Ok(());
+        };
+        self.memory_budget.charge(growth).map_err(|held| {
+            self.release_own(growth);
+            Refusal::Budget { budget: self.memory_budget.limit(), held, asked: growth }
+        })
     }
 
     /// Charges `spent` nanoseconds of CPU at `now` to the container's budget
@@ -185,13 +211,47 @@ impl Usage {
         budget.get_or_insert_with(|| Budget::new(now)).charge(spent, now, quota, period)
     }
 
-    /// Gives back `bytes` an instance held, when it ends.
+    /// Gives back `bytes` an instance held, when it ends, to the container and the budget.
     fn release(&self, bytes: u64) {
+        self.release_own(bytes);
+        self.memory_budget.release(bytes);
+    }
+
+    fn release_own(&self, bytes: u64) {
         let _ = self
             .memory_bytes
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |held| Some(held.saturating_sub(bytes)));
     }
 }
+
+/// Why a memory or table growth was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Refusal {
+    /// It would pass the container's memory limit: the growth fails
+    /// (`memory.grow` answers -1), and the guest decides what follows, as
+    /// a failed `brk` or `mmap`; a trap after it is `OOMKilled`.
+    Limit,
+    /// It would pass the budget of all guests (`guest_memory_budget_bytes`):
+    /// the instance traps at once and ends `OOMKilled`, as the kernel kills
+    /// the offender when a cgroup runs out. `budget`, what all guests
+    /// `held` then and the growth `asked` for are in bytes.
+    Budget { budget: u64, held: u64, asked: u64 },
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refusal::Limit => f.write_str("the container's memory limit was reached"),
+            Refusal::Budget { budget, held, asked } => write!(
+                f,
+                "the memory budget of all guests (guest_memory_budget_bytes, {budget} bytes) was reached: \
+                 this guest asked for {asked} more bytes while all guests held {held}"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for Refusal {}
 
 /// One instance's share of a [`Usage`]: refuses memory and table growth past
 /// the limit of the `Usage`, and gives back what the instance held when it is
@@ -201,8 +261,8 @@ pub(super) struct MemoryLimiter {
     usage: Arc<Usage>,
     /// Bytes of memories and tables this instance holds.
     held: u64,
-    /// Whether a growth of this instance was refused for the limit.
-    refused: bool,
+    /// The first growth of this instance that was refused, and why.
+    refused: Option<Refusal>,
     /// Whether the limit bounds all instances of the `Usage` together (a
     /// command and its execs), or this one alone (a request's instance).
     shared: bool,
@@ -216,7 +276,7 @@ impl MemoryLimiter {
 
     /// A limiter holding every instance of `usage` together to its limit.
     pub fn new(usage: Arc<Usage>) -> Self {
-        Self { usage, held: 0, refused: false, shared: true }
+        Self { usage, held: 0, refused: None, shared: true }
     }
 
     /// A limiter holding this instance alone to the limit of `usage` (what
@@ -224,23 +284,37 @@ impl MemoryLimiter {
     /// served component gets the container's memory limit, as
     /// `wasmtime serve` gives each its `-W max-memory-size`.
     pub fn per_instance(usage: Arc<Usage>) -> Self {
-        Self { usage, held: 0, refused: false, shared: false }
+        Self { usage, held: 0, refused: None, shared: false }
     }
 
-    /// Whether a memory or table growth of this instance was refused for the
-    /// limit: a trap that follows is the guest running out of memory.
-    pub fn hit_limit(&self) -> bool {
+    /// Whether a memory or table growth of this instance was refused (for
+    /// the container's limit or the budget), and why: a trap that follows
+    /// is the guest running out of memory.
+    pub fn refusal(&self) -> Option<Refusal> {
         self.refused
     }
 
-    fn grow(&mut self, current: u64, desired: u64) -> bool {
+    /// Whether a memory or table growth of this instance was refused.
+    pub fn hit_limit(&self) -> bool {
+        self.refused.is_some()
+    }
+
+    /// Grows by `current` → `desired` bytes: Ok(true) granted, Ok(false)
+    /// refused for the container's limit, Err for the budget (a trap).
+    fn grow(&mut self, current: u64, desired: u64) -> wasmtime::Result<bool> {
         let after = self.held.saturating_sub(current).saturating_add(desired);
-        if self.usage.grow(current, desired, self.shared, after) {
-            self.held = after;
-            true
-        } else {
-            self.refused = true;
-            false
+        match self.usage.grow(current, desired, self.shared, after) {
+            Ok(()) => {
+                self.held = after;
+                Ok(true)
+            }
+            Err(refusal) => {
+                self.refused.get_or_insert(refusal);
+                match refusal {
+                    Refusal::Limit => Ok(false),
+                    Refusal::Budget { .. } => Err(wasmtime::Error::new(refusal)),
+                }
+            }
         }
     }
 }
@@ -253,11 +327,11 @@ impl Drop for MemoryLimiter {
 
 impl wasmtime::ResourceLimiter for MemoryLimiter {
     fn memory_growing(&mut self, current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
-        Ok(self.grow(current as u64, desired as u64))
+        self.grow(current as u64, desired as u64)
     }
 
     fn table_growing(&mut self, current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
-        Ok(self.grow(current as u64 * TABLE_ELEMENT_BYTES, desired as u64 * TABLE_ELEMENT_BYTES))
+        self.grow(current as u64 * TABLE_ELEMENT_BYTES, desired as u64 * TABLE_ELEMENT_BYTES)
     }
 }
 
@@ -397,12 +471,13 @@ mod tests {
 
     #[test]
     fn memory_limit_counts_tables_and_memories_together() {
-        let usage = Arc::new(Usage::new(Limits { memory_bytes: 1000, cpu: None }, GuestDefaults::default()));
+        let usage =
+            Arc::new(Usage::new(Limits { memory_bytes: 1000, cpu: None }, GuestDefaults::default(), Arc::default()));
         let mut limiter = MemoryLimiter::new(usage.clone());
-        assert!(limiter.grow(0, 800));
-        assert!(limiter.grow(0, 100));
+        assert!(limiter.grow(0, 800).unwrap());
+        assert!(limiter.grow(0, 100).unwrap());
         assert!(!limiter.hit_limit());
-        assert!(!limiter.grow(800, 1000), "growth past the limit must be refused");
+        assert!(!limiter.grow(800, 1000).unwrap(), "growth past the limit must be refused");
         assert!(limiter.hit_limit());
         assert_eq!(usage.memory_bytes.load(Ordering::Relaxed), 900);
         drop(limiter);
@@ -411,27 +486,29 @@ mod tests {
 
     #[test]
     fn instances_sharing_a_usage_share_its_memory_limit() {
-        let usage = Arc::new(Usage::new(Limits { memory_bytes: 1000, cpu: None }, GuestDefaults::default()));
+        let usage =
+            Arc::new(Usage::new(Limits { memory_bytes: 1000, cpu: None }, GuestDefaults::default(), Arc::default()));
         let (mut first, mut second) = (MemoryLimiter::new(usage.clone()), MemoryLimiter::new(usage.clone()));
-        assert!(first.grow(0, 600));
-        assert!(!second.grow(0, 600), "the two together would hold 1200 bytes");
+        assert!(first.grow(0, 600).unwrap());
+        assert!(!second.grow(0, 600).unwrap(), "the two together would hold 1200 bytes");
         assert!(second.hit_limit() && !first.hit_limit(), "only the refused instance hit the limit");
-        assert!(second.grow(0, 400));
+        assert!(second.grow(0, 400).unwrap());
         assert_eq!(usage.memory_bytes.load(Ordering::Relaxed), 1000);
         drop(first);
         assert_eq!(usage.memory_bytes.load(Ordering::Relaxed), 400);
-        assert!(second.grow(400, 1000), "what the first held is free again");
+        assert!(second.grow(400, 1000).unwrap(), "what the first held is free again");
     }
 
     #[test]
     fn a_per_instance_limit_holds_each_instance_alone_and_counts_all() {
-        let usage = Arc::new(Usage::new(Limits { memory_bytes: 1000, cpu: None }, GuestDefaults::default()));
+        let usage =
+            Arc::new(Usage::new(Limits { memory_bytes: 1000, cpu: None }, GuestDefaults::default(), Arc::default()));
         let (mut first, mut second) =
             (MemoryLimiter::per_instance(usage.clone()), MemoryLimiter::per_instance(usage.clone()));
-        assert!(first.grow(0, 800));
-        assert!(second.grow(0, 800), "each instance has the whole limit");
+        assert!(first.grow(0, 800).unwrap());
+        assert!(second.grow(0, 800).unwrap(), "each instance has the whole limit");
         assert_eq!(usage.memory_bytes.load(Ordering::Relaxed), 1600, "the usage counts both");
-        assert!(!first.grow(800, 1200), "one instance past the limit is refused");
+        assert!(!first.grow(800, 1200).unwrap(), "one instance past the limit is refused");
         assert!(first.hit_limit() && !second.hit_limit());
         assert_eq!(usage.memory_bytes.load(Ordering::Relaxed), 1600, "a refused growth takes nothing");
         drop(first);
@@ -439,32 +516,66 @@ mod tests {
     }
 
     #[test]
+    fn the_budget_refuses_the_guest_that_would_pass_it_and_spares_the_others() {
+        let budget = Arc::new(MemoryBudget::new(1000, "test"));
+        let container = |memory_bytes| {
+            Arc::new(Usage::new(Limits { memory_bytes, cpu: None }, GuestDefaults::default(), budget.clone()))
+        };
+        let (one, two) = (container(900), container(900));
+        let mut first = MemoryLimiter::new(one.clone());
+        let mut second = MemoryLimiter::new(two.clone());
+        assert!(first.grow(0, 800).unwrap());
+        let error = second.grow(0, 300).expect_err("800 + 300 passes the budget of 1000: the asker traps");
+        assert_eq!(second.refusal(), Some(Refusal::Budget { budget: 1000, held: 800, asked: 300 }));
+        assert!(error.to_string().contains("guest_memory_budget_bytes, 1000 bytes"), "{error}");
+        assert_eq!(first.refusal(), None, "the guest that held its memory is not touched");
+        assert_eq!(two.memory_bytes.load(Ordering::Relaxed), 0, "a refused growth is charged to nobody");
+        assert!(!second.grow(0, 950).unwrap(), "past its own limit a growth fails without a trap");
+        assert_eq!(
+            second.refusal(),
+            Some(Refusal::Budget { budget: 1000, held: 800, asked: 300 }),
+            "the first refusal stays"
+        );
+        assert!(second.grow(0, 200).unwrap(), "what is left of the budget");
+        assert_eq!(budget.snapshot().used_bytes, 1000);
+        assert_eq!(budget.snapshot().refusals, 1, "a refusal for the container's limit is not the budget's");
+        drop(first);
+        assert_eq!(budget.snapshot().used_bytes, 200, "an ended instance gives its memory back to the budget");
+        assert_eq!(one.memory_bytes.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
     fn instances_share_one_cpu_budget_per_period() {
         let cpu = CpuBandwidth { quota: Duration::from_millis(10), period: Duration::from_millis(100) };
-        let usage = Usage::new(Limits { memory_bytes: 0, cpu: Some(cpu) }, GuestDefaults::default());
+        let usage = Usage::new(Limits { memory_bytes: 0, cpu: Some(cpu) }, GuestDefaults::default(), Arc::default());
         let start = Instant::now();
         // Two instances each using 6 ms pass the 10 ms quota together.
         assert_eq!(usage.charge_cpu(6 * MS, start), None);
         assert_eq!(usage.charge_cpu(6 * MS, start), Some(start + Duration::from_millis(100)));
-        let unlimited = Usage::new(Limits::default(), GuestDefaults::default());
+        let unlimited = Usage::new(Limits::default(), GuestDefaults::default(), Arc::default());
         assert_eq!(unlimited.charge_cpu(u64::MAX / 2, start), None);
     }
 
     #[test]
     fn no_container_limit_means_the_default() {
         assert_eq!(
-            Usage::new(Limits::default(), GuestDefaults { memory_limit_bytes: 4096, ..GuestDefaults::default() })
-                .memory_limit(),
+            Usage::new(
+                Limits::default(),
+                GuestDefaults { memory_limit_bytes: 4096, ..GuestDefaults::default() },
+                Arc::default()
+            )
+            .memory_limit(),
             4096
         );
         assert_eq!(
             Usage::new(
                 Limits { memory_bytes: 10, cpu: None },
-                GuestDefaults { memory_limit_bytes: 4096, ..GuestDefaults::default() }
+                GuestDefaults { memory_limit_bytes: 4096, ..GuestDefaults::default() },
+                Arc::default()
             )
             .memory_limit(),
             10
         );
-        assert_eq!(Usage::new(Limits::default(), GuestDefaults::default()).memory_limit(), 0);
+        assert_eq!(Usage::new(Limits::default(), GuestDefaults::default(), Arc::default()).memory_limit(), 0);
     }
 }

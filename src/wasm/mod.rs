@@ -13,20 +13,26 @@
 //!
 //! The modules, each depending only on those listed before it (no cycles):
 //!
-//! - `spec`, `limits`, `output`: what a guest is started with, its limits and
-//!   usage counters, its output sinks; plain data and small types.
+//! - `spec`, `budget`, `limits`, `output`: what a guest is started with, the
+//!   memory budget of all guests, each guest's limits and usage counters, its
+//!   output sinks; plain data and small types.
 //! - `file_mounts`, `layout`: the host directories a spec becomes (copies of
 //!   file mounts; where each directory is preopened). `layout` uses
 //!   `file_mounts`' normalizing of guest paths.
 //! - `host`: WASI contexts and linkers, `host::p1` for preview 1 modules
 //!   (with the read-only root's EROFS), `host::p2` for components.
-//! - `compile`: what kind a binary is, the compiled-code cache; links
-//!   binaries against `host`'s linkers to check their imports.
+//! - `compile_worker`: compiles a binary into a cache file, in a worker
+//!   process held to a time and a memory limit.
+//! - `compile`: what kind a binary is, the compiled-code cache (compiling
+//!   through `compile_worker`); links binaries against `host`'s linkers to
+//!   check their imports.
 //! - `guest`: runs one compiled program in a store `host` builds, and maps
 //!   its end to an [`Exit`].
 //! - this module: the [`Engine`] tying them together.
 
+mod budget;
 mod compile;
+mod compile_worker;
 mod file_mounts;
 mod guest;
 mod host;
@@ -41,7 +47,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use budget::{BudgetSnapshot, DefaultBudget, MemoryBudget};
 pub use compile::{Compiled, ModuleSource, WasmKind, WasmSource};
+pub use compile_worker::{CompileLimits, Compiler, WORKER_COMMAND, worker_main as compile_worker_main};
 pub use guest::{EXIT_NOT_STARTED, Exit, ExitReason, ExitWaiter, Guest};
 pub use limits::{DEFAULT_MAX_OPEN_FILES, GuestDefaults, Usage, UsageSnapshot};
 pub use output::{Captured, Output};
@@ -61,6 +69,8 @@ pub struct Engine {
     cache: compile::Cache,
     guests: tokio::runtime::Handle,
     defaults: GuestDefaults,
+    /// What all guests hold together, against `guest_memory_budget_bytes`.
+    budget: Arc<MemoryBudget>,
     max_concurrent_requests: usize,
     instance_pool_size: u32,
     /// The pooling engine of served components, made at the first served
@@ -71,15 +81,23 @@ pub struct Engine {
 impl Engine {
     /// Creates the engine, its compiled-code cache under `cache_dir`, the epoch
     /// ticker and the guest executor. Guests get `defaults` where their
-    /// container sets nothing (memory limit, open files). A served component
+    /// container sets nothing (memory limit, open files); all of them
+    /// together hold at most `budget` (see `budget`). Binaries are compiled
+    /// by `compiler` (see `compile_worker`). A served component
     /// runs at most `http.max_concurrent_requests` instances at once, and all
     /// of them together `http.instance_pool_size`.
-    pub fn new(cache_dir: &Path, defaults: GuestDefaults, http: HttpLimits) -> Result<Arc<Self>> {
+    pub fn new(
+        cache_dir: &Path,
+        defaults: GuestDefaults,
+        budget: MemoryBudget,
+        compiler: Compiler,
+        http: HttpLimits,
+    ) -> Result<Arc<Self>> {
         let wasm_error = |what: &str, e: wasmtime::Error| Error::internal(what.to_owned(), anyhow::anyhow!("{e:#}"));
         let engine =
             wasmtime::Engine::new(&engine_config()).map_err(|e| wasm_error("creating the wasmtime engine", e))?;
         let linkers = host::Linkers::new(&engine)?;
-        let cache = compile::Cache::new(&engine, cache_dir)?;
+        let cache = compile::Cache::new(&engine, cache_dir, compiler)?;
         spawn_epoch_ticker(&engine)?;
         let guests = spawn_guest_executor()?;
         Ok(Arc::new(Self {
@@ -88,6 +106,7 @@ impl Engine {
             cache,
             guests,
             defaults,
+            budget: Arc::new(budget),
             max_concurrent_requests: http.max_concurrent_requests,
             instance_pool_size: u32::try_from(http.instance_pool_size).unwrap_or(u32::MAX),
             serving: tokio::sync::OnceCell::new(),
@@ -119,7 +138,12 @@ impl Engine {
     /// of 0 (none set) gets the engine's default memory limit. Give it to
     /// every instance started for the container.
     pub fn new_usage(&self, limits: Limits) -> Arc<Usage> {
-        Arc::new(Usage::new(limits, self.defaults))
+        Arc::new(Usage::new(limits, self.defaults, self.budget.clone()))
+    }
+
+    /// The memory budget of all guests, what they hold and the refusals so far.
+    pub fn memory_budget(&self) -> BudgetSnapshot {
+        self.budget.snapshot()
     }
 
     /// Starts `compiled` as a guest seeing `spec`, its memory and CPU charged

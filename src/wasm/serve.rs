@@ -42,7 +42,7 @@ use super::compile::Compiled;
 use super::guest::{EXIT_KILLED, Exit, ExitReason, Guest};
 use super::host::p2::{self, P2State};
 use super::layout::{self, Preopen};
-use super::limits::{CpuMeter, MemoryLimiter, Usage};
+use super::limits::{CpuMeter, MemoryLimiter, Refusal, Usage};
 use super::output::{Fork, Output};
 use super::spec::GuestSpec;
 use crate::error::{Error, Result};
@@ -348,7 +348,9 @@ impl Service {
         // The root cause is the trap itself ("wasm trap: …"); the error's
         // chain around it carries the wasm backtrace, for the log only.
         let cause = error.root_cause().to_string();
-        let mut failure = if store.data().limiter().hit_limit() {
+        let mut failure = if let Some(budget @ Refusal::Budget { .. }) = store.data().limiter().refusal() {
+            Failure::new(500, format!("the request's instance was ended: {budget}"))
+        } else if store.data().limiter().hit_limit() {
             Failure::new(500, format!("memory limit of {} bytes reached: {cause}", self.usage.memory_limit()))
         } else if !instantiated {
             Failure::new(503, format!("cannot make an instance: {cause}"))

@@ -2,12 +2,14 @@
 //! that give it WASI, one of each per kind of guest. [`p1`] serves WASI
 //! preview 1 modules (with the EROFS answers of a read-only root,
 //! `read_only_root`), [`p2`] WASI 0.2 components; both hold each instance
-//! to its open-file limit (`open_files`).
+//! to its open-file limit (`open_files`) and to the bounds of its file
+//! mounts (`file_mount_guard`).
 //!
 //! A context is built from the guest's [`GuestSpec`] (argv, env, working
 //! directory) and the directories `layout` chose to preopen; the guest's
 //! output goes to the writers of an [`Output`](super::output::Output).
 
+mod file_mount_guard;
 mod http;
 mod open_files;
 pub(super) mod p1;

@@ -1,10 +1,13 @@
 //! The host side of a WASI preview 1 module: its context and its linker
 //! (wasmtime-wasi's `wasi_snapshot_preview1`, with the path calls that write
-//! answering EROFS on a read-only root: `read_only_root`).
+//! answering EROFS on a read-only root, and the bounds of file mounts kept:
+//! `read_only_root`, `file_mount_guard`).
 
 use std::sync::Arc;
 
 use wasmtime_wasi::p1::WasiP1Ctx;
+
+use super::file_mount_guard::P1Guard;
 
 use crate::error::Result;
 use crate::wasm::layout::Preopen;
@@ -22,6 +25,8 @@ pub(in crate::wasm) struct P1State {
     pub(super) read_only_root_fds: Vec<u32>,
     /// Files and directories it may hold open (see `open_files`); 0: no limit.
     pub(super) max_open_files: usize,
+    /// Its descriptors of writable file mounts, when it has any (see `file_mount_guard`).
+    pub(super) file_mounts: Option<P1Guard>,
 }
 
 impl P1State {
@@ -69,6 +74,7 @@ pub(in crate::wasm) fn store(
         .map(|(fd, _)| fd)
         .collect();
     let max_open_files = usage.max_open_files();
-    let state = P1State { wasi, limiter: MemoryLimiter::new(usage), read_only_root_fds, max_open_files };
+    let file_mounts = P1Guard::new(preopens, usage.file_mount_max_bytes());
+    let state = P1State { wasi, limiter: MemoryLimiter::new(usage), read_only_root_fds, max_open_files, file_mounts };
     Ok(super::new_store(engine, state, |state| &mut state.limiter))
 }

@@ -17,6 +17,12 @@
 //! `accept`) are held to the instance's open-file limit (`open_files`):
 //! each is linked again over wasmtime-wasi's, refusing past the limit and
 //! otherwise running wasmtime-wasi's own code.
+//!
+//! The calls that create, remove or rename through a path, and those that
+//! write to or resize a file or give a stream writing it, keep the bounds
+//! of file mounts (`file_mount_guard`): linked again over wasmtime-wasi's,
+//! they refuse or check what concerns a writable private directory of file
+//! mounts and its copies, and run wasmtime-wasi's own code for the rest.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -31,11 +37,14 @@ use wasmtime_wasi::sockets::WasiSocketsCtxView;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
+use super::file_mount_guard::{CopyStream, P2Guard};
 use super::open_files::OpenFiles;
 use crate::network::{InNetNs, LookupError, NetNs, PodResolver, dns};
 
+use super::file_mount_guard;
 use super::http::PodHttp;
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::wasm::file_mounts::{Entry, Growth, WritableCopies};
 use crate::wasm::layout::Preopen;
 use crate::wasm::limits::MemoryLimiter;
 use crate::wasm::output::Writer;
@@ -58,6 +67,8 @@ pub(in crate::wasm) struct P2State {
     resolver: Option<Arc<PodResolver>>,
     /// What it holds open, against its limit (see `open_files`).
     open_files: OpenFiles,
+    /// Its writable file mounts, when it has any (see `file_mount_guard`).
+    file_mounts: Option<P2Guard>,
 }
 
 impl P2State {
@@ -96,6 +107,7 @@ pub(in crate::wasm) fn linker(engine: &wasmtime::Engine) -> wasmtime::Result<was
     udp_create_socket::add_to_linker::<P2State, PodSockets>(&mut linker, PodSockets::view)?;
     link_name_lookup(&mut linker)?;
     link_open_files_limit(&mut linker)?;
+    link_file_mounts(&mut linker)?;
     linker.allow_shadowing(false);
     Ok(linker)
 }
@@ -121,9 +133,23 @@ fn link_open_files_limit(linker: &mut wasmtime::component::Linker<P2State>) -> w
                 if state.at_open_files_limit() {
                     return Ok((Err(fs::ErrorCode::Quota),));
                 }
+                // In a private directory of file mounts: only a mounted name may be created.
+                let entry = match (&state.file_mounts, state.table.get(&this)) {
+                    (Some(guard), Ok(dir)) => guard.entry(dir, &path),
+                    _ => None,
+                };
+                if entry.is_some_and(|(_, entry)| {
+                    open_flags.contains(fs::OpenFlags::CREATE) && !matches!(entry, Entry::Copy(_))
+                }) {
+                    return Ok((Err(fs::ErrorCode::Access),));
+                }
                 let opened = state.filesystem().open_at(this, path_flags, path, open_flags, flags).await;
                 if let Ok(descriptor) = opened.as_ref().map(|fd| state.table.get(fd)) {
-                    state.open_files.opened(descriptor?);
+                    let descriptor = descriptor?;
+                    state.open_files.opened(descriptor);
+                    if let (Some(guard), Some((dir, entry))) = (&mut state.file_mounts, entry) {
+                        guard.opened(dir, entry, descriptor);
+                    }
                 }
                 Ok((as_guest_result(opened, |error| error.downcast())?,))
             })
@@ -144,6 +170,147 @@ fn link_open_files_limit(linker: &mut wasmtime::component::Linker<P2State>) -> w
         },
     )?;
     Ok(())
+}
+
+/// Defines over wasmtime-wasi's the calls that could add an entry to a
+/// writable private directory of file mounts, remove one or rename one
+/// (`access` there), and those that write to or resize a file or give a
+/// stream writing it (a copy's are checked against the cap first, ENOSPC
+/// past it; its streams are [`CopyStream`]s). See `file_mount_guard`.
+fn link_file_mounts(linker: &mut wasmtime::component::Linker<P2State>) -> wasmtime::Result<()> {
+    use wasmtime_wasi::filesystem::WasiFilesystemView as _;
+    use wasmtime_wasi::p2::DynOutputStream;
+    use wasmtime_wasi::p2::bindings::filesystem::types::{self as fs, HostDescriptor as _};
+    type Descriptor = Resource<fs::Descriptor>;
+    let mut instance = linker.instance(FILESYSTEM_TYPES)?;
+    // `refuse_in_private_dir!(name, (arguments: types), [directory arguments], method)`.
+    macro_rules! refuse_in_private_dir {
+        ($name:literal, ($($arg:ident: $ty:ty),*), [$($dir:ident),*], $method:ident) => {
+            instance.func_wrap_async(
+                $name,
+                |mut store: StoreContextMut<'_, P2State>, ($($arg,)*): ($($ty,)*)| {
+                    Box::new(async move {
+                        let state = store.data_mut();
+                        if state.in_private_dir(&[$(&$dir),*]) {
+                            return Ok((Err(fs::ErrorCode::Access),));
+                        }
+                        let done = state.filesystem().$method($($arg),*).await;
+                        Ok((as_guest_result(done, |error| error.downcast())?,))
+                    })
+                },
+            )?;
+        };
+    }
+    refuse_in_private_dir!("[method]descriptor.create-directory-at", (this: Descriptor, path: String), [this],
+        create_directory_at);
+    refuse_in_private_dir!("[method]descriptor.unlink-file-at", (this: Descriptor, path: String), [this],
+        unlink_file_at);
+    refuse_in_private_dir!("[method]descriptor.remove-directory-at", (this: Descriptor, path: String), [this],
+        remove_directory_at);
+    refuse_in_private_dir!("[method]descriptor.symlink-at", (this: Descriptor, old_path: String, new_path: String),
+        [this], symlink_at);
+    refuse_in_private_dir!("[method]descriptor.rename-at",
+        (this: Descriptor, old_path: String, new_descriptor: Descriptor, new_path: String), [this, new_descriptor],
+        rename_at);
+    // A link out of a private directory would be a way to write a copy that the guard does not know.
+    refuse_in_private_dir!("[method]descriptor.link-at",
+        (this: Descriptor, old_path_flags: fs::PathFlags, old_path: String, new_descriptor: Descriptor,
+            new_path: String), [this, new_descriptor], link_at);
+
+    instance.func_wrap_async(
+        "[method]descriptor.write",
+        |mut store: StoreContextMut<'_, P2State>, (this, buffer, offset): (Descriptor, Vec<u8>, u64)| {
+            Box::new(async move {
+                let state = store.data_mut();
+                let _lock = match state.copy_of(&this) {
+                    Some((copies, copy, _)) if !buffer.is_empty() => {
+                        let end = offset.saturating_add(buffer.len() as u64);
+                        match copies.reserve(copy, Growth::To(end)).await {
+                            Ok(lock) => Some(lock),
+                            Err(error) => return Ok((Err(file_mount_guard::p2_error(&error)),)),
+                        }
+                    }
+                    _ => None,
+                };
+                let written = state.filesystem().write(this, buffer, offset).await;
+                Ok((as_guest_result(written, |error| error.downcast())?,))
+            })
+        },
+    )?;
+    instance.func_wrap_async(
+        "[method]descriptor.set-size",
+        |mut store: StoreContextMut<'_, P2State>, (this, size): (Descriptor, u64)| {
+            Box::new(async move {
+                let state = store.data_mut();
+                let _lock = match state.copy_of(&this) {
+                    Some((copies, copy, _)) => match copies.reserve(copy, Growth::To(size)).await {
+                        Ok(lock) => Some(lock),
+                        Err(error) => return Ok((Err(file_mount_guard::p2_error(&error)),)),
+                    },
+                    None => None,
+                };
+                let done = state.filesystem().set_size(this, size).await;
+                Ok((as_guest_result(done, |error| error.downcast())?,))
+            })
+        },
+    )?;
+    // The streams writing a copy: where they write is known once, here.
+    fn copy_stream(
+        state: &mut P2State,
+        this: &Descriptor,
+        position: Option<u64>,
+    ) -> Option<wasmtime::Result<Result<Resource<DynOutputStream>, fs::ErrorCode>>> {
+        let (copies, copy, file) = state.copy_of(this)?;
+        if file.perms.write_not_permitted() {
+            return Some(Ok(Err(fs::ErrorCode::NotPermitted)));
+        }
+        let stream: DynOutputStream = Box::new(CopyStream::new(&file, copies, copy, position));
+        Some(state.table.push(stream).map(Ok).map_err(wasmtime::Error::from))
+    }
+    instance.func_wrap(
+        "[method]descriptor.write-via-stream",
+        |mut store: StoreContextMut<'_, P2State>, (this, offset): (Descriptor, u64)| {
+            let state = store.data_mut();
+            if let Some(stream) = copy_stream(state, &this, Some(offset)) {
+                return Ok((stream?,));
+            }
+            let stream = state.filesystem().write_via_stream(this, offset);
+            Ok((as_guest_result(stream, |error| error.downcast())?,))
+        },
+    )?;
+    instance.func_wrap(
+        "[method]descriptor.append-via-stream",
+        |mut store: StoreContextMut<'_, P2State>, (this,): (Descriptor,)| {
+            let state = store.data_mut();
+            if let Some(stream) = copy_stream(state, &this, None) {
+                return Ok((stream?,));
+            }
+            let stream = state.filesystem().append_via_stream(this);
+            Ok((as_guest_result(stream, |error| error.downcast())?,))
+        },
+    )?;
+    Ok(())
+}
+
+impl P2State {
+    /// Whether any of `descriptors` is a writable private directory of file mounts.
+    fn in_private_dir(&self, descriptors: &[&Resource<wasmtime_wasi::filesystem::Descriptor>]) -> bool {
+        let Some(guard) = &self.file_mounts else {
+            return false;
+        };
+        descriptors.iter().any(|fd| self.table.get(fd).is_ok_and(|descriptor| guard.dir(descriptor).is_some()))
+    }
+
+    /// When `descriptor` is a copy of a file mount: the container's copies,
+    /// which copy, and its host file.
+    fn copy_of(
+        &self,
+        descriptor: &Resource<wasmtime_wasi::filesystem::Descriptor>,
+    ) -> Option<(Arc<WritableCopies>, usize, wasmtime_wasi::filesystem::File)> {
+        let guard = self.file_mounts.as_ref()?;
+        let (copy, file) = guard.copy(self.table.get(descriptor).ok()?)?;
+        Some((guard.copies().clone(), copy, file))
+    }
 }
 
 /// A wasmtime-wasi result as a guest gets it: the value or its error code;
@@ -367,15 +534,20 @@ pub(in crate::wasm) fn store(
     // pod), as a process in a Linux container has them.
     wasi.inherit_network().allow_tcp(true).allow_udp(true).allow_ip_name_lookup(true);
     let open_files = OpenFiles::new(limiter.usage().max_open_files(), preopens.len());
+    let mut wasi = wasi.build();
+    let mut table = ResourceTable::new();
+    let file_mounts = P2Guard::new(wasi.filesystem(), &mut table, preopens, limiter.usage().file_mount_max_bytes())
+        .map_err(|e| Error::internal("giving a component its file mounts", anyhow::anyhow!("{e:#}")))?;
     let state = P2State {
-        wasi: wasi.build(),
-        table: ResourceTable::new(),
+        wasi,
+        table,
         limiter,
         http: WasiHttpCtx::new(),
         http_hooks: PodHttp { netns: spec.netns.clone(), resolver: spec.resolver.clone() },
         netns: spec.netns.clone(),
         resolver: spec.resolver.clone(),
         open_files,
+        file_mounts,
     };
     Ok(super::new_store(engine, state, |state| &mut state.limiter))
 }

@@ -19,16 +19,7 @@ fn big_module(mib: usize) -> Vec<u8> {
     section.resize(section.len() + (mib << 20), 0x5a);
     let mut module = fixture("hello");
     module.push(0);
-    let mut size = section.len();
-    loop {
-        let byte = (size & 0x7f) as u8;
-        size >>= 7;
-        if size == 0 {
-            module.push(byte);
-            break;
-        }
-        module.push(byte | 0x80);
-    }
+    push_leb128(section.len(), &mut module);
     module.extend_from_slice(&section);
     module
 }

@@ -274,27 +274,16 @@ async fn guests_within_their_limits_but_past_the_budget_are_oom_killed_and_the_d
 /// 300,000 functions that took 30 s and 1.72 GB to compile). Encoded here
 /// by hand, per the core spec's binary format (section 5).
 fn compile_bomb(functions: u32, body_ops: u32, salt: u8) -> Vec<u8> {
-    fn leb(mut value: u32, out: &mut Vec<u8>) {
-        loop {
-            let byte = (value & 0x7f) as u8;
-            value >>= 7;
-            if value == 0 {
-                out.push(byte);
-                return;
-            }
-            out.push(byte | 0x80);
-        }
-    }
     fn section(id: u8, content: &[u8], out: &mut Vec<u8>) {
         out.push(id);
-        leb(content.len() as u32, out);
+        push_leb128(content.len(), out);
         out.extend_from_slice(content);
     }
     let mut wasm = b"\0asm\x01\0\0\0".to_vec();
     // Type 0: [] -> [].
     section(1, &[1, 0x60, 0, 0], &mut wasm);
     let mut funcs = Vec::new();
-    leb(functions, &mut funcs);
+    push_leb128(functions as usize, &mut funcs);
     funcs.extend(std::iter::repeat_n(0u8, functions as usize));
     section(3, &funcs, &mut wasm);
     // Export "_start", function 0.
@@ -306,9 +295,9 @@ fn compile_bomb(functions: u32, body_ops: u32, salt: u8) -> Vec<u8> {
     }
     body.push(0x0b);
     let mut code = Vec::new();
-    leb(functions, &mut code);
+    push_leb128(functions as usize, &mut code);
     for _ in 0..functions {
-        leb(body.len() as u32, &mut code);
+        push_leb128(body.len(), &mut code);
         code.extend_from_slice(&body);
     }
     section(10, &code, &mut wasm);

@@ -130,3 +130,17 @@ pub fn build(crate_dir: &str, target: &str) -> PathBuf {
     }
     target_dir.join(target).join("release")
 }
+
+/// Appends `value` as unsigned LEB128, the integer encoding of the wasm
+/// binary format (core spec 5.2.2), for tests that build modules by hand.
+pub fn push_leb128(mut value: usize, out: &mut Vec<u8>) {
+    loop {
+        let byte = (value & 0x7f) as u8;
+        value >>= 7;
+        if value == 0 {
+            out.push(byte);
+            return;
+        }
+        out.push(byte | 0x80);
+    }
+}

@@ -34,7 +34,7 @@ use std::time::Duration;
 pub use containerd::*;
 pub use cri::*;
 pub use daemon::Daemon;
-pub use fixtures::{fixture, fixture_c, fixture_http, fixture_p2, wat_fixture};
+pub use fixtures::{fixture, fixture_c, fixture_http, fixture_p2, push_leb128, wat_fixture};
 pub use http::{HttpConnection, HttpResponse, http_request};
 pub use logs::*;
 pub use netns::{NODE_ADDRESS, POD_SUBNET, TestNet};

@@ -122,6 +122,10 @@ pub struct Usage {
     memory_budget: Arc<MemoryBudget>,
     /// CPU time used in the current period, by every instance together.
     budget: Mutex<Option<Budget>>,
+    /// Held by a growth from its check against the limit to its charge to the
+    /// budget (and the rollback of a refused one), so that a sibling instance
+    /// never sees a charge about to be rolled back.
+    growing: Mutex<()>,
 }
 
 impl Usage {
@@ -182,6 +186,7 @@ impl Usage {
     /// (`shared`), or what the growing instance holds, `instance_after`, would,
     /// or what all guests of the daemon hold would pass the budget.
     fn grow(&self, current: u64, desired: u64, shared: bool, instance_after: u64) -> Result<(), Refusal> {
+        let _turn = self.growing.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let limit = self.memory_limit();
         if !shared && limit != 0 && instance_after > limit {
             return Err(Refusal::Limit);
@@ -261,8 +266,14 @@ pub(super) struct MemoryLimiter {
     usage: Arc<Usage>,
     /// Bytes of memories and tables this instance holds.
     held: u64,
-    /// The first growth of this instance that was refused, and why.
+    /// The first growth of this instance that was refused, and why; a
+    /// refusal for the budget replaces one for the limit (it is what ends
+    /// the instance).
     refused: Option<Refusal>,
+    /// The last memory growth granted, `(current, desired)` bytes, until
+    /// wasmtime either makes it or reports that it failed
+    /// (`memory_grow_failed`), which gives it back.
+    granted_memory: Option<(u64, u64)>,
     /// Whether the limit bounds all instances of the `Usage` together (a
     /// command and its execs), or this one alone (a request's instance).
     shared: bool,
@@ -276,7 +287,7 @@ impl MemoryLimiter {
 
     /// A limiter holding every instance of `usage` together to its limit.
     pub fn new(usage: Arc<Usage>) -> Self {
-        Self { usage, held: 0, refused: None, shared: true }
+        Self { usage, held: 0, refused: None, granted_memory: None, shared: true }
     }
 
     /// A limiter holding this instance alone to the limit of `usage` (what
@@ -284,7 +295,7 @@ impl MemoryLimiter {
     /// served component gets the container's memory limit, as
     /// `wasmtime serve` gives each its `-W max-memory-size`.
     pub fn per_instance(usage: Arc<Usage>) -> Self {
-        Self { usage, held: 0, refused: None, shared: false }
+        Self { usage, held: 0, refused: None, granted_memory: None, shared: false }
     }
 
     /// Whether a memory or table growth of this instance was refused (for
@@ -309,13 +320,24 @@ impl MemoryLimiter {
                 Ok(true)
             }
             Err(refusal) => {
-                self.refused.get_or_insert(refusal);
+                match (self.refused, refusal) {
+                    (None, _) | (Some(Refusal::Limit), Refusal::Budget { .. }) => self.refused = Some(refusal),
+                    _ => {}
+                }
                 match refusal {
                     Refusal::Limit => Ok(false),
                     Refusal::Budget { .. } => Err(wasmtime::Error::new(refusal)),
                 }
             }
         }
+    }
+
+    /// Gives back a growth granted and then not made: `desired` → `current`.
+    fn ungrow(&mut self, current: u64, desired: u64) {
+        let after = self.held.saturating_sub(desired).saturating_add(current);
+        // A shrink is never refused.
+        let _ = self.usage.grow(desired, current, self.shared, after);
+        self.held = after;
     }
 }
 
@@ -326,11 +348,39 @@ impl Drop for MemoryLimiter {
 }
 
 impl wasmtime::ResourceLimiter for MemoryLimiter {
-    fn memory_growing(&mut self, current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
-        self.grow(current as u64, desired as u64)
+    // wasmtime asks before it checks the memory's or table's own maximum and
+    // before it maps anything: a growth past the maximum is refused here
+    // without a charge (wasmtime would fail it right after), and a memory
+    // growth that fails after the grant (the mapping, or a pooled slot's
+    // capacity) is given back in `memory_grow_failed`. A table's only
+    // failure after the grant is its maximum. Without this a loop of
+    // `table.grow` on a full table would charge the budget each time.
+    // `memory_grow_failed` is also called without a grant for a memory of
+    // 1-byte pages (custom-page-sizes, off in the daemon's engines); the
+    // grant is forgotten once given back, so that case gives back nothing
+    // it was not given.
+
+    fn memory_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+        if maximum.is_some_and(|maximum| desired > maximum) {
+            return Ok(false);
+        }
+        let granted = self.grow(current as u64, desired as u64)?;
+        self.granted_memory = granted.then_some((current as u64, desired as u64));
+        Ok(granted)
     }
 
-    fn table_growing(&mut self, current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn memory_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        tracing::debug!(error = %error, "a guest's memory growth failed after it was granted");
+        if let Some((current, desired)) = self.granted_memory.take() {
+            self.ungrow(current, desired);
+        }
+        Ok(())
+    }
+
+    fn table_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+        if maximum.is_some_and(|maximum| desired > maximum) {
+            return Ok(false);
+        }
         self.grow(current as u64 * TABLE_ELEMENT_BYTES, desired as u64 * TABLE_ELEMENT_BYTES)
     }
 }
@@ -542,6 +592,76 @@ mod tests {
         drop(first);
         assert_eq!(budget.snapshot().used_bytes, 200, "an ended instance gives its memory back to the budget");
         assert_eq!(one.memory_bytes.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn a_budget_refusal_after_a_limit_refusal_is_the_one_kept() {
+        let budget = Arc::new(MemoryBudget::new(1000, "test"));
+        let usage =
+            Arc::new(Usage::new(Limits { memory_bytes: 900, cpu: None }, GuestDefaults::default(), budget.clone()));
+        let mut other = MemoryLimiter::new(Arc::new(Usage::new(Limits::default(), GuestDefaults::default(), budget)));
+        assert!(other.grow(0, 500).unwrap());
+        let mut limiter = MemoryLimiter::new(usage);
+        assert!(!limiter.grow(0, 950).unwrap());
+        assert_eq!(limiter.refusal(), Some(Refusal::Limit));
+        limiter.grow(0, 600).expect_err("500 + 600 passes the budget");
+        assert_eq!(
+            limiter.refusal(),
+            Some(Refusal::Budget { budget: 1000, held: 500, asked: 600 }),
+            "the trap is the budget's: its message must say so"
+        );
+    }
+
+    #[test]
+    fn a_memory_growth_that_fails_after_its_grant_is_given_back_once() {
+        use wasmtime::ResourceLimiter;
+        let budget = Arc::new(MemoryBudget::new(1 << 20, "test"));
+        let usage = Arc::new(Usage::new(Limits::default(), GuestDefaults::default(), budget.clone()));
+        let mut limiter = MemoryLimiter::new(usage.clone());
+        assert!(limiter.memory_growing(0, 65536, None).unwrap());
+        assert!(limiter.memory_growing(65536, 131072, None).unwrap());
+        limiter.memory_grow_failed(wasmtime::format_err!("mmap failed")).unwrap();
+        assert_eq!((usage.memory_bytes.load(Ordering::Relaxed), budget.snapshot().used_bytes), (65536, 65536));
+        // A failure reported without a grant before it gives back nothing.
+        limiter.memory_grow_failed(wasmtime::format_err!("memory growth exceeds memory type's limits")).unwrap();
+        assert_eq!((usage.memory_bytes.load(Ordering::Relaxed), budget.snapshot().used_bytes), (65536, 65536));
+        drop(limiter);
+        assert_eq!(budget.snapshot().used_bytes, 0);
+    }
+
+    #[test]
+    fn growing_a_full_table_or_memory_in_a_loop_charges_nothing() {
+        let engine = wasmtime::Engine::default();
+        let module = wasmtime::Module::new(
+            &engine,
+            r#"(module
+                (table 1 1 funcref)
+                (memory 1 2)
+                (func (export "grow") (result i32)
+                  (local $i i32) (local $failed i32)
+                  (loop $again
+                    (local.set $failed (i32.add (local.get $failed)
+                      (i32.eq (table.grow (ref.null func) (i32.const 1000000)) (i32.const -1))))
+                    (local.set $failed (i32.add (local.get $failed)
+                      (i32.eq (memory.grow (i32.const 100)) (i32.const -1))))
+                    (local.set $i (i32.add (local.get $i) (i32.const 1)))
+                    (br_if $again (i32.lt_u (local.get $i) (i32.const 1000))))
+                  (local.get $failed)))"#,
+        )
+        .unwrap();
+        let budget = Arc::new(MemoryBudget::new(64 << 20, "test"));
+        let usage = Arc::new(Usage::new(Limits::default(), GuestDefaults::default(), budget.clone()));
+        let mut store = wasmtime::Store::new(&engine, MemoryLimiter::new(usage.clone()));
+        store.limiter(|limiter| limiter);
+        let instance = wasmtime::Instance::new(&mut store, &module, &[]).unwrap();
+        let held = budget.snapshot().used_bytes;
+        assert_eq!(held, 65536 + TABLE_ELEMENT_BYTES, "one page and one table slot");
+        let grow = instance.get_typed_func::<(), i32>(&mut store, "grow").unwrap();
+        assert_eq!(grow.call(&mut store, ()).unwrap(), 2000, "every growth past the maximum fails");
+        assert_eq!(budget.snapshot().used_bytes, held, "and is charged to nobody");
+        assert_eq!(usage.memory_bytes.load(Ordering::Relaxed), held);
+        assert_eq!(budget.snapshot().refusals, 0, "a guest's own maximum is not the budget's refusal");
+        assert!(store.data().refusal().is_none(), "nor the container's limit");
     }
 
     #[test]
